@@ -1,0 +1,478 @@
+// Engine: tensors, a buffer pool under a memory budget, a pipeline cache and command batching.
+//
+// Work is recorded into one command encoder (one compute pass per batch of dispatches) and only
+// submitted at flush() or read-back: on lavapipe a submit + onSubmittedWorkDone costs ~80 µs and
+// an awaited promise makes dawn.node poll with setImmediate, so we submit rarely and await only
+// when the CPU needs the data.
+import { checkDevice, getGpu, type GpuContext } from './context.ts';
+
+export type DType = 'f32' | 'f16' | 'i32' | 'u32';
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, i32: 4, u32: 4 };
+
+export class MemoryBudgetError extends Error {
+  override name = 'MemoryBudgetError';
+}
+
+export class ShapeError extends Error {
+  override name = 'ShapeError';
+}
+
+export function numel(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+let nextTensorId = 1;
+
+/** A dense row-major tensor living in one GPU storage buffer. */
+export class Tensor {
+  readonly id = nextTensorId++;
+  private freed = false;
+  constructor(
+    readonly engine: Engine,
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+    readonly buffer: GPUBuffer,
+    /** Bytes actually used (numel × dtype bytes); buffer.size may be larger (pool rounding). */
+    readonly byteLength: number,
+  ) {}
+  get numel(): number {
+    return numel(this.shape);
+  }
+  get isFreed(): boolean {
+    return this.freed;
+  }
+  /** Returns the buffer to the engine's pool. Using the tensor afterwards is a bug. */
+  free(): void {
+    if (this.freed) return;
+    this.freed = true;
+    this.engine.releaseBuffer(this.buffer);
+  }
+  /** Same buffer, new shape of equal element count (no copy). */
+  view(shape: readonly number[]): Tensor {
+    if (numel(shape) !== this.numel) throw new ShapeError(`view ${JSON.stringify(shape)} of tensor ${JSON.stringify(this.shape)}`);
+    return new TensorView(this, shape);
+  }
+  toString(): string {
+    return `Tensor(${this.dtype}[${this.shape.join(',')}])`;
+  }
+}
+
+/** A reshaped alias: freeing it does nothing (the base owns the buffer). */
+class TensorView extends Tensor {
+  constructor(readonly base: Tensor, shape: readonly number[]) {
+    super(base.engine, shape, base.dtype, base.buffer, base.byteLength);
+  }
+  override free(): void {}
+}
+
+export interface EngineOptions {
+  /** Bytes of GPU buffers this engine may hold at once (live + pooled). */
+  memoryBudget?: number;
+}
+
+export interface Binding {
+  buffer: GPUBuffer;
+  offset?: number;
+  size?: number;
+}
+
+type PipelineKey = string;
+
+/** Round a byte size up to the pool's size class: multiples of 256 B, then 1/8-octave steps. */
+export function sizeClass(bytes: number): number {
+  const b = Math.max(256, Math.ceil(bytes / 256) * 256);
+  if (b <= 64 * 1024) return b;
+  const step = 2 ** (Math.floor(Math.log2(b)) - 3);
+  return Math.ceil(b / step) * step;
+}
+
+export class Engine {
+  readonly ctx: GpuContext;
+  readonly device: GPUDevice;
+  readonly budget: number;
+  private allocated = 0; // bytes in live + pooled buffers
+  private peak = 0;
+  private pool = new Map<number, GPUBuffer[]>();
+  private pipelines = new Map<PipelineKey, GPUComputePipeline>();
+  private modules = new Map<string, GPUShaderModule>();
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private dispatchesInBatch = 0;
+  /** Counters for benchmarks and tests. */
+  readonly stats = { dispatches: 0, submits: 0, readbacks: 0, pipelinesCreated: 0 };
+  // Uniform arena: small per-dispatch parameter blocks written once per submit.
+  private uniformBuf: GPUBuffer | null = null;
+  private uniformData = new ArrayBuffer(0);
+  private uniformUsed = 0;
+  private readonly uniformAlign: number;
+  private static readonly UNIFORM_CAPACITY = 1 << 20;
+
+  private constructor(ctx: GpuContext, opts: EngineOptions) {
+    this.ctx = ctx;
+    this.device = ctx.device;
+    this.budget = opts.memoryBudget ?? defaultBudget();
+    this.uniformAlign = ctx.limits.minUniformBufferOffsetAlignment;
+  }
+
+  static async create(opts: EngineOptions = {}): Promise<Engine> {
+    return new Engine(await getGpu(), opts);
+  }
+
+  get f16(): boolean {
+    return this.ctx.features.f16;
+  }
+  get subgroups(): boolean {
+    return this.ctx.features.subgroups;
+  }
+  get limits(): GPUSupportedLimits {
+    return this.ctx.limits;
+  }
+  /** Bytes currently held (live tensors + pool). */
+  get allocatedBytes(): number {
+    return this.allocated;
+  }
+  get peakBytes(): number {
+    return this.peak;
+  }
+  resetPeak(): void {
+    this.peak = this.allocated;
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  private acquireBuffer(bytes: number): GPUBuffer {
+    checkDevice(this.ctx);
+    const cls = sizeClass(bytes);
+    if (cls > this.ctx.limits.maxBufferSize) {
+      throw new MemoryBudgetError(`a single buffer of ${cls} bytes exceeds the device's maxBufferSize ${this.ctx.limits.maxBufferSize}`);
+    }
+    const free = this.pool.get(cls);
+    if (free && free.length) return free.pop()!;
+    if (this.allocated + cls > this.budget) this.trimPool();
+    if (this.allocated + cls > this.budget) {
+      throw new MemoryBudgetError(
+        `GPU memory budget exceeded: allocating ${cls} bytes with ${this.allocated} of ${this.budget} bytes in use ` +
+          `(set COLA_GPU_MEMORY_BUDGET or use smaller batches/sequences)`,
+      );
+    }
+    const buf = this.device.createBuffer({
+      size: cls,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    });
+    this.allocated += cls;
+    if (this.allocated > this.peak) this.peak = this.allocated;
+    return buf;
+  }
+
+  /** @internal Returns a buffer to the pool (called by Tensor.free). */
+  releaseBuffer(buf: GPUBuffer): void {
+    const cls = buf.size;
+    let list = this.pool.get(cls);
+    if (!list) this.pool.set(cls, (list = []));
+    list.push(buf);
+  }
+
+  /** Destroys every pooled (unused) buffer. */
+  trimPool(): void {
+    // Pending commands may still reference pooled buffers; destroy is deferred by Dawn until done.
+    for (const [cls, list] of this.pool) {
+      for (const b of list) {
+        b.destroy();
+        this.allocated -= cls;
+      }
+    }
+    this.pool.clear();
+  }
+
+  /** A new uninitialised tensor (contents are whatever the pooled buffer held). */
+  empty(shape: readonly number[], dtype: DType = 'f32'): Tensor {
+    for (const d of shape) if (!Number.isInteger(d) || d < 0) throw new ShapeError(`bad shape ${JSON.stringify(shape)}`);
+    const bytes = numel(shape) * DTYPE_BYTES[dtype];
+    return new Tensor(this, shape, dtype, this.acquireBuffer(bytes), bytes);
+  }
+
+  zeros(shape: readonly number[], dtype: DType = 'f32'): Tensor {
+    const t = this.empty(shape, dtype);
+    this.clear(t);
+    return t;
+  }
+
+  /** Clears a tensor to zero in the command stream (ordered with dispatches). */
+  clear(t: Tensor): void {
+    this.endPass();
+    this.enc().clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+  }
+
+  /** Uploads host data. Ordered before any later dispatch: pending work is flushed first. */
+  upload(data: Float32Array | Int32Array | Uint32Array | Uint16Array, shape: readonly number[], dtype?: DType): Tensor {
+    const dt: DType = dtype ?? (data instanceof Float32Array ? 'f32' : data instanceof Int32Array ? 'i32' : data instanceof Uint16Array ? 'f16' : 'u32');
+    if (data.length !== numel(shape)) throw new ShapeError(`upload: ${data.length} values for shape ${JSON.stringify(shape)}`);
+    const t = this.empty(shape, dt);
+    this.write(t, data);
+    return t;
+  }
+
+  /** Overwrites a tensor's contents from the host, ordered after all work recorded so far. */
+  write(t: Tensor, data: ArrayBufferView): void {
+    if (data.byteLength !== t.byteLength) throw new ShapeError(`write: ${data.byteLength} bytes into ${t}`);
+    // queue.writeBuffer is ordered against submits, not against commands still being recorded.
+    this.flush();
+    const padded = data.byteLength % 4 === 0 ? data : padTo4(data);
+    this.device.queue.writeBuffer(t.buffer, 0, padded.buffer, padded.byteOffset, padded.byteLength);
+  }
+
+  /** Copies src into dst (same byte length), recorded in order with dispatches. */
+  copy(src: Tensor, dst: Tensor): void {
+    if (src.byteLength !== dst.byteLength) throw new ShapeError(`copy ${src} -> ${dst}`);
+    this.endPass();
+    this.enc().copyBufferToBuffer(src.buffer, 0, dst.buffer, 0, Math.ceil(src.byteLength / 4) * 4);
+  }
+
+  // ---------------------------------------------------------------- pipelines
+
+  /**
+   * A compute pipeline cached by (name, constants). `code` is only called on a cache miss.
+   * Pipeline-overridable constants are substituted by Dawn at compile time, so kernels see them as
+   * true constants (on lavapipe, constant-only offsets are what make loads vectorise).
+   */
+  pipeline(name: string, code: () => string, constants: Record<string, number> = {}, entryPoint = 'main'): GPUComputePipeline {
+    const key = `${name}|${entryPoint}|${Object.entries(constants)
+      .sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([k, v]) => `${k}=${v}`)
+      .join(',')}`;
+    let p = this.pipelines.get(key);
+    if (p) return p;
+    let mod = this.modules.get(name);
+    if (!mod) {
+      mod = this.device.createShaderModule({ code: code(), label: name });
+      this.modules.set(name, mod);
+    }
+    p = this.device.createComputePipeline({
+      label: key,
+      layout: 'auto',
+      compute: { module: mod, entryPoint, constants },
+    });
+    this.pipelines.set(key, p);
+    this.stats.pipelinesCreated++;
+    return p;
+  }
+
+  // ---------------------------------------------------------------- dispatch
+
+  private enc(): GPUCommandEncoder {
+    checkDevice(this.ctx);
+    return (this.encoder ??= this.device.createCommandEncoder());
+  }
+
+  private endPass(): void {
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+  }
+
+  /**
+   * Writes a small parameter block (≤ 256 B) into the per-submit uniform arena and returns a
+   * binding for it. Use for values that change between dispatches of the same pipeline.
+   */
+  uniform(values: ArrayBufferView): Binding {
+    const size = Math.ceil(values.byteLength / 16) * 16;
+    if (size > 256) throw new Error('uniform block over 256 bytes');
+    if (this.uniformUsed + size > Engine.UNIFORM_CAPACITY) this.flush();
+    if (!this.uniformBuf) {
+      this.uniformBuf = this.device.createBuffer({ size: Engine.UNIFORM_CAPACITY, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+      this.uniformData = new ArrayBuffer(Engine.UNIFORM_CAPACITY);
+    }
+    const offset = this.uniformUsed;
+    new Uint8Array(this.uniformData, offset, values.byteLength).set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+    this.uniformUsed = Math.ceil((offset + size) / this.uniformAlign) * this.uniformAlign;
+    return { buffer: this.uniformBuf, offset, size };
+  }
+
+  /**
+   * Records one dispatch. `bindings[i]` is bound at @group(0) @binding(i); a Tensor binds its used
+   * byte range. Workgroup counts over the device limit throw instead of silently dropping the submit.
+   */
+  dispatch(pipeline: GPUComputePipeline, bindings: (Tensor | Binding)[], workgroups: [number, number?, number?]): void {
+    const [x, y = 1, z = 1] = workgroups;
+    const maxWg = this.ctx.limits.maxComputeWorkgroupsPerDimension;
+    if (x > maxWg || y > maxWg || z > maxWg) throw new ShapeError(`dispatch (${x},${y},${z}) over maxComputeWorkgroupsPerDimension ${maxWg}`);
+    if (x === 0 || y === 0 || z === 0) return;
+    const maxBind = this.ctx.limits.maxStorageBufferBindingSize;
+    const entries: GPUBindGroupEntry[] = bindings.map((b, binding) => {
+      if (b instanceof Tensor) {
+        if (b.isFreed) throw new Error(`dispatch ${pipeline.label}: binding ${binding} uses a freed tensor`);
+        const size = Math.max(4, Math.ceil(b.byteLength / 4) * 4);
+        if (size > maxBind) throw new ShapeError(`binding ${binding} of ${pipeline.label} is ${size} bytes, over maxStorageBufferBindingSize ${maxBind}: process it in chunks`);
+        return { binding, resource: { buffer: b.buffer, offset: 0, size } };
+      }
+      if (b.size !== undefined && b.size > maxBind) throw new ShapeError(`binding ${binding} of ${pipeline.label} over maxStorageBufferBindingSize`);
+      return { binding, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } };
+    });
+    const bg = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    if (!this.pass) this.pass = this.enc().beginComputePass();
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, bg);
+    this.pass.dispatchWorkgroups(x, y, z);
+    this.stats.dispatches++;
+    // Bound the size of one command buffer; lavapipe handles thousands fine, but keep memory flat.
+    if (++this.dispatchesInBatch >= 4096) this.flush();
+  }
+
+  /** Submits everything recorded so far (does not wait). */
+  flush(): void {
+    this.endPass();
+    if (!this.encoder) return;
+    if (this.uniformUsed > 0 && this.uniformBuf) {
+      this.device.queue.writeBuffer(this.uniformBuf, 0, this.uniformData, 0, this.uniformUsed);
+      this.uniformUsed = 0;
+    }
+    this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    this.dispatchesInBatch = 0;
+    this.stats.submits++;
+  }
+
+  /** Waits until all submitted work is done (flushes first). */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    checkDevice(this.ctx);
+  }
+
+  /** Reads a tensor back to the host. Flushes pending work; the only place the CPU waits. */
+  async read(t: Tensor): Promise<Float32Array | Int32Array | Uint32Array | Uint16Array> {
+    const bytes = await this.readBytes(t.buffer, 0, t.byteLength);
+    switch (t.dtype) {
+      case 'f32':
+        return new Float32Array(bytes);
+      case 'i32':
+        return new Int32Array(bytes);
+      case 'u32':
+        return new Uint32Array(bytes);
+      case 'f16':
+        return new Uint16Array(bytes);
+    }
+  }
+
+  /** Reads an f32 tensor (f16 is widened) as Float32Array. */
+  async readF32(t: Tensor): Promise<Float32Array> {
+    const data = await this.read(t);
+    if (data instanceof Float32Array) return data;
+    if (data instanceof Uint16Array) return f16ToF32(data);
+    throw new Error(`readF32 of ${t}`);
+  }
+
+  async readBytes(buffer: GPUBuffer, offset: number, byteLength: number): Promise<ArrayBuffer> {
+    const size = Math.ceil(byteLength / 4) * 4;
+    const staging = this.device.createBuffer({ size: Math.max(4, size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    this.endPass();
+    this.enc().copyBufferToBuffer(buffer, offset, staging, 0, size);
+    this.flush();
+    this.stats.readbacks++;
+    try {
+      await staging.mapAsync(GPUMapMode.READ);
+    } catch (e) {
+      checkDevice(this.ctx);
+      throw e;
+    }
+    const out = staging.getMappedRange().slice(0, byteLength);
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  /**
+   * Runs `fn` inside validation and out-of-memory error scopes and throws if either caught an error.
+   * A validation error otherwise silently drops a whole submit (results turn into zeros or NaN).
+   */
+  async checked<T>(fn: () => T | Promise<T>): Promise<T> {
+    this.flush();
+    this.device.pushErrorScope('out-of-memory');
+    this.device.pushErrorScope('validation');
+    let result: T;
+    try {
+      result = await fn();
+      this.flush();
+    } finally {
+      const validation = await this.device.popErrorScope();
+      const oom = await this.device.popErrorScope();
+      if (validation) throw new Error(`WebGPU validation error: ${validation.message}`);
+      if (oom) throw new MemoryBudgetError(`GPU out of memory: ${oom.message}`);
+    }
+    return result!;
+  }
+}
+
+function defaultBudget(): number {
+  const env = process.env.COLA_GPU_MEMORY_BUDGET;
+  if (env) {
+    const n = Number(env);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`COLA_GPU_MEMORY_BUDGET must be a positive number of bytes, got ${env}`);
+    return n;
+  }
+  return 4 * 1024 ** 3;
+}
+
+function padTo4(data: ArrayBufferView): Uint8Array {
+  const out = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
+  out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  return out;
+}
+
+/** IEEE half → float. */
+export function f16ToF32(h: Uint16Array): Float32Array {
+  const out = new Float32Array(h.length);
+  for (let i = 0; i < h.length; i++) {
+    const x = h[i]!;
+    const s = x & 0x8000 ? -1 : 1;
+    const e = (x >> 10) & 0x1f;
+    const m = x & 0x3ff;
+    out[i] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
+  }
+  return out;
+}
+
+/** float → IEEE half (round to nearest even). */
+export function f32ToF16(f: Float32Array): Uint16Array {
+  const out = new Uint16Array(f.length);
+  const fb = new Float32Array(1);
+  const ib = new Uint32Array(fb.buffer);
+  for (let i = 0; i < f.length; i++) {
+    fb[0] = f[i]!;
+    const x = ib[0]!;
+    const sign = (x >>> 16) & 0x8000;
+    const exp = (x >>> 23) & 0xff;
+    let mant = x & 0x7fffff;
+    if (exp === 0xff) {
+      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
+      continue;
+    }
+    let e = exp - 127 + 15;
+    if (e >= 31) {
+      out[i] = sign | 0x7c00;
+      continue;
+    }
+    if (e <= 0) {
+      if (e < -10) {
+        out[i] = sign;
+        continue;
+      }
+      mant |= 0x800000;
+      const shift = 14 - e;
+      let h = mant >>> shift;
+      const rem = mant & ((1 << shift) - 1);
+      const half = 1 << (shift - 1);
+      if (rem > half || (rem === half && h & 1)) h++;
+      out[i] = sign | h;
+      continue;
+    }
+    let h = (e << 10) | (mant >>> 13);
+    const rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++;
+    out[i] = sign | h;
+  }
+  return out;
+}

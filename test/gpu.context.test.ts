@@ -1,0 +1,62 @@
+import { describe, expect, test } from 'bun:test';
+import { getGpu, recreateDevice, destroyDeviceForTest, DeviceLostError } from '../src/gpu/context.ts';
+import { Engine, MemoryBudgetError } from '../src/gpu/engine.ts';
+import { add } from '../src/gpu/ops/elementwise.ts';
+
+describe('gpu context', () => {
+  test('one context per process, on globalThis', async () => {
+    const a = await getGpu();
+    const b = await getGpu();
+    expect(a).toBe(b);
+    expect((globalThis as any)[Symbol.for('cola.gpu.context')].ctx).toBe(a);
+    expect(a.info.vendor.length + a.info.description.length).toBeGreaterThan(0);
+    // Limits are the adapter's, not WebGPU's defaults.
+    expect(a.limits.maxStorageBufferBindingSize).toBe(a.adapter.limits.maxStorageBufferBindingSize);
+  });
+
+  test('survives a forced GC while a long dispatch is awaited (Dawn lifetime regression)', async () => {
+    const e = await Engine.create();
+    const n = 1 << 20;
+    const x = e.upload(new Float32Array(n).fill(1), [n]);
+    let acc = e.upload(new Float32Array(n), [n]);
+    for (let i = 0; i < 200; i++) {
+      const next = add(e, acc, x);
+      acc.free();
+      acc = next;
+    }
+    e.flush();
+    const done = e.device.queue.onSubmittedWorkDone();
+    for (let i = 0; i < 5; i++) Bun.gc(true);
+    await done;
+    Bun.gc(true);
+    const out = (await e.read(acc)) as Float32Array;
+    expect(out[0]).toBe(200);
+    expect(out[n - 1]).toBe(200);
+  });
+
+  test('memory budget: an allocation over budget throws a clear error', async () => {
+    const e = await Engine.create({ memoryBudget: 1 << 20 });
+    const t = e.empty([128 * 1024]); // 512 KiB
+    expect(() => e.empty([256 * 1024])).toThrow(MemoryBudgetError);
+    t.free();
+    // A freed buffer is reused from the pool without counting twice.
+    const u = e.empty([128 * 1024]);
+    expect(e.allocatedBytes).toBe(512 * 1024);
+    u.free();
+    expect(() => e.empty([300 * 1024])).toThrow(/budget/); // 1.2 MiB: over even after the pool is trimmed
+    expect(e.allocatedBytes).toBe(0);
+  });
+
+  test('device loss is reported as a clear error and the device can be recreated', async () => {
+    const ctx = await getGpu();
+    destroyDeviceForTest(ctx);
+    await ctx.device.lost;
+    await expect(getGpu()).rejects.toThrow(DeviceLostError);
+    const fresh = await recreateDevice();
+    expect(fresh.generation).toBe(ctx.generation + 1);
+    expect(await getGpu()).toBe(fresh);
+    const e = await Engine.create();
+    const x = e.upload(new Float32Array([1, 2, 3]), [3]);
+    expect(Array.from((await e.read(add(e, x, x))) as Float32Array)).toEqual([2, 4, 6]);
+  });
+});
