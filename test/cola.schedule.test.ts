@@ -1,0 +1,181 @@
+import { describe, expect, test } from 'bun:test';
+import { ColaConfigError } from '../src/cola/errors.ts';
+import { actionAt, knotSteps, linkForStep, planChain, splitAt, type ChainConfig, type ChainPlan } from '../src/cola/schedule.ts';
+
+const spans = (p: ChainPlan) => p.links.map((l) => [l.startStep, l.endStep, l.rank]);
+
+describe('planChain: valid configurations', () => {
+  const cases: { name: string; totalSteps?: number; chain?: ChainConfig; rank: number; want: number[][] }[] = [
+    { name: 'no chain = plain LoRA', totalSteps: 10, rank: 8, want: [[0, 10, 8]] },
+    { name: 'links 1', totalSteps: 7, chain: { links: 1 }, rank: 8, want: [[0, 7, 8]] },
+    { name: 'links 3 even', totalSteps: 12, chain: { links: 3 }, rank: 8, want: [[0, 4, 8], [4, 8, 8], [8, 12, 8]] },
+    // T = 3·3 + 2: the first two links get one extra step.
+    { name: 'links 3 remainder 2', totalSteps: 11, chain: { links: 3 }, rank: 4, want: [[0, 4, 4], [4, 8, 4], [8, 11, 4]] },
+    { name: 'links 3 remainder 1', totalSteps: 10, chain: { links: 3 }, rank: 4, want: [[0, 4, 4], [4, 7, 4], [7, 10, 4]] },
+    { name: 'links = steps', totalSteps: 3, chain: { links: 3 }, rank: 2, want: [[0, 1, 2], [1, 2, 2], [2, 3, 2]] },
+    // Paper: M = 2 over 5 epochs uses epochs 1–3 then 4–5 (10 steps per epoch).
+    { name: 'knots: epochs 1-3 then 4-5', totalSteps: 50, chain: { knots: [30] }, rank: 8, want: [[0, 30, 8], [30, 50, 8]] },
+    { name: 'knots two', totalSteps: 360, chain: { knots: [120, 240] }, rank: 8, want: [[0, 120, 8], [120, 240, 8], [240, 360, 8]] },
+    { name: 'knots empty = one link', totalSteps: 5, chain: { knots: [] }, rank: 8, want: [[0, 5, 8]] },
+    { name: 'knots at 1 and T-1', totalSteps: 5, chain: { knots: [1, 4] }, rank: 8, want: [[0, 1, 8], [1, 4, 8], [4, 5, 8]] },
+    {
+      name: 'per-link rank step-down, total given',
+      totalSteps: 500,
+      chain: { links: [{ steps: 300, rank: 8 }, { steps: 200, rank: 4 }] },
+      rank: 8,
+      want: [[0, 300, 8], [300, 500, 4]],
+    },
+    {
+      name: 'per-link defines the total; missing rank = default',
+      chain: { links: [{ steps: 3 }, { steps: 2, rank: 2 }] },
+      rank: 6,
+      want: [[0, 3, 6], [3, 5, 2]],
+    },
+  ];
+  for (const c of cases) {
+    test(c.name, () => {
+      const plan = planChain({ totalSteps: c.totalSteps, chain: c.chain, rank: c.rank });
+      expect(spans(plan)).toEqual(c.want);
+      expect(plan.totalSteps).toBe(c.want[c.want.length - 1]![1]!);
+      plan.links.forEach((l, i) => {
+        expect(l.index).toBe(i);
+        expect(l.steps).toBe(l.endStep - l.startStep);
+      });
+    });
+  }
+
+  test('equal split: lengths differ by at most one and earlier links are never shorter', () => {
+    for (let T = 1; T <= 40; T++) {
+      for (let M = 1; M <= T; M++) {
+        const p = planChain({ totalSteps: T, chain: { links: M }, rank: 8 });
+        const n = p.links.map((l) => l.steps);
+        expect(n.reduce((a, b) => a + b, 0)).toBe(T);
+        expect(Math.max(...n) - Math.min(...n)).toBeLessThanOrEqual(1);
+        for (let j = 1; j < M; j++) expect(n[j]!).toBeLessThanOrEqual(n[j - 1]!);
+      }
+    }
+  });
+});
+
+describe('planChain: invalid configurations name the field', () => {
+  const cases: { name: string; input: Parameters<typeof planChain>[0]; path: string; msg: RegExp }[] = [
+    { name: 'zero links', input: { totalSteps: 10, chain: { links: 0 }, rank: 8 }, path: 'chain.links', msg: /\[1, 1000\]/ },
+    { name: 'fractional links', input: { totalSteps: 10, chain: { links: 2.5 }, rank: 8 }, path: 'chain.links', msg: /integer/ },
+    { name: 'more links than steps', input: { totalSteps: 2, chain: { links: 3 }, rank: 8 }, path: 'chain.links', msg: /at least 3 steps/ },
+    { name: 'knot at 0', input: { totalSteps: 10, chain: { knots: [0] }, rank: 8 }, path: 'chain.knots[0]', msg: /\[1, / },
+    { name: 'knot at T', input: { totalSteps: 10, chain: { knots: [5, 10] }, rank: 8 }, path: 'chain.knots[1]', msg: /less than/ },
+    { name: 'knots not increasing', input: { totalSteps: 10, chain: { knots: [5, 5] }, rank: 8 }, path: 'chain.knots[1]', msg: /strictly increasing/ },
+    { name: 'knots decreasing', input: { totalSteps: 10, chain: { knots: [6, 3] }, rank: 8 }, path: 'chain.knots[1]', msg: /strictly increasing/ },
+    { name: 'knot NaN', input: { totalSteps: 10, chain: { knots: [NaN] }, rank: 8 }, path: 'chain.knots[0]', msg: /integer/ },
+    {
+      name: 'per-link sum mismatch',
+      input: { totalSteps: 10, chain: { links: [{ steps: 3 }, { steps: 3 }] }, rank: 8 },
+      path: 'chain.links',
+      msg: /sum to 6 but the run has 10/,
+    },
+    { name: 'per-link zero steps', input: { chain: { links: [{ steps: 0 }] }, rank: 8 }, path: 'chain.links[0].steps', msg: /\[1, / },
+    { name: 'per-link bad rank', input: { chain: { links: [{ steps: 2, rank: 0 }] }, rank: 8 }, path: 'chain.links[0].rank', msg: /\[1, 1024\]/ },
+    { name: 'per-link empty', input: { chain: { links: [] }, rank: 8 }, path: 'chain.links', msg: /1 to 1000/ },
+    {
+      name: 'per-link unknown field',
+      input: { chain: { links: [{ steps: 2, rnk: 3 } as never] }, rank: 8 },
+      path: 'chain.links[0].rnk',
+      msg: /unknown/,
+    },
+    { name: 'both keys', input: { totalSteps: 10, chain: { links: 2, knots: [3] } as never, rank: 8 }, path: 'chain', msg: /exactly one/ },
+    { name: 'missing total', input: { chain: { links: 2 }, rank: 8 }, path: 'total_steps', msg: /required/ },
+    { name: 'total zero', input: { totalSteps: 0, chain: { links: 1 }, rank: 8 }, path: 'total_steps', msg: /\[1, / },
+    { name: 'default rank huge', input: { totalSteps: 10, rank: 5000 }, path: 'lora.rank', msg: /\[1, 1024\]/ },
+  ];
+  for (const c of cases) {
+    test(c.name, () => {
+      let err: unknown;
+      try {
+        planChain(c.input);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ColaConfigError);
+      expect((err as ColaConfigError).path).toBe(c.path);
+      expect((err as Error).message).toMatch(c.msg);
+    });
+  }
+});
+
+describe('actionAt / linkForStep', () => {
+  const plan = planChain({ totalSteps: 10, chain: { links: [{ steps: 4, rank: 8 }, { steps: 3, rank: 4 }, { steps: 3, rank: 2 }] }, rank: 8 });
+
+  test('table of actions after `done` completed steps', () => {
+    const want: [number, string, number, number?][] = [
+      [0, 'train', 0],
+      [1, 'train', 0],
+      [3, 'train', 0],
+      [4, 'tie_knot', 0, 1],
+      [5, 'train', 1],
+      [6, 'train', 1],
+      [7, 'tie_knot', 1, 2],
+      [9, 'train', 2],
+      [10, 'finish', 2],
+    ];
+    for (const [done, kind, link, next] of want) {
+      const a = actionAt(done, plan);
+      expect([done, a.kind, a.link.index]).toEqual([done, kind, link]);
+      if (a.kind === 'tie_knot') {
+        expect(a.nextLink.index).toBe(next!);
+        expect(a.nextRank).toBe(plan.links[next!]!.rank);
+      }
+    }
+  });
+
+  test('simulated trainer: each step trained exactly once, M knots (M versions) in order', () => {
+    for (const p of [plan, planChain({ totalSteps: 1, rank: 8 }), planChain({ totalSteps: 17, chain: { links: 5 }, rank: 8 })]) {
+      const trained: number[] = [];
+      const knots: [number, number][] = []; // (link, done)
+      let done = 0;
+      let current = 0;
+      for (let guard = 0; guard < 1000; guard++) {
+        const a = actionAt(done, p);
+        if (a.kind === 'train') {
+          expect(a.link.index).toBe(current);
+          trained.push(done);
+          done++;
+        } else if (a.kind === 'tie_knot') {
+          knots.push([a.link.index, done]);
+          current = a.nextLink.index;
+          // After the knot, step `done` is trained in the next link.
+          expect(linkForStep(done, p).index).toBe(current);
+          // tie_knot is a state of `done`; a trainer moves on by training in nextLink.
+          trained.push(done);
+          done++;
+        } else {
+          knots.push([a.link.index, done]);
+          break;
+        }
+      }
+      expect(trained).toEqual(Array.from({ length: p.totalSteps }, (_, i) => i));
+      expect(knots.map((k) => k[0])).toEqual(p.links.map((l) => l.index));
+      expect(knots.map((k) => k[1])).toEqual(p.links.map((l) => l.endStep));
+      expect(knotSteps(p)).toEqual(p.links.slice(0, -1).map((l) => l.endStep));
+    }
+  });
+
+  test('out of range', () => {
+    expect(() => actionAt(-1, plan)).toThrow(RangeError);
+    expect(() => actionAt(11, plan)).toThrow(RangeError);
+    expect(() => linkForStep(10, plan)).toThrow(RangeError);
+    expect(() => actionAt(1.5, plan)).toThrow(RangeError);
+  });
+});
+
+describe('splitAt (tie a knot now)', () => {
+  const plan = planChain({ totalSteps: 10, chain: { links: [{ steps: 6, rank: 8 }, { steps: 4, rank: 4 }] }, rank: 8 });
+  test('cuts the current link and keeps later ones', () => {
+    expect(spans(splitAt(plan, 2))).toEqual([[0, 2, 8], [2, 6, 8], [6, 10, 4]]);
+    expect(spans(splitAt(plan, 7, 2))).toEqual([[0, 6, 8], [6, 7, 4], [7, 10, 2]]);
+  });
+  test('refuses at an existing knot, at 0 and at the end', () => {
+    expect(() => splitAt(plan, 6)).toThrow(/already tied/);
+    expect(() => splitAt(plan, 0)).toThrow(ColaConfigError);
+    expect(() => splitAt(plan, 10)).toThrow(ColaConfigError);
+  });
+});
