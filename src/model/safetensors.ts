@@ -1,0 +1,528 @@
+// Strict safetensors reader and writer (https://github.com/huggingface/safetensors, format spec in
+// its README), written here so that every byte of an untrusted file is validated before use.
+//
+// Layout: u64 little-endian header length N, then N bytes of UTF-8 JSON (an object, padded at the
+// end with spaces only), then the data section. Each tensor entry is exactly
+// {dtype, shape, data_offsets: [begin, end]} with offsets relative to the data section; the
+// optional "__metadata__" entry maps strings to strings. This reader also requires that the
+// tensors tile the data section exactly (contiguous, no overlap, no gap, ending at the end of the
+// file), as the reference implementation does.
+//
+// PyTorch pickle checkpoints (`pytorch_model.bin`, `.pt`, zip or raw pickle) are refused and never
+// unpickled: unpickling runs arbitrary code.
+
+export class SafetensorsError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SafetensorsError';
+  }
+}
+
+export const DTYPE_SIZES = {
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
+  BOOL: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+} as const;
+
+export type Dtype = keyof typeof DTYPE_SIZES;
+
+export function isDtype(s: string): s is Dtype {
+  return Object.prototype.hasOwnProperty.call(DTYPE_SIZES, s);
+}
+
+export interface SafeTensor {
+  dtype: Dtype;
+  shape: number[];
+  /** A view into the parsed file's bytes (not a copy). */
+  data: Uint8Array;
+}
+
+export interface ParsedSafetensors {
+  /** Tensors in header order. */
+  tensors: Map<string, SafeTensor>;
+  metadata: Record<string, string>;
+}
+
+export interface ParseOptions {
+  /** Largest accepted header length in bytes (default 100 MB, as the reference implementation). */
+  maxHeaderBytes?: number;
+}
+
+export const DEFAULT_MAX_HEADER_BYTES = 100_000_000;
+/** Largest tensor rank accepted. */
+export const MAX_RANK = 16;
+/** Nesting limit for the header JSON (a valid header nests 3 deep). */
+const MAX_JSON_DEPTH = 8;
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+if (!LITTLE_ENDIAN) throw new Error('safetensors.ts assumes a little-endian platform');
+
+// ---------------------------------------------------------------------------------------------
+// Pickle detection
+
+/**
+ * True when the bytes start like a PyTorch checkpoint: a zip archive (torch.save since 1.6) or a
+ * raw pickle stream (protocol 2+, legacy torch.save), and cannot be a safetensors file (whose
+ * byte 8 is always '{').
+ */
+export function looksLikePickle(bytes: Uint8Array): boolean {
+  if (bytes.length >= 9 && bytes[8] === 0x7b) return false;
+  if (bytes.length >= 4 && bytes[0] === 0x50 && bytes[1] === 0x4b && bytes[2] === 0x03 && bytes[3] === 0x04) return true;
+  if (bytes.length >= 2 && bytes[0] === 0x80 && bytes[1]! >= 2 && bytes[1]! <= 5) return true;
+  return false;
+}
+
+export const PICKLE_MESSAGE =
+  'this looks like a PyTorch pickle checkpoint (pytorch_model.bin / .pt / .pth); pickle files are refused ' +
+  'because loading them can run arbitrary code. Convert it to safetensors first ' +
+  '(e.g. in Python: safetensors.torch.save_file(torch.load(path, weights_only=True), "model.safetensors")).';
+
+// ---------------------------------------------------------------------------------------------
+// Strict JSON parser: detects duplicate and forbidden keys (JSON.parse keeps the last duplicate
+// silently and treats "__proto__" specially), refuses non-integer numbers where integers are
+// needed (numbers that are not plain integer literals are kept as JsonFloat), bounded depth.
+
+class JsonFloat {
+  constructor(readonly raw: string, readonly value: number) {}
+}
+type JsonValue = null | boolean | string | number | JsonFloat | JsonValue[] | JsonObject;
+type JsonObject = Map<string, JsonValue>;
+
+class StrictJsonParser {
+  private i = 0;
+  constructor(private readonly s: string) {}
+
+  fail(msg: string): never {
+    throw new SafetensorsError(`header is not valid JSON: ${msg} at character ${this.i}`);
+  }
+
+  private ws(): void {
+    const s = this.s;
+    while (this.i < s.length) {
+      const c = s.charCodeAt(this.i);
+      if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) this.i++;
+      else break;
+    }
+  }
+
+  parseDocument(): JsonValue {
+    // The spec requires the header to begin with '{' and allows only trailing spaces.
+    if (this.s.charCodeAt(0) !== 0x7b) throw new SafetensorsError("header must begin with '{'");
+    const v = this.value(0);
+    while (this.i < this.s.length) {
+      if (this.s.charCodeAt(this.i) !== 0x20) {
+        throw new SafetensorsError(`header has unexpected bytes after the JSON object at character ${this.i} (only space padding is allowed)`);
+      }
+      this.i++;
+    }
+    return v;
+  }
+
+  private value(depth: number): JsonValue {
+    if (depth > MAX_JSON_DEPTH) this.fail(`nesting deeper than ${MAX_JSON_DEPTH}`);
+    this.ws();
+    const c = this.s[this.i];
+    if (c === '{') return this.object(depth);
+    if (c === '[') return this.array(depth);
+    if (c === '"') return this.string();
+    if (c === 't') return this.literal('true', true);
+    if (c === 'f') return this.literal('false', false);
+    if (c === 'n') return this.literal('null', null);
+    if (c === '-' || (c !== undefined && c >= '0' && c <= '9')) return this.number();
+    return this.fail(c === undefined ? 'unexpected end' : `unexpected character ${JSON.stringify(c)}`);
+  }
+
+  private literal<T>(word: string, v: T): T {
+    if (this.s.startsWith(word, this.i)) {
+      this.i += word.length;
+      return v;
+    }
+    return this.fail('invalid literal');
+  }
+
+  private object(depth: number): JsonObject {
+    this.i++; // {
+    const out: JsonObject = new Map();
+    this.ws();
+    if (this.s[this.i] === '}') {
+      this.i++;
+      return out;
+    }
+    for (;;) {
+      this.ws();
+      if (this.s[this.i] !== '"') this.fail('expected a string key');
+      const keyAt = this.i;
+      const key = this.string();
+      if (FORBIDDEN_KEYS.has(key)) throw new SafetensorsError(`header contains the forbidden key ${JSON.stringify(key)}`);
+      if (out.has(key)) throw new SafetensorsError(`header contains the duplicate key ${JSON.stringify(key)} (at character ${keyAt})`);
+      this.ws();
+      if (this.s[this.i] !== ':') this.fail("expected ':'");
+      this.i++;
+      out.set(key, this.value(depth + 1));
+      this.ws();
+      const c = this.s[this.i];
+      if (c === ',') {
+        this.i++;
+        continue;
+      }
+      if (c === '}') {
+        this.i++;
+        return out;
+      }
+      this.fail("expected ',' or '}'");
+    }
+  }
+
+  private array(depth: number): JsonValue[] {
+    this.i++; // [
+    const out: JsonValue[] = [];
+    this.ws();
+    if (this.s[this.i] === ']') {
+      this.i++;
+      return out;
+    }
+    for (;;) {
+      out.push(this.value(depth + 1));
+      this.ws();
+      const c = this.s[this.i];
+      if (c === ',') {
+        this.i++;
+        continue;
+      }
+      if (c === ']') {
+        this.i++;
+        return out;
+      }
+      this.fail("expected ',' or ']'");
+    }
+  }
+
+  private string(): string {
+    const s = this.s;
+    this.i++; // opening quote
+    let out = '';
+    let start = this.i;
+    for (;;) {
+      if (this.i >= s.length) this.fail('unterminated string');
+      const c = s.charCodeAt(this.i);
+      if (c === 0x22) {
+        out += s.slice(start, this.i);
+        this.i++;
+        return out;
+      }
+      if (c < 0x20) this.fail('control character in string');
+      if (c === 0x5c) {
+        out += s.slice(start, this.i);
+        const e = s[this.i + 1];
+        this.i += 2;
+        switch (e) {
+          case '"': out += '"'; break;
+          case '\\': out += '\\'; break;
+          case '/': out += '/'; break;
+          case 'b': out += '\b'; break;
+          case 'f': out += '\f'; break;
+          case 'n': out += '\n'; break;
+          case 'r': out += '\r'; break;
+          case 't': out += '\t'; break;
+          case 'u': {
+            const hex = s.slice(this.i, this.i + 4);
+            if (!/^[0-9a-fA-F]{4}$/.test(hex)) this.fail('invalid \\u escape');
+            out += String.fromCharCode(parseInt(hex, 16));
+            this.i += 4;
+            break;
+          }
+          default:
+            this.fail('invalid escape');
+        }
+        start = this.i;
+        continue;
+      }
+      this.i++;
+    }
+  }
+
+  private number(): number | JsonFloat {
+    const m = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+    m.lastIndex = this.i;
+    const r = m.exec(this.s);
+    if (!r) return this.fail('invalid number');
+    this.i += r[0].length;
+    const v = Number(r[0]);
+    if (r[1] !== undefined || r[2] !== undefined) return new JsonFloat(r[0], v);
+    // An integer literal; keep it as a number, but one that is not exactly representable is
+    // reported as unsafe by the callers (Number.isSafeInteger).
+    return v;
+  }
+}
+
+function describe(v: JsonValue): string {
+  if (v instanceof JsonFloat) return v.raw;
+  if (v instanceof Map) return 'an object';
+  if (Array.isArray(v)) return 'an array';
+  return JSON.stringify(v);
+}
+
+/** Returns the exact integer value of v or throws: integer literal, in [0, 2^53). */
+function safeNonNegInt(v: JsonValue, what: string): number {
+  if (typeof v !== 'number') throw new SafetensorsError(`${what} must be a non-negative integer, got ${describe(v)}`);
+  if (v < 0) throw new SafetensorsError(`${what} must be a non-negative integer, got ${v}`);
+  if (!Number.isSafeInteger(v)) throw new SafetensorsError(`${what} is too large (values of 2^53 and more are refused)`);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+
+export function parseSafetensors(bytes: Uint8Array, opts: ParseOptions = {}): ParsedSafetensors {
+  const maxHeader = opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES;
+  if (!(bytes instanceof Uint8Array)) throw new SafetensorsError('input must be a Uint8Array');
+  if (looksLikePickle(bytes)) throw new SafetensorsError(PICKLE_MESSAGE);
+  if (bytes.length < 8) throw new SafetensorsError(`file is ${bytes.length} bytes; a safetensors file has at least an 8-byte header length`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n64 = dv.getBigUint64(0, true);
+  if (n64 > BigInt(maxHeader)) throw new SafetensorsError(`header length ${n64} exceeds the limit of ${maxHeader} bytes`);
+  const n = Number(n64);
+  if (8 + n > bytes.length) throw new SafetensorsError(`header length ${n} runs past the end of the ${bytes.length}-byte file (truncated?)`);
+  if (n < 2) throw new SafetensorsError(`header length ${n} is too small to hold a JSON object`);
+
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes.subarray(8, 8 + n));
+  } catch {
+    throw new SafetensorsError('header is not valid UTF-8');
+  }
+  const root = new StrictJsonParser(text).parseDocument();
+  if (!(root instanceof Map)) throw new SafetensorsError('header must be a JSON object');
+
+  const dataStart = 8 + n;
+  const dataLen = bytes.length - dataStart;
+  const metadata: Record<string, string> = Object.create(null);
+  const tensors = new Map<string, SafeTensor>();
+  const spans: { name: string; begin: number; end: number }[] = [];
+
+  for (const [name, entry] of root) {
+    if (name === '__metadata__') {
+      if (!(entry instanceof Map)) throw new SafetensorsError('__metadata__ must be an object of string values');
+      for (const [k, v] of entry) {
+        if (typeof v !== 'string') throw new SafetensorsError(`__metadata__[${JSON.stringify(k)}] must be a string, got ${describe(v)}`);
+        metadata[k] = v;
+      }
+      continue;
+    }
+    const what = `tensor ${JSON.stringify(name)}`;
+    if (name.length === 0) throw new SafetensorsError('a tensor has an empty name');
+    if (!(entry instanceof Map)) throw new SafetensorsError(`${what} must be an object with dtype, shape and data_offsets`);
+    for (const k of entry.keys()) {
+      if (k !== 'dtype' && k !== 'shape' && k !== 'data_offsets') throw new SafetensorsError(`${what} has the unexpected field ${JSON.stringify(k)}`);
+    }
+    const dtype = entry.get('dtype');
+    const shape = entry.get('shape');
+    const offs = entry.get('data_offsets');
+    if (dtype === undefined || shape === undefined || offs === undefined) {
+      throw new SafetensorsError(`${what} must have dtype, shape and data_offsets`);
+    }
+    if (typeof dtype !== 'string' || !isDtype(dtype)) {
+      throw new SafetensorsError(`${what} has the unknown dtype ${describe(dtype)} (known: ${Object.keys(DTYPE_SIZES).join(', ')})`);
+    }
+    if (!Array.isArray(shape)) throw new SafetensorsError(`${what}: shape must be an array of integers`);
+    if (shape.length > MAX_RANK) throw new SafetensorsError(`${what}: rank ${shape.length} exceeds ${MAX_RANK}`);
+    const dims: number[] = [];
+    let numel = 1;
+    for (let d = 0; d < shape.length; d++) {
+      const v = safeNonNegInt(shape[d]!, `${what}: shape[${d}]`);
+      dims.push(v);
+      numel *= v;
+      if (!Number.isSafeInteger(numel)) throw new SafetensorsError(`${what}: element count overflows`);
+    }
+    if (!Array.isArray(offs) || offs.length !== 2) throw new SafetensorsError(`${what}: data_offsets must be [begin, end]`);
+    const begin = safeNonNegInt(offs[0]!, `${what}: data_offsets[0]`);
+    const end = safeNonNegInt(offs[1]!, `${what}: data_offsets[1]`);
+    if (end < begin) throw new SafetensorsError(`${what}: data_offsets end ${end} < begin ${begin}`);
+    const nbytes = numel * DTYPE_SIZES[dtype];
+    if (!Number.isSafeInteger(nbytes)) throw new SafetensorsError(`${what}: byte size overflows`);
+    if (nbytes !== end - begin) {
+      throw new SafetensorsError(`${what}: ${dtype} × shape [${dims.join(', ')}] needs ${nbytes} bytes but data_offsets span ${end - begin}`);
+    }
+    if (end > dataLen) throw new SafetensorsError(`${what}: data_offsets end ${end} is past the data section (${dataLen} bytes; truncated?)`);
+    spans.push({ name, begin, end });
+    tensors.set(name, { dtype, shape: dims, data: bytes.subarray(dataStart + begin, dataStart + end) });
+  }
+
+  // Contiguous, non-overlapping, covering the data section exactly.
+  spans.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let pos = 0;
+  for (const s of spans) {
+    if (s.begin < pos) throw new SafetensorsError(`tensor ${JSON.stringify(s.name)} overlaps the previous tensor (begins at ${s.begin}, previous ends at ${pos})`);
+    if (s.begin > pos) throw new SafetensorsError(`gap in the data section before tensor ${JSON.stringify(s.name)} (bytes ${pos}..${s.begin} unused)`);
+    pos = s.end;
+  }
+  if (pos !== dataLen) throw new SafetensorsError(`data section has ${dataLen - pos} trailing bytes not covered by any tensor`);
+  return { tensors, metadata };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversion
+
+const F16_TABLE = (() => {
+  const t = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const s = h & 0x8000 ? -1 : 1;
+    const e = (h >> 10) & 0x1f;
+    const m = h & 0x3ff;
+    let v: number;
+    if (e === 0) v = m * 2 ** -24;
+    else if (e === 31) v = m === 0 ? Infinity : NaN;
+    else v = (1 + m / 1024) * 2 ** (e - 15);
+    t[h] = s * v;
+  }
+  return t;
+})();
+
+export function numelOf(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/**
+ * Converts an F32/F16/BF16/F64 tensor to a Float32Array. F32 data whose offset is 4-byte aligned is
+ * returned as a view on the same bytes unless `copy` is set; unaligned data is copied.
+ */
+export function toFloat32(t: SafeTensor, opts: { copy?: boolean } = {}): Float32Array {
+  const n = numelOf(t.shape);
+  const d = t.data;
+  switch (t.dtype) {
+    case 'F32': {
+      if (!opts.copy && d.byteOffset % 4 === 0) return new Float32Array(d.buffer, d.byteOffset, n);
+      const out = new Float32Array(n);
+      new Uint8Array(out.buffer).set(d);
+      return out;
+    }
+    case 'F16': {
+      const out = new Float32Array(n);
+      for (let i = 0; i < n; i++) out[i] = F16_TABLE[d[2 * i]! | (d[2 * i + 1]! << 8)]!;
+      return out;
+    }
+    case 'BF16': {
+      const out = new Float32Array(n);
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < n; i++) bits[i] = ((d[2 * i]! | (d[2 * i + 1]! << 8)) << 16) >>> 0;
+      return out;
+    }
+    case 'F64': {
+      const src = d.byteOffset % 8 === 0 ? new Float64Array(d.buffer, d.byteOffset, n) : new Float64Array(d.slice().buffer);
+      return Float32Array.from(src);
+    }
+    default:
+      throw new SafetensorsError(`cannot convert dtype ${t.dtype} to f32`);
+  }
+}
+
+/** f32 → f16 bits, round to nearest even (for tests and writers). */
+export function f32ToF16Bits(x: number): number {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer)[0]!;
+  const sign = (u >>> 16) & 0x8000;
+  const exp = (u >>> 23) & 0xff;
+  let mant = u & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  let e = exp - 127 + 15;
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    let h = mant >>> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    if (rem > half || (rem === half && h & 1)) h++;
+    return sign | h;
+  }
+  let h = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++;
+  return sign | h;
+}
+
+/** f32 → bf16 bits, round to nearest even. */
+export function f32ToBf16Bits(x: number): number {
+  const u = new Uint32Array(new Float32Array([x]).buffer)[0]!;
+  if ((u & 0x7fffffff) > 0x7f800000) return (u >>> 16) | 0x40; // NaN stays NaN
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+export interface TensorToWrite {
+  dtype: Dtype;
+  shape: readonly number[];
+  data: ArrayBufferView;
+}
+
+/**
+ * Encodes tensors as a safetensors file: names sorted (by UTF-16 code units), "__metadata__" first
+ * when given, header padded with spaces so the data section starts at a multiple of 8, tensors
+ * laid out in name order. The same input always gives the same bytes.
+ */
+export function encodeSafetensors(tensors: Record<string, TensorToWrite> | Map<string, TensorToWrite>, metadata?: Record<string, string>): Uint8Array {
+  const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
+  entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const parts: string[] = [];
+  if (metadata) {
+    const keys = Object.keys(metadata).sort();
+    const m: string[] = [];
+    for (const k of keys) {
+      const v = metadata[k];
+      if (FORBIDDEN_KEYS.has(k)) throw new SafetensorsError(`metadata key ${JSON.stringify(k)} is forbidden`);
+      if (typeof v !== 'string') throw new SafetensorsError(`metadata[${JSON.stringify(k)}] must be a string`);
+      m.push(`${JSON.stringify(k)}:${JSON.stringify(v)}`);
+    }
+    parts.push(`"__metadata__":{${m.join(',')}}`);
+  }
+  let offset = 0;
+  const blobs: Uint8Array[] = [];
+  const seen = new Set<string>();
+  for (const [name, t] of entries) {
+    if (name.length === 0 || name === '__metadata__' || FORBIDDEN_KEYS.has(name)) throw new SafetensorsError(`invalid tensor name ${JSON.stringify(name)}`);
+    if (seen.has(name)) throw new SafetensorsError(`duplicate tensor name ${JSON.stringify(name)}`);
+    seen.add(name);
+    if (!isDtype(t.dtype)) throw new SafetensorsError(`tensor ${JSON.stringify(name)}: unknown dtype ${String(t.dtype)}`);
+    if (t.shape.length > MAX_RANK) throw new SafetensorsError(`tensor ${JSON.stringify(name)}: rank ${t.shape.length} exceeds ${MAX_RANK}`);
+    for (const d of t.shape) {
+      if (!Number.isSafeInteger(d) || d < 0) throw new SafetensorsError(`tensor ${JSON.stringify(name)}: invalid dimension ${d}`);
+    }
+    const nbytes = numelOf(t.shape) * DTYPE_SIZES[t.dtype];
+    if (nbytes !== t.data.byteLength) {
+      throw new SafetensorsError(`tensor ${JSON.stringify(name)}: ${t.dtype} × [${t.shape.join(', ')}] needs ${nbytes} bytes, data has ${t.data.byteLength}`);
+    }
+    parts.push(`${JSON.stringify(name)}:{"dtype":"${t.dtype}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${offset + nbytes}]}`);
+    blobs.push(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    offset += nbytes;
+  }
+  const headerRaw = new TextEncoder().encode(`{${parts.join(',')}}`);
+  const headerLen = Math.ceil(headerRaw.length / 8) * 8;
+  const out = new Uint8Array(8 + headerLen + offset);
+  new DataView(out.buffer).setBigUint64(0, BigInt(headerLen), true);
+  out.set(headerRaw, 8);
+  out.fill(0x20, 8 + headerRaw.length, 8 + headerLen);
+  let pos = 8 + headerLen;
+  for (const b of blobs) {
+    out.set(b, pos);
+    pos += b.length;
+  }
+  return out;
+}
