@@ -36,6 +36,8 @@ export class Tensor {
     readonly buffer: GPUBuffer,
     /** Bytes actually used (numel × dtype bytes); buffer.size may be larger (pool rounding). */
     readonly byteLength: number,
+    /** Start of this tensor inside `buffer` (non-zero only for row-slice views). */
+    readonly byteOffset = 0,
   ) {}
   get numel(): number {
     return numel(this.shape);
@@ -52,7 +54,21 @@ export class Tensor {
   /** Same buffer, new shape of equal element count (no copy). */
   view(shape: readonly number[]): Tensor {
     if (numel(shape) !== this.numel) throw new ShapeError(`view ${JSON.stringify(shape)} of tensor ${JSON.stringify(this.shape)}`);
-    return new TensorView(this, shape);
+    return new TensorView(this, shape, this.byteOffset, this.byteLength);
+  }
+  /**
+   * Rows [start, end) of the first dimension, as a view sharing the buffer (no copy). The byte
+   * offset must be a multiple of the device's minStorageBufferOffsetAlignment (256) so the view
+   * can be bound; used to process tensors over the storage-binding limit in chunks.
+   */
+  rows(start: number, end: number): Tensor {
+    const n0 = this.shape[0]!;
+    if (!(0 <= start && start < end && end <= n0)) throw new ShapeError(`rows(${start}, ${end}) of ${this}`);
+    const rowBytes = this.byteLength / n0;
+    const off = this.byteOffset + start * rowBytes;
+    const align = this.engine.limits.minStorageBufferOffsetAlignment;
+    if (off % align !== 0) throw new ShapeError(`rows(${start}, ${end}) of ${this}: byte offset ${off} is not a multiple of ${align}`);
+    return new TensorView(this, [end - start, ...this.shape.slice(1)], off, (end - start) * rowBytes);
   }
   toString(): string {
     return `Tensor(${this.dtype}[${this.shape.join(',')}])`;
@@ -61,8 +77,11 @@ export class Tensor {
 
 /** A reshaped alias: freeing it does nothing (the base owns the buffer). */
 class TensorView extends Tensor {
-  constructor(readonly base: Tensor, shape: readonly number[]) {
-    super(base.engine, shape, base.dtype, base.buffer, base.byteLength);
+  constructor(readonly base: Tensor, shape: readonly number[], byteOffset: number, byteLength: number) {
+    super(base.engine, shape, base.dtype, base.buffer, byteLength, byteOffset);
+  }
+  override get isFreed(): boolean {
+    return this.base.isFreed;
   }
   override free(): void {}
 }
@@ -202,7 +221,7 @@ export class Engine {
   /** Clears a tensor to zero in the command stream (ordered with dispatches). */
   clear(t: Tensor): void {
     this.endPass();
-    this.enc().clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+    this.enc().clearBuffer(t.buffer, t.byteOffset, Math.ceil(t.byteLength / 4) * 4);
   }
 
   /** Uploads host data. Ordered before any later dispatch: pending work is flushed first. */
@@ -220,14 +239,14 @@ export class Engine {
     // queue.writeBuffer is ordered against submits, not against commands still being recorded.
     this.flush();
     const padded = data.byteLength % 4 === 0 ? data : padTo4(data);
-    this.device.queue.writeBuffer(t.buffer, 0, padded.buffer, padded.byteOffset, padded.byteLength);
+    this.device.queue.writeBuffer(t.buffer, t.byteOffset, padded.buffer, padded.byteOffset, padded.byteLength);
   }
 
   /** Copies src into dst (same byte length), recorded in order with dispatches. */
   copy(src: Tensor, dst: Tensor): void {
     if (src.byteLength !== dst.byteLength) throw new ShapeError(`copy ${src} -> ${dst}`);
     this.endPass();
-    this.enc().copyBufferToBuffer(src.buffer, 0, dst.buffer, 0, Math.ceil(src.byteLength / 4) * 4);
+    this.enc().copyBufferToBuffer(src.buffer, src.byteOffset, dst.buffer, dst.byteOffset, Math.ceil(src.byteLength / 4) * 4);
   }
 
   // ---------------------------------------------------------------- pipelines
@@ -306,7 +325,7 @@ export class Engine {
         if (b.isFreed) throw new Error(`dispatch ${pipeline.label}: binding ${binding} uses a freed tensor`);
         const size = Math.max(4, Math.ceil(b.byteLength / 4) * 4);
         if (size > maxBind) throw new ShapeError(`binding ${binding} of ${pipeline.label} is ${size} bytes, over maxStorageBufferBindingSize ${maxBind}: process it in chunks`);
-        return { binding, resource: { buffer: b.buffer, offset: 0, size } };
+        return { binding, resource: { buffer: b.buffer, offset: b.byteOffset, size } };
       }
       if (b.size !== undefined && b.size > maxBind) throw new ShapeError(`binding ${binding} of ${pipeline.label} over maxStorageBufferBindingSize`);
       return { binding, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } };
@@ -344,7 +363,7 @@ export class Engine {
 
   /** Reads a tensor back to the host. Flushes pending work; the only place the CPU waits. */
   async read(t: Tensor): Promise<Float32Array | Int32Array | Uint32Array | Uint16Array> {
-    const bytes = await this.readBytes(t.buffer, 0, t.byteLength);
+    const bytes = await this.readBytes(t.buffer, t.byteOffset, t.byteLength);
     switch (t.dtype) {
       case 'f32':
         return new Float32Array(bytes);
