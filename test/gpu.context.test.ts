@@ -60,3 +60,20 @@ describe('gpu context', () => {
     expect(Array.from((await e.read(add(e, x, x))) as Float32Array)).toEqual([2, 4, 6]);
   });
 });
+
+describe('tensor views', () => {
+  test('a reshape view frees its base once; a row slice never frees the base', async () => {
+    const e = await Engine.create({ memoryBudget: 1 << 24 });
+    const base = e.upload(new Float32Array(256 * 4).map((_, i) => i), [256, 4]);
+    const v = base.view([4, 256]);
+    v.free();
+    expect(base.isFreed).toBe(true);
+    base.free(); // no double return to the pool
+    const t = e.upload(new Float32Array(256 * 4).map((_, i) => i), [256, 4]);
+    const s = t.rows(64, 128); // 64 rows × 16 B = 1024 B offset: aligned
+    expect(Array.from(((await e.read(s)) as Float32Array).slice(0, 3))).toEqual([256, 257, 258]);
+    s.free();
+    expect(t.isFreed).toBe(false);
+    expect(() => t.rows(1, 2)).toThrow(/multiple of/);
+  });
+});

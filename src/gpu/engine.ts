@@ -51,10 +51,13 @@ export class Tensor {
     this.freed = true;
     this.engine.releaseBuffer(this.buffer);
   }
-  /** Same buffer, new shape of equal element count (no copy). */
+  /**
+   * Same buffer, new shape of equal element count (no copy). The view shares ownership: freeing
+   * either the view or the original returns the buffer once (so `op(...).view(s)` can be freed).
+   */
   view(shape: readonly number[]): Tensor {
     if (numel(shape) !== this.numel) throw new ShapeError(`view ${JSON.stringify(shape)} of tensor ${JSON.stringify(this.shape)}`);
-    return new TensorView(this, shape, this.byteOffset, this.byteLength);
+    return new TensorView(this, shape, this.byteOffset, this.byteLength, true);
   }
   /**
    * Rows [start, end) of the first dimension, as a view sharing the buffer (no copy). The byte
@@ -68,22 +71,27 @@ export class Tensor {
     const off = this.byteOffset + start * rowBytes;
     const align = this.engine.limits.minStorageBufferOffsetAlignment;
     if (off % align !== 0) throw new ShapeError(`rows(${start}, ${end}) of ${this}: byte offset ${off} is not a multiple of ${align}`);
-    return new TensorView(this, [end - start, ...this.shape.slice(1)], off, (end - start) * rowBytes);
+    return new TensorView(this, [end - start, ...this.shape.slice(1)], off, (end - start) * rowBytes, false);
   }
   toString(): string {
     return `Tensor(${this.dtype}[${this.shape.join(',')}])`;
   }
 }
 
-/** A reshaped alias: freeing it does nothing (the base owns the buffer). */
+/**
+ * An alias of another tensor's buffer. A reshape view (`owns`) frees its base when freed; a row
+ * slice does not (the base owns the buffer).
+ */
 class TensorView extends Tensor {
-  constructor(readonly base: Tensor, shape: readonly number[], byteOffset: number, byteLength: number) {
+  constructor(readonly base: Tensor, shape: readonly number[], byteOffset: number, byteLength: number, private readonly owns: boolean) {
     super(base.engine, shape, base.dtype, base.buffer, byteLength, byteOffset);
   }
   override get isFreed(): boolean {
     return this.base.isFreed;
   }
-  override free(): void {}
+  override free(): void {
+    if (this.owns) this.base.free();
+  }
 }
 
 export interface EngineOptions {
