@@ -12,3 +12,36 @@ fn add(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: 
   let i = gid.x + gid.y * nwg.x * WG;
   if (i < N) { out[i] = a[i] + b[i]; }
 }
+
+// out = a·b (elementwise product)
+@compute @workgroup_size(WG)
+fn mul(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i < N) { out[i] = a[i] * b[i]; }
+}
+
+// Scalar helpers: the element count is arrayLength(output) (bindings are exactly numel·4 bytes),
+// and the scalar comes in a uniform, so neither a new size nor a new scalar costs a compile.
+struct Scalar { s: f32 }
+
+@group(0) @binding(0) var<storage, read> sc_a: array<f32>;         // (N)
+@group(0) @binding(1) var<storage, read_write> sc_out: array<f32>; // (N)
+@group(0) @binding(2) var<uniform> sc_p: Scalar;                   // s
+
+// out = s·a
+@compute @workgroup_size(WG)
+fn scale(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i < arrayLength(&sc_out)) { sc_out[i] = sc_p.s * sc_a[i]; }
+}
+
+@group(0) @binding(0) var<storage, read> ax_x: array<f32>;         // (N)
+@group(0) @binding(1) var<storage, read_write> ax_y: array<f32>;   // (N), updated in place
+@group(0) @binding(2) var<uniform> ax_p: Scalar;                   // alpha
+
+// y += alpha·x (gradient accumulation)
+@compute @workgroup_size(WG)
+fn axpy(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i < arrayLength(&ax_y)) { ax_y[i] = ax_y[i] + ax_p.s * ax_x[i]; }
+}
