@@ -34,7 +34,9 @@ export function readFileBounded(path: string, max: number, what = 'file'): Uint8
   }
   if (!st.isFile()) throw new ModelLoadError(`${what} ${path} is not a regular file`);
   if (st.size > max) throw new ModelLoadError(`${what} ${path} is ${st.size} bytes, over the limit of ${max}`);
-  return readFileSync(path);
+  const b = readFileSync(path);
+  // A plain Uint8Array view (Buffer's slice() would alias instead of copying).
+  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 }
 
 export function readJsonBounded(path: string, max: number, what: string): unknown {

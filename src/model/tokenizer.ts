@@ -611,7 +611,8 @@ function readBounded(path: string): Uint8Array {
   const st = statSync(path);
   if (!st.isFile()) throw new TokenizerError(`${path} is not a file`);
   if (st.size > MAX_TOKENIZER_FILE_BYTES) throw new TokenizerError(`${path} is ${st.size} bytes, over the tokenizer limit of ${MAX_TOKENIZER_FILE_BYTES}`);
-  return readFileSync(path);
+  const b = readFileSync(path);
+  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 }
 
 function readJson(path: string): Record<string, unknown> {

@@ -1,0 +1,130 @@
+// Bundled models and format detection: loadModelFromPath(path) → { weights, tokenizer }.
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ModelLoadError, loadHfWeights, readFileBounded } from './hf.ts';
+import { loadLlama2c } from './llama2c.ts';
+import { PICKLE_MESSAGE, looksLikePickle, parseSafetensors } from './safetensors.ts';
+import { type TextTokenizer, loadHfTokenizer, loadLlama2cTokenizer, loadSentencePieceTokenizer, MAX_TOKENIZER_FILE_BYTES } from './tokenizer.ts';
+import { type ModelWeights, loadSavedSafetensorsWeights } from './weights.ts';
+
+/** Folder of the bundled stories260K model (llama2.c checkpoint + tokenizers). */
+export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/stories260K/', import.meta.url));
+
+export interface ModelEntry {
+  name: string;
+  /** A folder or checkpoint path accepted by loadModelFromPath. */
+  path: string;
+  checkpoint: string;
+  tokenizer: string;
+  license: string;
+}
+
+export const DEFAULT_MODEL: ModelEntry = {
+  name: 'stories260K',
+  path: DEFAULT_MODEL_DIR,
+  checkpoint: join(DEFAULT_MODEL_DIR, 'stories260K.bin'),
+  tokenizer: join(DEFAULT_MODEL_DIR, 'tok512.bin'),
+  license: 'MIT',
+};
+
+/** Bundled models by name. */
+export const BUNDLED_MODELS: ReadonlyMap<string, ModelEntry> = new Map([[DEFAULT_MODEL.name, DEFAULT_MODEL]]);
+
+export type ModelFormat = 'llama2c' | 'hf' | 'safetensors';
+
+export interface LoadedModel {
+  weights: ModelWeights;
+  tokenizer: TextTokenizer;
+  format: ModelFormat;
+  /** The checkpoint (file) or folder that was loaded. */
+  source: string;
+}
+
+export interface LoadModelOptions {
+  /** Explicit tokenizer file (tokenizer.bin, tokenizer.model or tokenizer.json). */
+  tokenizerPath?: string;
+  /** Largest checkpoint accepted (default 16 GiB). */
+  maxFileBytes?: number;
+}
+
+const GiB = 1024 ** 3;
+
+function loadTokenizerFile(path: string, vocabSize: number): TextTokenizer {
+  if (path.endsWith('.model')) return loadSentencePieceTokenizer(readFileBounded(path, MAX_TOKENIZER_FILE_BYTES, 'tokenizer'));
+  if (path.endsWith('.json')) return loadHfTokenizer(dirname(path));
+  return loadLlama2cTokenizer(readFileBounded(path, MAX_TOKENIZER_FILE_BYTES, 'tokenizer'), vocabSize);
+}
+
+function checkVocab(w: ModelWeights, t: TextTokenizer, src: string): void {
+  if (t.vocabSize > w.config.vocabSize) {
+    throw new ModelLoadError(`${src}: the tokenizer has ${t.vocabSize} tokens but the model only ${w.config.vocabSize}`);
+  }
+}
+
+/** tokenizer.bin / tok*.bin next to a llama2.c checkpoint (or in a folder), else tokenizer.model. */
+function findLlama2cTokenizer(dir: string, exclude: string): string {
+  const names = readdirSync(dir).sort();
+  const bins = names.filter((n) => /^tok.*\.bin$/.test(n) && n !== exclude);
+  if (bins.length === 1) return join(dir, bins[0]!);
+  if (bins.length > 1) throw new ModelLoadError(`${dir}: several tokenizer files (${bins.join(', ')}); pass tokenizerPath`);
+  const models = names.filter((n) => n.endsWith('.model'));
+  if (models.length === 1) return join(dir, models[0]!);
+  throw new ModelLoadError(`${dir}: no llama2.c tokenizer (tokenizer.bin / tok*.bin) or sentencepiece .model found; pass tokenizerPath`);
+}
+
+/**
+ * Loads a model and its tokenizer, detecting the format:
+ * - a folder with config.json: Hugging Face (model.safetensors or sharded + index; tokenizer.json,
+ *   vocab.json + merges.txt, or tokenizer.model);
+ * - a folder without config.json: exactly one llama2.c checkpoint `*.bin` plus a `tok*.bin`
+ *   tokenizer (or a sentencepiece .model);
+ * - a `.safetensors` file written by saveSafetensorsWeights (config in its metadata), tokenizer from
+ *   tokenizerPath or found beside it;
+ * - any other file: a llama2.c checkpoint, tokenizer found beside it.
+ * PyTorch pickle files are refused.
+ */
+export function loadModelFromPath(path: string = DEFAULT_MODEL_DIR, opts: LoadModelOptions = {}): LoadedModel {
+  const maxFile = opts.maxFileBytes ?? 16 * GiB;
+  if (!existsSync(path)) throw new ModelLoadError(`model path ${path} does not exist`);
+  const st = statSync(path);
+  if (st.isDirectory()) {
+    if (existsSync(join(path, 'config.json'))) {
+      const weights = loadHfWeights(path, { maxFileBytes: maxFile });
+      const tokenizer = opts.tokenizerPath
+        ? loadTokenizerFile(opts.tokenizerPath, weights.config.vocabSize)
+        : loadHfTokenizer(path, { bos: weights.config.bosTokenId, eos: weights.config.eosTokenId });
+      checkVocab(weights, tokenizer, path);
+      return { weights, tokenizer, format: 'hf', source: path };
+    }
+    const names = readdirSync(path).sort();
+    const ckpts = names.filter((n) => n.endsWith('.bin') && !/^tok.*\.bin$/.test(n));
+    if (ckpts.length === 0) {
+      if (names.some((n) => n.endsWith('.safetensors'))) throw new ModelLoadError(`${path}: safetensors files without config.json; an HF folder needs config.json`);
+      throw new ModelLoadError(`${path}: no config.json (Hugging Face) and no llama2.c checkpoint (*.bin)`);
+    }
+    if (ckpts.length > 1) throw new ModelLoadError(`${path}: several checkpoints (${ckpts.join(', ')}); pass the file path`);
+    return loadModelFromPath(join(path, ckpts[0]!), opts);
+  }
+  const bytes = readFileBounded(path, maxFile, 'checkpoint');
+  if (looksLikePickle(bytes)) throw new ModelLoadError(`${path}: ${PICKLE_MESSAGE}`);
+  if (path.endsWith('.safetensors')) {
+    const weights = loadSavedSafetensorsWeights(parseSafetensors(bytes));
+    const tokPath = opts.tokenizerPath ?? findLlama2cTokenizer(dirname(path), basename(path));
+    const tokenizer = loadTokenizerFile(tokPath, weights.config.vocabSize);
+    checkVocab(weights, tokenizer, path);
+    return { weights, tokenizer, format: 'safetensors', source: path };
+  }
+  const weights = loadLlama2c(bytes);
+  const tokPath = opts.tokenizerPath ?? findLlama2cTokenizer(dirname(path), basename(path));
+  const tokenizer = loadTokenizerFile(tokPath, weights.config.vocabSize);
+  checkVocab(weights, tokenizer, path);
+  return { weights, tokenizer, format: 'llama2c', source: path };
+}
+
+/** Loads a bundled model by name (default stories260K). */
+export function loadBundledModel(name = DEFAULT_MODEL.name): LoadedModel {
+  const m = BUNDLED_MODELS.get(name);
+  if (!m) throw new ModelLoadError(`no bundled model named ${JSON.stringify(name)} (have: ${[...BUNDLED_MODELS.keys()].join(', ')})`);
+  return loadModelFromPath(m.checkpoint, { tokenizerPath: m.tokenizer });
+}
