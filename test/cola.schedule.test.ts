@@ -119,7 +119,7 @@ describe('actionAt / linkForStep', () => {
     ];
     for (const [done, kind, link, next] of want) {
       const a = actionAt(done, plan);
-      expect([done, a.kind, a.link.index]).toEqual([done, kind, link]);
+      expect([done, a.kind, a.link.index] as unknown[]).toEqual([done, kind, link]);
       if (a.kind === 'tie_knot') {
         expect(a.nextLink.index).toBe(next!);
         expect(a.nextRank).toBe(plan.links[next!]!.rank);
