@@ -1,5 +1,5 @@
 import { describe, expect, setDefaultTimeout, test } from 'bun:test';
-import { Engine, ShapeError } from '../src/gpu/engine.ts';
+import { Engine, ShapeError, type Tensor } from '../src/gpu/engine.ts';
 import {
   adagradStep,
   adamwStep,
@@ -149,6 +149,65 @@ describe('optimizers: GPU vs the CPU reference of the PyTorch formulas', () => {
     adagradStep(e, tp, e.upload(g, [N]), st, hp);
     adagradStepRef(p1, g, s, hp, 1);
     expectClose(await e.readF32(tp), p1, 1e-6, 1e-6, 'adagrad after reset');
+  });
+
+  // Golden values from PyTorch 1.13 (Debian python3-torch), float64, made by:
+  //   torch.set_default_dtype(torch.float64); p = Parameter(tensor(P0)); opt = <optimizer>([p])
+  //   for i, g in enumerate(GRADS): opt.param_groups[0]['lr'] = LRS[i]; p.grad = tensor(g); opt.step()
+  // (the lr is set before every step, for every optimizer)
+  // with AdamW(lr, betas=(0.9,0.999), eps=1e-8, weight_decay=0.1); SGD(momentum=0.9, dampening=0.1,
+  // weight_decay=0.01); SGD(momentum=0.8, nesterov=True, weight_decay=0.01);
+  // Adagrad(lr_decay=0.05, weight_decay=0.01, eps=1e-10). They pin the reference (and so the GPU) to
+  // PyTorch's formulas: the f64 reference must agree to 1e-12 (only rounding-order differences),
+  // the f32 GPU to atol 1e-6 (three f32 steps on O(1) values).
+  const P0 = [0.5, -1.25, 2.0, 0.0, 3.0];
+  const GRADS = [
+    [0.1, -0.2, 0.3, 0.0, 2.0],
+    [-0.4, 0.5, 0.0, 1e-3, -1.0],
+    [0.2, 0.2, -0.7, 0.05, 0.5],
+  ];
+  const LRS = [0.1, 0.05, 0.02];
+  const TORCH = {
+    adamw: [0.42236165652100643, -1.1624742806306407, 1.8410907497862186, -0.05013554501602773, 2.8298398993888205],
+    sgdMomentum: [0.5035639661494999, -1.24896960077875, 1.9594600954080001, -0.0009611919000000001, 2.7227573455570004],
+    sgdNesterov: [0.5099054386764, -1.2596787316069997, 1.9513914645375998, -0.0019027676000000005, 2.6299878144104],
+    adagrad: [0.43790947686724363, -1.199719017756065, 1.9136280971274267, -0.06579715550545295, 2.9163854156684255],
+  };
+  test('reference and GPU reproduce PyTorch 1.13 (golden values)', async () => {
+    const adamHp = { lr: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+    const sgdM = { lr: 0, momentum: 0.9, dampening: 0.1, weightDecay: 0.01 };
+    const sgdN = { lr: 0, momentum: 0.8, nesterov: true, weightDecay: 0.01 };
+    const ada = { lr: 0, lrDecay: 0.05, weightDecay: 0.01, eps: 1e-10 };
+    // CPU reference in f64.
+    const run = (stepFn: (p: Float64Array, g: number[], i: number, s1: Float64Array, s2: Float64Array) => void) => {
+      const p = Float64Array.from(P0);
+      const s1 = new Float64Array(5);
+      const s2 = new Float64Array(5);
+      GRADS.forEach((g, i) => stepFn(p, g, i, s1, s2));
+      return p;
+    };
+    expectClose(run((p, g, i, m, v) => adamwStepRef(p, g, m, v, { ...adamHp, lr: LRS[i]! }, i + 1)), TORCH.adamw, 1e-12, 0, 'ref adamw vs torch');
+    expectClose(run((p, g, i, b) => sgdStepRef(p, g, b, { ...sgdM, lr: LRS[i]! }, i === 0)), TORCH.sgdMomentum, 1e-12, 0, 'ref sgd vs torch');
+    expectClose(run((p, g, i, b) => sgdStepRef(p, g, b, { ...sgdN, lr: LRS[i]! }, i === 0)), TORCH.sgdNesterov, 1e-12, 0, 'ref nesterov vs torch');
+    expectClose(run((p, g, i, s) => adagradStepRef(p, g, s, { ...ada, lr: LRS[i]! }, i + 1)), TORCH.adagrad, 1e-12, 0, 'ref adagrad vs torch');
+    // GPU, same runs.
+    const gpu = async (step: (tp: Tensor, tg: Tensor, i: number) => void, tp: Tensor) => {
+      GRADS.forEach((g, i) => step(tp, e.upload(Float32Array.from(g), [5]), i));
+      return e.readF32(tp);
+    };
+    const mk = () => e.upload(Float32Array.from(P0), [5]);
+    let tp = mk();
+    const sa = createAdamWState(e, tp);
+    expectClose(await gpu((p, g, i) => adamwStep(e, p, g, sa, { ...adamHp, lr: LRS[i]! }), tp), TORCH.adamw, 1e-6, 0, 'gpu adamw vs torch');
+    tp = mk();
+    const sm = createSgdState(e, tp, 0.9);
+    expectClose(await gpu((p, g, i) => sgdStep(e, p, g, sm, { ...sgdM, lr: LRS[i]! }), tp), TORCH.sgdMomentum, 1e-6, 0, 'gpu sgd vs torch');
+    tp = mk();
+    const sn = createSgdState(e, tp, 0.8);
+    expectClose(await gpu((p, g, i) => sgdStep(e, p, g, sn, { ...sgdN, lr: LRS[i]! }), tp), TORCH.sgdNesterov, 1e-6, 0, 'gpu nesterov vs torch');
+    tp = mk();
+    const sg = createAdagradState(e, tp);
+    expectClose(await gpu((p, g, i) => adagradStep(e, p, g, sg, { ...ada, lr: LRS[i]! }), tp), TORCH.adagrad, 1e-6, 0, 'gpu adagrad vs torch');
   });
 
   test('shape and argument errors', () => {
