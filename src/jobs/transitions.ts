@@ -1,0 +1,199 @@
+// Job state machine: every state change is one small function, a single conditional UPDATE.
+// Worker writes are fenced: they carry the lease token the worker got when it claimed the job
+// and match `WHERE id = $1 AND lease_token = $2 AND status = 'running'`; a worker whose lease
+// was taken over (token incremented by the new claim) writes nothing and gets StaleLeaseError.
+//
+//   queued ──claim──▶ running ──succeed──▶ succeeded
+//     │                 │ ├────fail─────▶ failed
+//     │                 │ └──finishCancel▶ cancelled
+//     └──cancelQueued──────────────────▶ cancelled
+//   running (lease expired) ──claim (token+1)──▶ running      (reclaim by another worker)
+import { and, eq, or, sql } from 'drizzle-orm';
+import type { Db } from '../db/index.ts';
+import { jobs, type Job, type JobKnot, type JobLoss, type JobProgress, type ModelVersion } from '../db/schema.ts';
+import { appendEvent } from '../db/repos/jobs.ts';
+import { insertVersion, type NewVersion } from '../db/repos/models.ts';
+import type { JobStatus } from './states.ts';
+
+export class StaleLeaseError extends Error {
+  constructor(jobId: string, token: number) {
+    super(`lease token ${token} of job ${jobId} is no longer current`);
+    this.name = 'StaleLeaseError';
+  }
+}
+
+export interface Lease {
+  jobId: string;
+  owner: string;
+  token: number;
+}
+
+const fenced = (l: Lease) => and(eq(jobs.id, l.jobId), eq(jobs.leaseToken, l.token), eq(jobs.status, 'running'));
+const leaseUntil = (ms: number) => sql`now() + (${ms} || ' milliseconds')::interval`;
+
+/**
+ * Claim a queued job, or a running one whose lease expired (its worker died). Increments the
+ * fencing token and the attempt count. Null when the job is not claimable (someone holds a live
+ * lease, or it is finished).
+ */
+export async function claim(db: Db, jobId: string, owner: string, leaseMs: number): Promise<{ lease: Lease; job: Job } | null> {
+  const rows = await db
+    .update(jobs)
+    .set({
+      status: 'running',
+      leaseOwner: owner,
+      leaseToken: sql`${jobs.leaseToken} + 1`,
+      leaseExpiresAt: leaseUntil(leaseMs),
+      heartbeatAt: sql`now()`,
+      attempts: sql`${jobs.attempts} + 1`,
+      startedAt: sql`coalesce(${jobs.startedAt}, now())`,
+      updatedAt: sql`now()`,
+    })
+    .where(
+      and(
+        eq(jobs.id, jobId),
+        or(eq(jobs.status, 'queued'), and(eq(jobs.status, 'running'), sql`${jobs.leaseExpiresAt} < now()`)),
+      ),
+    )
+    .returning();
+  const job = rows[0];
+  if (!job) return null;
+  await appendEvent(db, jobId, 'status', { status: 'running', attempt: job.attempts });
+  return { lease: { jobId, owner, token: job.leaseToken }, job };
+}
+
+/** Extend the lease. Returns whether a cancel was requested; throws StaleLeaseError when fenced out. */
+export async function heartbeat(db: Db, l: Lease, leaseMs: number): Promise<{ cancelRequested: boolean; mergeRequests: number }> {
+  const [r] = await db
+    .update(jobs)
+    .set({ leaseExpiresAt: leaseUntil(leaseMs), heartbeatAt: sql`now()` })
+    .where(fenced(l))
+    .returning({ cancel: jobs.cancelRequested, merges: jobs.mergeRequests });
+  if (!r) throw new StaleLeaseError(l.jobId, l.token);
+  return { cancelRequested: r.cancel, mergeRequests: r.merges };
+}
+
+/** Give a claimed job back to the queue (graceful shutdown): status queued, lease cleared. Fenced. */
+export async function release(db: Db, l: Lease): Promise<void> {
+  await db.transaction(async (tx) => {
+    const [r] = await tx
+      .update(jobs)
+      .set({ status: 'queued', leaseOwner: null, leaseExpiresAt: null, attempts: sql`greatest(${jobs.attempts} - 1, 0)`, updatedAt: sql`now()` })
+      .where(fenced(l))
+      .returning({ id: jobs.id });
+    if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    await appendEvent(tx as unknown as Db, l.jobId, 'status', { status: 'queued', reason: 'worker shutting down' });
+  });
+}
+
+/** Record a training step (progress, loss) and its `step` event. Fenced. */
+export async function recordStep(
+  db: Db,
+  l: Lease,
+  s: { progress: JobProgress; loss?: number; lr?: number },
+): Promise<{ cancelRequested: boolean; mergeRequests: number }> {
+  return db.transaction(async (tx) => {
+    const loss: JobLoss[] = s.loss === undefined ? [] : [{ step: s.progress.step, link: s.progress.link, loss: s.loss }];
+    const [r] = await tx
+      .update(jobs)
+      .set({
+        progress: s.progress,
+        losses: sql`${jobs.losses} || ${JSON.stringify(loss)}::jsonb`,
+        updatedAt: sql`now()`,
+      })
+      .where(fenced(l))
+      .returning({ cancel: jobs.cancelRequested, merges: jobs.mergeRequests });
+    if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    await appendEvent(tx as unknown as Db, l.jobId, 'step', { step: s.progress.step, loss: s.loss ?? null, lr: s.lr ?? null, link: s.progress.link, epoch: s.progress.epoch });
+    return { cancelRequested: r.cancel, mergeRequests: r.merges };
+  });
+}
+
+/** Record a non-step event (link_started, eval, ...) only while holding the lease. Fenced. */
+export async function recordEvent(db: Db, l: Lease, type: string, data: Record<string, unknown>): Promise<void> {
+  await db.transaction(async (tx) => {
+    const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
+    if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    await appendEvent(tx as unknown as Db, l.jobId, type, data);
+  });
+}
+
+/**
+ * Tie a knot: in one transaction, append the knot to the job (fenced: the row lock taken by
+ * this UPDATE also orders it against a concurrent claim) and insert the immutable model version.
+ * A stale worker gets StaleLeaseError and nothing is written.
+ */
+export async function recordKnot(
+  db: Db,
+  l: Lease,
+  knot: Omit<JobKnot, 'version'>,
+  version: Omit<NewVersion, 'version'>,
+): Promise<ModelVersion> {
+  return db.transaction(async (tx) => {
+    const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
+    if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    const v = await insertVersion(tx as unknown as Db, version);
+    const full: JobKnot = { ...knot, version: v.version };
+    await tx
+      .update(jobs)
+      .set({ knots: sql`${jobs.knots} || ${JSON.stringify([full])}::jsonb` })
+      .where(eq(jobs.id, l.jobId));
+    await appendEvent(tx as unknown as Db, l.jobId, 'knot', { link: knot.link, step: knot.step, version: v.version, rank: knot.rank, val_loss: knot.val_loss ?? null });
+    return v;
+  });
+}
+
+async function finish(db: Db, l: Lease, status: JobStatus, error: { type: string; detail: string } | null): Promise<void> {
+  await db.transaction(async (tx) => {
+    const [r] = await tx
+      .update(jobs)
+      .set({
+        status: status as Job['status'],
+        error,
+        finishedAt: sql`now()`,
+        updatedAt: sql`now()`,
+        leaseOwner: null,
+        leaseExpiresAt: null,
+      })
+      .where(fenced(l))
+      .returning({ id: jobs.id });
+    if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    await appendEvent(tx as unknown as Db, l.jobId, 'status', { status, ...(error ? { error } : {}) });
+    await appendEvent(tx as unknown as Db, l.jobId, 'done', { status });
+  });
+}
+
+export const succeed = (db: Db, l: Lease) => finish(db, l, 'succeeded', null);
+export const fail = (db: Db, l: Lease, error: { type: string; detail: string }) => finish(db, l, 'failed', error);
+export const finishCancel = (db: Db, l: Lease) => finish(db, l, 'cancelled', null);
+
+/**
+ * A user's cancel: a queued job becomes cancelled at once; a running one gets its cancel flag
+ * (the worker stops at the next step). Returns the resulting status, or null when the job is
+ * already finished (conflict).
+ */
+export async function requestCancel(db: Db, tenantId: string, jobId: string): Promise<JobStatus | null> {
+  return db.transaction(async (tx) => {
+    const [q] = await tx
+      .update(jobs)
+      .set({ status: 'cancelled', cancelRequested: true, finishedAt: sql`now()`, updatedAt: sql`now()` })
+      .where(and(eq(jobs.id, jobId), eq(jobs.tenantId, tenantId), eq(jobs.status, 'queued')))
+      .returning({ id: jobs.id });
+    if (q) {
+      await appendEvent(tx as unknown as Db, jobId, 'status', { status: 'cancelled' });
+      await appendEvent(tx as unknown as Db, jobId, 'done', { status: 'cancelled' });
+      return 'cancelled';
+    }
+    const [r] = await tx
+      .update(jobs)
+      .set({ cancelRequested: true, updatedAt: sql`now()` })
+      .where(and(eq(jobs.id, jobId), eq(jobs.tenantId, tenantId), eq(jobs.status, 'running')))
+      .returning({ id: jobs.id });
+    return r ? 'running' : null;
+  });
+}
+
+/** A job that ran out of attempts after lease expiries is failed without running it again. */
+export async function failExhausted(db: Db, l: Lease, attempts: number): Promise<void> {
+  await fail(db, l, { type: 'worker_lost', detail: `the job's worker stopped ${attempts} times without finishing; giving up` });
+}

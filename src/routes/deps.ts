@@ -1,0 +1,42 @@
+import type { OpenAPIHono } from '@hono/zod-openapi';
+import type { Config } from '../config.ts';
+import type { Database, Db } from '../db/index.ts';
+import type { Tenant } from '../db/schema.ts';
+import type { EngineHealth, Services } from '../services.ts';
+import type { Metrics } from './metrics.ts';
+import type { ConcurrencyLimiter, TokenBuckets } from './limits.ts';
+
+export interface Store {
+  /** Root directory of the snapshot store (weights, adapters, uploads). */
+  root: string;
+}
+
+/** What the routes enqueue jobs through (src/jobs/queue.ts implements it). */
+export interface JobQueue {
+  enqueue(jobId: string): Promise<void>;
+}
+
+export interface AppOptions {
+  config: Config;
+  db: Database;
+  engine?: EngineHealth;
+  store?: Store;
+  services?: Services;
+  queue?: JobQueue;
+}
+
+export interface AppDeps {
+  config: Config;
+  database: Database;
+  db: Db;
+  engine?: EngineHealth;
+  store: Store;
+  services: Services;
+  queue?: JobQueue;
+  metrics: Metrics;
+  rate: TokenBuckets;
+  generateLimiter: ConcurrencyLimiter;
+}
+
+export type AppEnv = { Variables: { tenant: Tenant; deps: AppDeps } };
+export type App = OpenAPIHono<AppEnv>;

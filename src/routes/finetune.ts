@@ -1,0 +1,203 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import { streamSSE } from 'hono/streaming';
+import type { App, AppDeps } from './deps.ts';
+import { problems, ProblemError } from './problem.ts';
+import { IdParam, iso, quotasOf, resolveVersion, tenantOf } from './common.ts';
+import { FinetuneRequest, JobView } from './schemas.ts';
+import { countActiveJobs, getJob, insertJob, listEvents, listJobs, appendEvent } from '../db/repos/jobs.ts';
+import { getAdapter, getFile, tenantStoredBytes } from '../db/repos/files.ts';
+import { ensureTenantModel } from '../db/repos/models.ts';
+import { requestCancel } from '../jobs/transitions.ts';
+import { isTerminal, type JobStatus } from '../jobs/states.ts';
+import type { Job } from '../db/schema.ts';
+import { newId } from '../db/ids.ts';
+
+export function jobView(j: Job): z.infer<typeof JobView> {
+  return {
+    id: j.id,
+    status: j.status,
+    model: j.baseModelName,
+    base_version: j.baseVersion,
+    output_model: j.outputModel,
+    progress: j.progress ?? null,
+    losses: j.losses,
+    knots: j.knots,
+    ...(j.error ? { error: j.error } : {}),
+    cancel_requested: j.cancelRequested,
+    attempts: j.attempts,
+    created_at: iso(j.createdAt)!,
+    started_at: iso(j.startedAt),
+    finished_at: iso(j.finishedAt),
+  };
+}
+
+const JobId = z.object({ id: IdParam });
+
+export function finetuneRoutes(app: App, d: AppDeps) {
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/finetune',
+      tags: ['finetune'],
+      summary: 'Start a COLA (or LoRA) fine-tune job',
+      request: { body: { required: true, content: { 'application/json': { schema: FinetuneRequest } } } },
+      responses: {
+        202: {
+          description: 'queued',
+          content: { 'application/json': { schema: z.object({ id: z.string(), status: z.literal('queued'), output_model: z.string() }) } },
+        },
+        ...problems(400, 401, 404, 409, 413, 415, 429),
+      },
+    }),
+    async (c) => {
+      const t = tenantOf(c);
+      const body = c.req.valid('json');
+      const base = await resolveVersion(d, t, body.model, body.version ?? null);
+      if (body.training_file && !(await getFile(d.db, t.id, body.training_file))) throw new ProblemError(404, `file ${body.training_file} not found`);
+      if (body.validation_file && !(await getFile(d.db, t.id, body.validation_file))) throw new ProblemError(404, `file ${body.validation_file} not found`);
+      if (body.init_adapter && !(await getAdapter(d.db, t.id, body.init_adapter))) throw new ProblemError(404, `adapter ${body.init_adapter} not found`);
+      const q = quotasOf(d, t);
+      if ((await countActiveJobs(d.db, t.id)) >= q.concurrent_jobs) {
+        throw new ProblemError(429, `concurrent job quota of ${q.concurrent_jobs} reached; wait for a job to finish or cancel one`, {
+          headers: { 'retry-after': '30' },
+          type: 'quota-exceeded',
+        });
+      }
+      if ((await tenantStoredBytes(d.db, t.id)) >= q.stored_bytes) {
+        throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} reached; delete data first`, {
+          headers: { 'retry-after': '3600' },
+          type: 'quota-exceeded',
+        });
+      }
+      const id = newId('job');
+      const outputModel = body.output_model ?? `${base.model.name}-${id}`;
+      const out = await ensureTenantModel(d.db, {
+        tenantId: t.id,
+        name: outputModel,
+        architecture: base.model.architecture,
+        params: base.model.params,
+        config: base.model.config,
+      });
+      if (out.architecture !== base.model.architecture) {
+        throw new ProblemError(409, `output model "${outputModel}" exists with architecture ${out.architecture}, not ${base.model.architecture}`);
+      }
+      const job = await insertJob(d.db, {
+        id,
+        tenantId: t.id,
+        request: body as unknown as Record<string, unknown>,
+        baseModelId: base.model.id,
+        baseModelName: base.model.name,
+        baseVersion: base.version.version,
+        outputModel,
+      });
+      await appendEvent(d.db, job.id, 'status', { status: 'queued' });
+      if (d.queue) await d.queue.enqueue(job.id);
+      return c.json({ id: job.id, status: 'queued' as const, output_model: outputModel }, 202);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/finetune',
+      tags: ['finetune'],
+      summary: "The tenant's jobs, newest first",
+      request: { query: z.object({ limit: z.coerce.number().int().min(1).max(1000).default(100) }) },
+      responses: {
+        200: { description: 'jobs', content: { 'application/json': { schema: z.object({ data: z.array(JobView) }) } } },
+        ...problems(400, 401),
+      },
+    }),
+    async (c) => {
+      const { limit } = c.req.valid('query');
+      const rows = await listJobs(d.db, tenantOf(c).id, limit);
+      return c.json({ data: rows.map(jobView) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/finetune/{id}',
+      tags: ['finetune'],
+      summary: 'A job: status, progress, losses per link, knots',
+      request: { params: JobId },
+      responses: { 200: { description: 'job', content: { 'application/json': { schema: JobView } } }, ...problems(400, 401, 404) },
+    }),
+    async (c) => {
+      const j = await getJob(d.db, tenantOf(c).id, c.req.valid('param').id);
+      if (!j) throw new ProblemError(404, 'job not found');
+      return c.json(jobView(j), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/finetune/{id}/cancel',
+      tags: ['finetune'],
+      summary: 'Cancel: the job stops at its next step; knots already tied stay',
+      request: { params: JobId },
+      responses: { 200: { description: 'cancelled or cancelling', content: { 'application/json': { schema: JobView } } }, ...problems(400, 401, 404, 409) },
+    }),
+    async (c) => {
+      const t = tenantOf(c);
+      const { id } = c.req.valid('param');
+      const j = await getJob(d.db, t.id, id);
+      if (!j) throw new ProblemError(404, 'job not found');
+      const r = await requestCancel(d.db, t.id, id);
+      if (!r) throw new ProblemError(409, `job is already ${(await getJob(d.db, t.id, id))?.status ?? j.status}`);
+      return c.json(jobView((await getJob(d.db, t.id, id))!), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/finetune/{id}/events',
+      tags: ['finetune'],
+      summary: 'Server-Sent Events: status, link_started, step, knot, eval, done; resumable with Last-Event-ID',
+      request: {
+        params: JobId,
+        headers: z.object({ 'last-event-id': z.string().regex(/^\d{1,9}$/, 'must be an event id (a number)').optional() }),
+        query: z.object({ last_event_id: z.coerce.number().int().min(0).max(999_999_999).optional() }),
+      },
+      responses: { 200: { description: 'event stream', content: { 'text/event-stream': { schema: z.string() } } }, ...problems(400, 401, 404) },
+    }),
+    async (c) => {
+      const t = tenantOf(c);
+      const { id } = c.req.valid('param');
+      const j = await getJob(d.db, t.id, id);
+      if (!j) throw new ProblemError(404, 'job not found');
+      const hdr = c.req.valid('header')['last-event-id'];
+      let after = hdr !== undefined ? Number(hdr) : (c.req.valid('query').last_event_id ?? 0);
+      return streamSSE(c, async (s) => {
+        let aborted = false;
+        s.onAbort(() => {
+          aborted = true;
+        });
+        let idle = 0;
+        while (!aborted) {
+          const evs = await listEvents(d.db, id, after, 200);
+          for (const e of evs) {
+            await s.writeSSE({ id: String(e.seq), event: e.type, data: JSON.stringify(e.data) });
+            after = e.seq;
+            if (e.type === 'done') return;
+          }
+          if (evs.length === 0) {
+            const cur = await getJob(d.db, t.id, id);
+            if (!cur) return;
+            if (isTerminal(cur.status as JobStatus)) {
+              // A terminal job always has its `done` event; re-check once for events written in between.
+              const rest = await listEvents(d.db, id, after, 200);
+              if (rest.length === 0) return;
+              continue;
+            }
+            if (++idle % 60 === 0) await s.write(': keep-alive\n\n');
+            await s.sleep(250);
+          }
+        }
+      });
+    },
+  );
+}

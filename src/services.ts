@@ -1,0 +1,216 @@
+// Interfaces the HTTP service calls into. The ML side (src/model, src/cola) implements them;
+// src/main.ts wires whatever exists. An endpoint whose service is absent answers 501 with a
+// problem+json saying which part is missing — never fake data.
+//
+// All types are plain data; no class from this file is required.
+
+/** A resolved model version, as the service hands it to the ML side. */
+export interface ResolvedVersion {
+  /** Model name as the tenant sees it. */
+  model: string;
+  version: number;
+  architecture: string;
+  /** Model config json stored at registration (dims, vocab, tokenizer path...). */
+  config: Record<string, unknown>;
+  /** Absolute path of the merged weights file of that version. */
+  path: string;
+  sha256: string;
+}
+
+// ---------------------------------------------------------------- generation
+export interface GenerateRequest {
+  target: ResolvedVersion;
+  prompt: string;
+  max_tokens: number;
+  temperature: number;
+  top_k: number;
+  top_p: number;
+  seed: number;
+  stop: string[];
+  /** 0 = none; n = also return the top-n alternatives per token (OpenAI `logprobs`). */
+  logprobs: number;
+  /** Return the prompt tokens' log-probabilities too (OpenAI `echo`). */
+  echo: boolean;
+  /** Aborted when the client goes away. */
+  signal?: AbortSignal;
+}
+
+export interface TokenLogprob {
+  id: number;
+  text: string;
+  /** log-probability of this token; null for the first prompt token. */
+  logprob: number | null;
+  /** top alternatives, text → logprob. */
+  top?: Record<string, number>;
+  /** character offset of this token in the returned text. */
+  offset: number;
+}
+
+export interface GenerateResult {
+  text: string;
+  token_ids: number[];
+  finish_reason: 'stop' | 'length';
+  usage: { prompt_tokens: number; completion_tokens: number };
+  timing: { prefill_ms: number; decode_ms: number; tokens_per_s: number };
+  /** Present when logprobs > 0 or echo: prompt tokens (echo) then completion tokens. */
+  logprobs?: TokenLogprob[];
+  /** With echo, the prompt text that precedes `text`. */
+  prompt_text?: string;
+}
+
+export interface GenerationService {
+  /** Generate; `onToken` is called for every new token (streaming) in order. */
+  generate(req: GenerateRequest, onToken?: (t: { text: string; id: number }) => void | Promise<void>): Promise<GenerateResult>;
+}
+
+// ---------------------------------------------------------------- evaluation
+export type Example =
+  | { prompt: string; completion: string }
+  | { text: string }
+  | { prompt: string; candidates: string[]; label: number };
+
+export interface EvaluationService {
+  evaluate(req: { target: ResolvedVersion; examples: Example[]; signal?: AbortSignal }): Promise<{
+    accuracy?: number;
+    f1?: number;
+    loss: number;
+    examples: number;
+  }>;
+}
+
+// ---------------------------------------------------------------- models: import, merge, adapters
+export interface ImportedModel {
+  architecture: string;
+  params: number;
+  config: Record<string, unknown>;
+  /** Merged weights file written into the store (absolute path), its sha256 and size. */
+  weights: { path: string; sha256: string; bytes: number };
+}
+
+export interface ModelImporter {
+  /**
+   * Import an HF folder or a llama2.c checkpoint from a server path (or an upload directory)
+   * into the store. Throws `UserInputError` for unusable input (→ 400).
+   */
+  import(req: { source: string; storeDir: string }): Promise<ImportedModel>;
+}
+
+export interface AdapterValidator {
+  /**
+   * Check a PEFT adapter (adapter_config.json parsed + adapter_model.safetensors bytes on disk).
+   * Throws `UserInputError` (→ 400) when malformed. Returns the normalised config to store.
+   */
+  validate(req: { config: unknown; safetensorsPath: string }): Promise<{ config: Record<string, unknown> }>;
+}
+
+export interface MergeService {
+  /** Merge a PEFT adapter into a version; writes the new merged weights (and the adapter) into the store. */
+  mergeAdapter(req: {
+    target: ResolvedVersion;
+    adapter: { config: Record<string, unknown>; path: string };
+    scale: number;
+    storeDir: string;
+  }): Promise<{ weights: { path: string; sha256: string; bytes: number }; adapterPath?: string }>;
+}
+
+export interface ExportService {
+  /** Merged weights as one safetensors file with HF tensor names; returns its path. */
+  weightsFile(v: ResolvedVersion): Promise<{ path: string; contentType: string; filename: string }>;
+  /** PEFT adapter archive of a knot/merge version; returns its path. */
+  adapterFile(v: ResolvedVersion & { adapterPath: string | null }): Promise<{ path: string; contentType: string; filename: string } | null>;
+}
+
+// ---------------------------------------------------------------- training
+export interface FinetuneJobSpec {
+  id: string;
+  tenantId: string;
+  /** The validated POST /finetune body (train examples resolved from training_file). */
+  request: Record<string, unknown>;
+  train: Example[];
+  validation: Example[];
+  base: ResolvedVersion;
+  outputModel: string;
+  attempt: number;
+  /** Directory where the runner writes snapshot files (content-addressed names advised). */
+  storeDir: string;
+  /** init_adapter resolved: its config and path, when requested. */
+  initAdapter?: { config: Record<string, unknown>; path: string };
+}
+
+export interface KnotInput {
+  link: number;
+  step: number;
+  rank: number;
+  val_loss?: number;
+  flops: number;
+  /** The merged weights after tying this knot, already written to disk. */
+  snapshot: { path: string; sha256: string; bytes: number };
+  /** Optional PEFT adapter of this link (the update from the previous version). */
+  adapterPath?: string;
+  metrics?: Record<string, unknown>;
+}
+
+export interface ResumePoint {
+  link: number;
+  step: number;
+  /** Output model version of that knot. */
+  version: number;
+  path: string;
+  sha256: string;
+}
+
+export interface JobContext {
+  /** Last persisted knot, null on a fresh start: the runner continues from there. */
+  resumeFrom: ResumePoint | null;
+  /** Report a step. Fenced: throws StaleLeaseError if this worker lost the job. */
+  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number }): Promise<void>;
+  onLinkStarted(e: { link: number; rank: number }): Promise<void>;
+  /** Persist a tied knot as the next version of the output model. Fenced. Resolves with that version. */
+  onKnot(k: KnotInput): Promise<{ model: string; version: number }>;
+  onEval(e: Record<string, unknown>): Promise<void>;
+  /** True once the user asked to cancel (refreshed by heartbeats and every onStep). */
+  isCancelled(): boolean;
+  /** True once a merge-now was requested (`POST /merge {job}`); the runner ties a knot at the next step. */
+  takeMergeRequest(): boolean;
+  /** Aborted when the lease is lost or the process shuts down. */
+  signal: AbortSignal;
+}
+
+export interface JobRunner {
+  /** Run (or resume) a fine-tune job. Resolve on completion or after honouring a cancel; throw on failure. */
+  run(job: FinetuneJobSpec, ctx: JobContext): Promise<{ cancelled?: boolean } | void>;
+}
+
+// ---------------------------------------------------------------- engine health and gauges
+export interface EngineHealth {
+  /** Whether the GPU device is usable; with a reason when it is not. */
+  health(): Promise<{ ok: boolean; detail?: string }>;
+  /** Bytes of GPU memory in use (for /metrics). */
+  memoryInUse?(): number;
+}
+
+/** Thrown by the ML side for bad user input; the service answers 400 with the message. */
+export class UserInputError extends Error {
+  constructor(message: string, public readonly errors?: { path: string; message: string }[]) {
+    super(message);
+    this.name = 'UserInputError';
+  }
+}
+
+/** Thrown when no GPU device is usable (→ 503). */
+export class DeviceUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DeviceUnavailableError';
+  }
+}
+
+export interface Services {
+  generation?: GenerationService;
+  evaluation?: EvaluationService;
+  importer?: ModelImporter;
+  adapterValidator?: AdapterValidator;
+  merge?: MergeService;
+  exporter?: ExportService;
+  runner?: JobRunner;
+}
