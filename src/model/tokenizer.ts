@@ -529,6 +529,7 @@ export class HfTokenizer implements TextTokenizer {
 
   decode(ids: readonly number[]): string {
     checkIds(ids, this.vocabSize);
+    if (ids.length === 0) return ''; // the library refuses an empty array
     return this.tk.decode(ids.slice(), { skip_special_tokens: true, clean_up_tokenization_spaces: false });
   }
 
@@ -541,7 +542,7 @@ export class HfTokenizer implements TextTokenizer {
     checkIds(ids, this.vocabSize);
     let prefix = Math.max(0, ids.length - 4);
     let read = ids.length;
-    const dec = (a: number, b: number) => this.tk.decode(ids.slice(a, b), { skip_special_tokens: true, clean_up_tokenization_spaces: false });
+    const dec = (a: number, b: number) => (b > a ? this.tk.decode(ids.slice(a, b), { skip_special_tokens: true, clean_up_tokenization_spaces: false }) : '');
     return {
       decodeToken: (id: number) => {
         checkIds([id], this.vocabSize);
