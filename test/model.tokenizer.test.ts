@@ -1,7 +1,10 @@
 import { describe, expect, test } from 'bun:test';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_MODEL_DIR } from '../src/model/registry.ts';
+import { hfFolderFiles } from '../src/model/hf.ts';
+import { loadLlama2c } from '../src/model/llama2c.ts';
+import { DEFAULT_MODEL_DIR, loadModelFromPath } from '../src/model/registry.ts';
 import {
   HfTokenizer,
   type ScoredBpeTokenizer,
@@ -63,6 +66,51 @@ function naiveLlama2cEncode(t: ScoredBpeTokenizer, text: string): number[] {
     tokens.splice(bestIdx, 2, bestId);
   }
   return tokens;
+}
+
+
+/**
+ * A Llama-style tokenizer.json (Metaspace-like normalizer, BPE with byte fallback) built from the
+ * sentencepiece model, with merges derived from the scored pieces as transformers' LlamaConverter
+ * (SentencePieceExtractor) does: every split of a piece into two vocabulary pieces, ranked by the
+ * merged piece's score.
+ */
+function llamaTokenizerJson(model: Uint8Array): Record<string, unknown> {
+  const m = parseSentencePieceModel(model);
+  const vocab: Record<string, number> = {};
+  m.pieces.forEach((p, i) => {
+    vocab[p.piece] = i;
+  });
+  const merges: [string, string, number][] = [];
+  for (const p of m.pieces) {
+    if (p.type !== 1) continue;
+    const cs = Array.from(p.piece);
+    const local: [string, string, number][] = [];
+    for (let k = 1; k < cs.length; k++) {
+      const l = cs.slice(0, k).join(''), r = cs.slice(k).join('');
+      if (vocab[l] !== undefined && vocab[r] !== undefined) local.push([l, r, p.score]);
+    }
+    local.sort((a, b) => vocab[a[0]]! - vocab[b[0]]! || vocab[a[1]]! - vocab[b[1]]!);
+    merges.push(...local);
+  }
+  merges.sort((a, b) => b[2] - a[2]);
+  return {
+    version: '1.0',
+    added_tokens: [0, 1, 2].map((id) => ({ id, content: m.pieces[id]!.piece, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '\u2581' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] },
+    pre_tokenizer: null,
+    post_processor: {
+      type: 'TemplateProcessing',
+      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+      pair: [],
+      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
+    },
+    decoder: {
+      type: 'Sequence',
+      decoders: [{ type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }],
+    },
+    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, vocab, merges: merges.map(([a, b]) => [a, b]) },
+  };
 }
 
 function randomText(rng: Rng, len: number): string {
@@ -253,6 +301,56 @@ describe('Hugging Face tokenizers', () => {
     expect(parts.join('') + d.flush()).toBe(text);
     for (const p of parts) expect(p.includes('\uFFFD')).toBe(false);
     expect(parts).toContain('🦙');
+  });
+
+
+  test('Llama-style tokenizer.json (built from tok512.model) reproduces the golden ids and text', () => {
+    const t = new HfTokenizer(llamaTokenizerJson(tokModel), { bos_token: '<s>', eos_token: '</s>' });
+    expect(t.bos).toBe(1);
+    expect(t.eos).toBe(2);
+    for (const c of golden.cases) {
+      expect(t.encode(c.prompt)).toEqual(c.prompt_ids);
+      expect(t.decode(c.output_ids)).toBe(c.text);
+    }
+    expect(t.encode('Once upon a time', { bos: false })).toEqual([403, 407, 261, 378]);
+    // Same ids as the llama2.c BPE on random text (byte fallback included).
+    const rng = new Rng(11);
+    for (let it = 0; it < 60; it++) {
+      const text = randomText(rng, 1 + (rng.nextU32() % 50)).replace(/^ +/, 'x');
+      expect(t.encode(text)).toEqual(bin.encode(text));
+    }
+    const ids = bin.encode('Lily saw 🦙 and 中文 — ok™');
+    const d = t.createStreamDecoder();
+    const parts = ids.map((id) => d.decodeToken(id));
+    expect(parts.join('') + d.flush()).toBe('Lily saw 🦙 and 中文 — ok™');
+    for (const p of parts) expect(p.includes('\uFFFD')).toBe(false);
+  });
+
+
+  test('HF folder: tokenizer.json + tokenizer_config.json, with the model, through loadModelFromPath', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cola-tok-test-'));
+    try {
+      const w = loadLlama2c(readFileSync(join(DEFAULT_MODEL_DIR, 'stories260K.bin')));
+      const files = hfFolderFiles(w);
+      writeFileSync(join(dir, 'config.json'), files['config.json']);
+      writeFileSync(join(dir, 'model.safetensors'), files['model.safetensors']);
+      writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(llamaTokenizerJson(tokModel)));
+      writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: { content: '<s>' }, eos_token: '</s>' }));
+      const m = loadModelFromPath(dir);
+      expect(m.format).toBe('hf');
+      expect(m.tokenizer.kind).toBe('hf');
+      expect([m.tokenizer.bos, m.tokenizer.eos]).toEqual([1, 2]);
+      expect(m.tokenizer.encode('Zoo')).toEqual([1, 410, 469, 347]);
+      expect(m.weights.config.ropeInterleaved).toBe(true);
+      // Without tokenizer.json the sentencepiece tokenizer.model is used.
+      rmSync(join(dir, 'tokenizer.json'));
+      writeFileSync(join(dir, 'tokenizer.model'), tokModel);
+      expect(loadModelFromPath(dir).tokenizer.kind).toBe('sentencepiece');
+      rmSync(join(dir, 'tokenizer.model'));
+      expect(() => loadModelFromPath(dir)).toThrow(/no tokenizer.json, vocab.json \+ merges.txt, or tokenizer.model/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('tokenizer.json errors and input bounds', () => {

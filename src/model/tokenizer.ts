@@ -522,7 +522,6 @@ export class HfTokenizer implements TextTokenizer {
     checkInput(text, this.maxInputChars);
     const ids = this.tk.encode(text, { add_special_tokens: opts.bos ?? true }).ids.slice();
     if (opts.bos && this.bos !== null && ids[0] !== this.bos) ids.unshift(this.bos);
-    if (opts.bos === false && this.bos !== null && ids[0] === this.bos && !text.startsWith(this.tk.id_to_token(this.bos) ?? '\0')) ids.shift();
     if (opts.eos && this.eos !== null && ids[ids.length - 1] !== this.eos) ids.push(this.eos);
     return ids;
   }
