@@ -119,6 +119,14 @@ describe('bundled stories260K', () => {
     expect(m.tokenizer.encode('Once upon a time')).toEqual([1, 403, 407, 261, 378]);
   });
 
+  test('the identity check can fail: one flipped low bit is detected', () => {
+    const w = loadLlama2c(readFileSync(STORIES_BIN));
+    const back = loadSavedSafetensorsWeights(parseSafetensors(saveSafetensorsWeights(w)));
+    const t = back.tensors.get('model.layers.3.mlp.up_proj.weight')!;
+    new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length)[17]! ^= 1;
+    expect(() => expectSameTensors(w, back)).toThrow();
+  });
+
   test('registry: default path, folder detection, bundled loader', () => {
     const a = loadModelFromPath();
     expect(a.format).toBe('llama2c');
