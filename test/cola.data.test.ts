@@ -136,5 +136,12 @@ describe('epochs', () => {
     // Resuming mid-run yields the same tail.
     expect([...iterateBatches(cfg, 5)]).toEqual(all.slice(5));
     expect(() => batchAt(cfg, 9)).toThrow(RangeError);
+    // Interleaved configurations do not share a cached order.
+    const other = { ...cfg, seed: 8 };
+    const b0 = batchAt(other, 0);
+    expect(batchAt(cfg, 0)).toEqual({ epoch: all[0]!.epoch, indices: all[0]!.indices });
+    expect(batchAt(other, 0)).toEqual(b0);
+    expect(b0.indices).toEqual(epochOrder(other, 0).slice(0, 4));
+    expect(batchAt({ ...cfg, shuffle: false }, 1).indices).toEqual([4, 5, 6, 7]);
   });
 });

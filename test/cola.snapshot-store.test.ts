@@ -52,6 +52,21 @@ describe('SnapshotStore', () => {
     expect(store.get(empty.sha256).length).toBe(0);
   });
 
+  test('zip objects (PEFT adapters) live beside safetensors objects', async () => {
+    const store = new SnapshotStore(freshRoot());
+    const bytes = randomBytesSeeded(500, 11);
+    const z = await store.put(bytes, { ext: 'zip' });
+    expect(z.path.endsWith(`${z.sha256}.zip`)).toBe(true);
+    expect(store.has(z.sha256, 'zip')).toBe(true);
+    expect(store.has(z.sha256)).toBe(false);
+    expect(store.get(z.sha256, { ext: 'zip' })).toEqual(bytes);
+    expect(store.list('zip')).toEqual([z.sha256]);
+    expect(store.list()).toEqual([]);
+    expect(() => store.pathOf(z.sha256, 'exe' as never)).toThrow(/extension/);
+    await store.putLineage({ sha256: z.sha256, parent: null, kind: 'knot', link: 1 });
+    expect(store.getLineage(z.sha256)?.link).toBe(1);
+  });
+
   test('missing, malformed and corrupt objects', async () => {
     const store = new SnapshotStore(freshRoot());
     expect(store.has('0'.repeat(64))).toBe(false);

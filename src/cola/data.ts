@@ -229,9 +229,13 @@ export function batchAt(c: EpochConfig, step: number): { epoch: number; indices:
   const spe = stepsPerEpoch(c.n, c.batchSize);
   const epoch = Math.floor(step / spe);
   const b = step % spe;
-  const order = epochOrder(c, epoch);
-  return { epoch, indices: order.slice(b * c.batchSize, Math.min((b + 1) * c.batchSize, c.n)) };
+  // A trainer asks for consecutive steps: keep the last epoch's order (O(n) to draw) around.
+  const key = `${c.n}:${c.seed}:${c.shuffle ?? true}:${epoch}`;
+  if (lastOrder?.key !== key) lastOrder = { key, order: epochOrder(c, epoch) };
+  return { epoch, indices: lastOrder.order.slice(b * c.batchSize, Math.min((b + 1) * c.batchSize, c.n)) };
 }
+
+let lastOrder: { key: string; order: number[] } | null = null;
 
 /** Iterates every step's batch of example indices in order (one permutation per epoch). */
 export function* iterateBatches(c: EpochConfig, fromStep = 0): Generator<{ step: number; epoch: number; indices: number[] }> {

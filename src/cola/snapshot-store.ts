@@ -1,6 +1,7 @@
 // Content-addressed, immutable snapshot store on local disk (or a shared mount).
 //
 // Layout:  <root>/objects/<aa>/<sha256>.safetensors   (aa = first two hex digits of the sha256)
+//          <root>/objects/<aa>/<sha256>.zip           (objects put with ext "zip", e.g. PEFT adapters)
 //          <root>/objects/<aa>/<sha256>.json          (optional lineage sidecar, see below)
 //          temporary files: <root>/objects/<aa>/.tmp-<sha256>-<pid>-<random> (same directory)
 //
@@ -51,9 +52,13 @@ export class SnapshotStoreError extends Error {
 const SHA_RE = /^[0-9a-f]{64}$/;
 const CHUNK = 1 << 20;
 
+export type ObjectExt = 'safetensors' | 'zip';
+
 export interface PutHooks {
   /** Called after each chunk written to the temporary file (tests use it to slow writes down). */
   afterChunk?: (written: number, total: number) => void | Promise<void>;
+  /** File extension of the object (default "safetensors"). */
+  ext?: ObjectExt;
 }
 
 export class SnapshotStore {
@@ -71,14 +76,15 @@ export class SnapshotStore {
     return createHash('sha256').update(bytes).digest('hex');
   }
 
-  pathOf(sha256: string): string {
+  pathOf(sha256: string, ext: ObjectExt = 'safetensors'): string {
     checkSha(sha256);
-    return join(this.objectsDir, sha256.slice(0, 2), `${sha256}.safetensors`);
+    checkExt(ext);
+    return join(this.objectsDir, sha256.slice(0, 2), `${sha256}.${ext}`);
   }
 
-  has(sha256: string): boolean {
+  has(sha256: string, ext: ObjectExt = 'safetensors'): boolean {
     try {
-      return statSync(this.pathOf(sha256)).isFile();
+      return statSync(this.pathOf(sha256, ext)).isFile();
     } catch (e) {
       if (isNotFound(e)) return false;
       throw e;
@@ -89,8 +95,9 @@ export class SnapshotStore {
   async put(bytes: Uint8Array, hooks: PutHooks = {}): Promise<StoredObject> {
     if (!(bytes instanceof Uint8Array)) throw new SnapshotStoreError('put expects a Uint8Array');
     const sha256 = SnapshotStore.sha256(bytes);
-    const path = this.pathOf(sha256);
-    if (this.has(sha256)) {
+    const ext = hooks.ext ?? 'safetensors';
+    const path = this.pathOf(sha256, ext);
+    if (this.has(sha256, ext)) {
       const size = statSync(path).size;
       if (size !== bytes.length) {
         throw new SnapshotStoreError(`object ${sha256} on disk has ${size} bytes, expected ${bytes.length}: the store is corrupt`);
@@ -107,8 +114,8 @@ export class SnapshotStore {
    * The object's bytes. With `verify` (default true) the content is re-hashed and a mismatch
    * (disk corruption, tampering) throws. Throws SnapshotStoreError when the object is absent.
    */
-  get(sha256: string, opts: { verify?: boolean } = {}): Uint8Array {
-    const path = this.pathOf(sha256);
+  get(sha256: string, opts: { verify?: boolean; ext?: ObjectExt } = {}): Uint8Array {
+    const path = this.pathOf(sha256, opts.ext ?? 'safetensors');
     let bytes: Uint8Array;
     try {
       bytes = readFileSync(path);
@@ -126,7 +133,7 @@ export class SnapshotStore {
   async putLineage(record: LineageRecord): Promise<void> {
     checkSha(record.sha256);
     if (record.parent !== null) checkSha(record.parent);
-    if (!this.has(record.sha256)) throw new SnapshotStoreError(`lineage for missing snapshot ${record.sha256}`);
+    if (!this.has(record.sha256) && !this.has(record.sha256, 'zip')) throw new SnapshotStoreError(`lineage for missing snapshot ${record.sha256}`);
     const dir = join(this.objectsDir, record.sha256.slice(0, 2));
     const path = join(dir, `${record.sha256}.json`);
     if (exists(path)) return;
@@ -144,14 +151,15 @@ export class SnapshotStore {
     }
   }
 
-  /** Every stored object's sha256 (temporary files excluded). */
-  list(): string[] {
+  /** Every stored object's sha256 with the given extension (temporary files excluded). */
+  list(ext: ObjectExt = 'safetensors'): string[] {
+    checkExt(ext);
     const out: string[] = [];
     for (const d of readdirSync(this.objectsDir)) {
       if (!/^[0-9a-f]{2}$/.test(d)) continue;
       for (const f of readdirSync(join(this.objectsDir, d))) {
-        const m = /^([0-9a-f]{64})\.safetensors$/.exec(f);
-        if (m) out.push(m[1]!);
+        const m = /^([0-9a-f]{64})\.(safetensors|zip)$/.exec(f);
+        if (m && m[2] === ext) out.push(m[1]!);
       }
     }
     return out.sort();
@@ -223,6 +231,10 @@ function fsyncDir(dir: string): void {
   } finally {
     closeSync(fd);
   }
+}
+
+function checkExt(ext: string): void {
+  if (ext !== 'safetensors' && ext !== 'zip') throw new SnapshotStoreError(`object extension must be "safetensors" or "zip", got ${JSON.stringify(ext)}`);
 }
 
 function checkSha(s: string): void {
