@@ -103,6 +103,7 @@ describe('makeBatch', () => {
     expect(batch.T).toBe(9);
     expect(() => makeBatch([b], { pad: 'max', maxSeqLen: 5 })).toThrow(/exceeds/);
     expect(() => makeBatch([])).toThrow(/at least one/);
+    expect(() => makeBatch([a], { padId: -1 })).toThrow(/padId/);
   });
 });
 

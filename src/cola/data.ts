@@ -167,7 +167,9 @@ export function makeBatch(rows: readonly EncodedExample[], opts: BatchOptions = 
     T = opts.maxSeqLen;
   }
   const B = rows.length;
+  if (B > MAX_BATCH) throw new RangeError(`a batch of ${B} rows exceeds ${MAX_BATCH}`);
   const padId = opts.padId ?? 0;
+  if (!Number.isInteger(padId) || padId < 0 || padId > 0x7fffffff) throw new RangeError(`padId must be a non-negative int32, got ${padId}`);
   const ids = new Int32Array(B * T).fill(padId);
   const targets = new Int32Array(B * T).fill(-1);
   const keyMask = new Uint32Array(B * T);
