@@ -257,6 +257,14 @@ export class Engine {
     this.enc().copyBufferToBuffer(src.buffer, src.byteOffset, dst.buffer, dst.byteOffset, Math.ceil(src.byteLength / 4) * 4);
   }
 
+  /** Copies `bytes` (multiple of 4) from src at srcByte to dst at dstByte, recorded in order with dispatches. */
+  copyBytes(src: Tensor, srcByte: number, dst: Tensor, dstByte: number, bytes: number): void {
+    if (bytes % 4 || srcByte % 4 || dstByte % 4) throw new ShapeError('copyBytes: offsets and size must be multiples of 4');
+    if (srcByte + bytes > src.byteLength || dstByte + bytes > dst.byteLength) throw new ShapeError(`copyBytes: ${bytes} bytes out of range of ${src} / ${dst}`);
+    this.endPass();
+    this.enc().copyBufferToBuffer(src.buffer, src.byteOffset + srcByte, dst.buffer, dst.byteOffset + dstByte, bytes);
+  }
+
   // ---------------------------------------------------------------- pipelines
 
   /**

@@ -1,0 +1,268 @@
+// The COLA trainer: a chain of LoRAs over one training run (MISSION.md).
+//
+//   for each link j of the plan (steps [start_j, end_j), rank r_j):
+//     1. tune LoRA: train only (A_j, B_j) (and LoRA bias) on the frozen weights;
+//     2. tie a knot: W ← W + s_j·B_j·A_j on the GPU (refusing non-finite results), persist;
+//     3. extend the chain: fresh (A, B) (A Gaussian from (seed, link), B = 0), reset all
+//        optimizer state; the LR schedule continues over the whole run.
+//
+// Every link ends with a knot, so a run of M links yields M versions (the last one is the final
+// model). Resume: the merged weights of the last persisted knot plus (seed, link, step) are the
+// whole state (optimizer state is zero at a knot, A comes from (seed, link), the data order from
+// (seed, epoch)), so a run restarted from its last knot reproduces the uninterrupted run bit for bit.
+import type { Engine, Tensor } from '../gpu/engine.ts';
+import { mergeLora } from '../gpu/ops/merge.ts';
+import { createOptimizer, type Optimizer, type OptimizerConfig } from './optimizer.ts';
+import type { ModelWeights } from '../model/weights.ts';
+import { TransformerModel, moduleWeightName, type GpuBatch, type LoraWeights } from '../model/transformer.ts';
+import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type Example, type EncodedExample, type Tokenizer } from './data.ts';
+import { planChain, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
+import { lrAt, type LrSchedule } from './lr.ts';
+import { chainFlops } from './flops.ts';
+import { archConfigOf, freeLora, initLoraHost, loraParams, readLora, uploadLora, type LoraHost, type LoraSpec } from './lora.ts';
+import { ColaConfigError } from './errors.ts';
+
+export interface TrainConfig {
+  lora: LoraSpec;
+  chain: ChainConfig;
+  optimizer: OptimizerConfig;
+  schedule: Omit<LrSchedule, 'lr'>;
+  epochs: number;
+  batchSize: number;
+  maxSeqLen: number;
+  seed: number;
+  shuffle: boolean;
+  /** Clip the global gradient norm of the adapters to this value (0 = off). */
+  maxGradNorm: number;
+  /** Evaluate the validation loss after each knot. */
+  evalEveryKnot: boolean;
+}
+
+export interface StepInfo {
+  step: number; // 1-based count of completed steps
+  loss: number;
+  lr: number;
+  link: number;
+  epoch: number;
+}
+
+export interface KnotInfo {
+  link: number;
+  rank: number;
+  startStep: number;
+  endStep: number;
+  /** The merged model after this knot (CPU copy; HF names). */
+  weights: ModelWeights;
+  /** The link's adapters as trained (before merging), for the PEFT export. */
+  adapter: LoraHost;
+  valLoss: number | null;
+  flops: number;
+}
+
+export interface TrainerCallbacks {
+  onLinkStart?(info: { link: number; rank: number; step: number }): void | Promise<void>;
+  onStep?(info: StepInfo): void | Promise<void>;
+  /** Persist the knot. Training continues only after this resolves (a knot is durable before the job moves on). */
+  onKnot(info: KnotInfo): Promise<void>;
+  /** Checked between steps: true stops the run (knots already tied stay). */
+  isCancelled?(): boolean | Promise<boolean>;
+  /** Checked between steps: true ties a knot now (POST /merge {job}); the link is split there. */
+  takeMergeRequest?(): boolean;
+}
+
+export interface ResumePoint {
+  /** Completed steps at the last persisted knot (its merged weights are the `weights` given to train). */
+  step: number;
+}
+
+export interface TrainResult {
+  status: 'succeeded' | 'cancelled';
+  steps: number;
+  plan: ChainPlan;
+  tokens: number;
+  seconds: number;
+}
+
+export interface TrainInput {
+  e: Engine;
+  /** Starting weights: the base model, or the last knot's merged weights when resuming. */
+  weights: ModelWeights;
+  tokenizer: Tokenizer;
+  train: Example[];
+  validation?: Example[];
+  config: TrainConfig;
+  /** Optional initial adapter for the first link (PEFT init_adapter); shapes must match. */
+  initAdapter?: LoraHost;
+  resume?: ResumePoint;
+  /** Explicit plan (e.g. after POST /merge split a link); default: planned from the config. */
+  plan?: ChainPlan;
+}
+
+/** Encodes the examples once; errors name the offending example. */
+export function encodeAll(tok: Tokenizer, xs: Example[], maxSeqLen: number, what: string): EncodedExample[] {
+  return xs.map((x, i) => encodeExample(tok, x, { maxSeqLen }, `${what}[${i}]`));
+}
+
+/** The chain plan for a config and a training-set size. */
+export function planFor(config: TrainConfig, nTrain: number): ChainPlan {
+  const total = epochTotalSteps({ n: nTrain, batchSize: config.batchSize, epochs: config.epochs, seed: config.seed, shuffle: config.shuffle });
+  return planChain({ totalSteps: total, chain: config.chain, rank: config.lora.rank });
+}
+
+function uploadBatch(e: Engine, rows: EncodedExample[], padId: number): GpuBatch & { lossTokens: number; tokens: number } {
+  const b = makeBatch(rows, { padId });
+  return {
+    B: b.B,
+    T: b.T,
+    ids: e.upload(b.ids, [b.B * b.T], 'i32'),
+    targets: e.upload(b.targets, [b.B * b.T], 'i32'),
+    keyMask: e.upload(b.keyMask, [b.B, b.T], 'u32'),
+    lossTokens: b.lossTokens,
+    tokens: b.realTokens,
+  };
+}
+
+function freeBatch(b: GpuBatch): void {
+  b.ids.free();
+  b.targets?.free();
+  b.keyMask?.free();
+}
+
+/** Mean validation loss over all validation targets (token-weighted), merged weights, no adapter. */
+export async function validationLoss(e: Engine, model: TransformerModel, rows: EncodedExample[], batchSize: number, padId: number): Promise<number> {
+  let sum = 0;
+  let count = 0;
+  for (let i = 0; i < rows.length; i += batchSize) {
+    const b = uploadBatch(e, rows.slice(i, i + batchSize), padId);
+    const loss = model.loss(b, null);
+    const v = (await e.readF32(loss))[0]!;
+    loss.free();
+    freeBatch(b);
+    sum += v * b.lossTokens;
+    count += b.lossTokens;
+  }
+  return count ? sum / count : NaN;
+}
+
+/** Reads the merged target weights back into a copy of the CPU weights (GPT-2 Conv1D re-transposed). */
+async function snapshotWeights(e: Engine, model: TransformerModel, base: ModelWeights, spec: LoraSpec): Promise<ModelWeights> {
+  const c = base.config;
+  const tensors = new Map(base.tensors);
+  for (let layer = 0; layer < c.nLayers; layer++) {
+    for (const short of spec.targets) {
+      const lin = model.linearOf(layer, short);
+      const name = moduleWeightName(c.arch, layer, short);
+      const [out, inF] = lin.w.shape as [number, number];
+      let data = await e.readF32(lin.w);
+      if (c.arch === 'gpt2') {
+        const t = new Float32Array(out * inF);
+        for (let o = 0; o < out; o++) for (let i = 0; i < inF; i++) t[i * out + o] = data[o * inF + i]!;
+        data = t;
+      }
+      tensors.set(name, { shape: base.tensors.get(name)!.shape, data });
+      if (spec.bias && lin.b) tensors.set(name.replace(/\.weight$/, '.bias'), { shape: [out], data: await e.readF32(lin.b) });
+    }
+  }
+  return { config: c, tensors };
+}
+
+/** Ties the knot: W += s·B·A (and bias += LoRA bias) for every adapted module, refusing non-finite results. */
+async function tieKnot(e: Engine, model: TransformerModel, lora: LoraWeights): Promise<void> {
+  for (const [key, m] of lora.modules) {
+    const dot = key.indexOf('.');
+    const lin = model.linearOf(Number(key.slice(0, dot)), key.slice(dot + 1));
+    await mergeLora(e, lin.w, m.a, m.b, lora.scale);
+    if (m.bias) {
+      if (!lin.b) throw new ColaConfigError('lora.bias', `module ${key} has no bias to merge the LoRA bias into`);
+      await mergeBias(e, lin.b, m.bias);
+    }
+  }
+}
+
+async function mergeBias(e: Engine, b: Tensor, delta: Tensor): Promise<void> {
+  const [bv, dv] = [await e.readF32(b), await e.readF32(delta)];
+  const out = new Float32Array(bv.length);
+  for (let i = 0; i < bv.length; i++) {
+    out[i] = bv[i]! + dv[i]!;
+    if (!Number.isFinite(out[i]!)) throw new Error('merging the LoRA bias gave a non-finite value; the weights were left unchanged');
+  }
+  e.write(b, out);
+}
+
+/**
+ * Runs (or resumes) a COLA training run. The model is built from `weights` on the engine and freed
+ * at the end. Returns when every link is tied, or when cancelled.
+ */
+export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promise<TrainResult> {
+  const { e, config: cfg, tokenizer } = input;
+  const t0 = performance.now();
+  const rows = encodeAll(tokenizer, input.train, cfg.maxSeqLen, 'train');
+  const valRows = input.validation?.length ? encodeAll(tokenizer, input.validation, cfg.maxSeqLen, 'validation') : [];
+  let plan = input.plan ?? planFor(cfg, rows.length);
+  // A knot tied on request (POST /merge) before a crash is not in the planned schedule: split there.
+  if (input.resume && input.resume.step < plan.totalSteps && !plan.links.some((l) => l.endStep === input.resume!.step)) {
+    plan = splitAt(plan, input.resume.step);
+  }
+  const epochCfg = { n: rows.length, batchSize: cfg.batchSize, epochs: cfg.epochs, seed: cfg.seed, shuffle: cfg.shuffle };
+  const sched: LrSchedule = { ...cfg.schedule, lr: cfg.optimizer.lr };
+  const padId = tokenizer.eos;
+  const arch = archConfigOf(input.weights.config);
+  const flopsOf = (p: ChainPlan) => chainFlops(arch, p, { targets: cfg.lora.targets, tokensPerStep: cfg.batchSize * cfg.maxSeqLen, seqLen: cfg.maxSeqLen });
+  let flops = flopsOf(plan);
+  const startLink = input.resume ? plan.links.findIndex((l) => l.endStep === input.resume!.step) + 1 : 0;
+  if (input.resume && startLink === 0) throw new Error(`resume step ${input.resume.step} is not a knot of the plan`);
+  let weights = input.weights;
+  const model = TransformerModel.upload(e, weights);
+  let tokens = 0;
+  let done = startLink < plan.links.length ? plan.links[startLink]!.startStep : plan.totalSteps;
+  try {
+    for (let j = startLink; j < plan.links.length; j++) {
+      let link: PlannedLink = plan.links[j]!;
+      const host = j === 0 && input.initAdapter ? input.initAdapter : initLoraHost(weights.config, cfg.lora, link.rank, cfg.seed, j);
+      const lora = uploadLora(e, host);
+      const params = loraParams(lora);
+      const opt: Optimizer = createOptimizer(e, cfg.optimizer, params.map((p) => p.t));
+      await cb.onLinkStart?.({ link: j, rank: link.rank, step: done });
+      try {
+        for (; done < link.endStep; done++) {
+          if (await cb.isCancelled?.()) return { status: 'cancelled', steps: done, plan, tokens, seconds: (performance.now() - t0) / 1000 };
+          if (done > link.startStep && cb.takeMergeRequest?.()) {
+            plan = splitAt(plan, done);
+            flops = flopsOf(plan);
+            link = plan.links[j]!;
+            break;
+          }
+          const { epoch, indices } = batchAt(epochCfg, done);
+          const batch = uploadBatch(e, indices.map((i) => rows[i]!), padId);
+          const { loss, grads } = model.lossAndGrads(batch, lora);
+          const gradList = params.map((p) => {
+            const g = grads.get(p.key)!;
+            return p.kind === 'a' ? g.dA : p.kind === 'b' ? g.dB : g.dBias!;
+          });
+          const lr = lrAt(done, sched, plan.totalSteps, plan);
+          opt.step(gradList, lr, cfg.maxGradNorm);
+          for (const g of gradList) g.free();
+          freeBatch(batch);
+          const lossV = (await e.readF32(loss))[0]!;
+          loss.free();
+          tokens += batch.tokens;
+          await cb.onStep?.({ step: done + 1, loss: lossV, lr, link: j, epoch });
+        }
+        // Tie the knot: keep the link's adapter for export, merge, persist, then extend.
+        const adapter = await readLora(e, lora, host);
+        await tieKnot(e, model, lora);
+        weights = await snapshotWeights(e, model, weights, cfg.lora);
+        const valLoss = cfg.evalEveryKnot && valRows.length ? await validationLoss(e, model, valRows, cfg.batchSize, padId) : null;
+        await cb.onKnot({ link: j, rank: link.rank, startStep: link.startStep, endStep: link.endStep, weights, adapter, valLoss, flops: flops.links[j]!.flops });
+      } finally {
+        opt.free();
+        freeLora(lora);
+      }
+    }
+    return { status: 'succeeded', steps: done, plan, tokens, seconds: (performance.now() - t0) / 1000 };
+  } finally {
+    model.free();
+  }
+}
+
+export { stepsPerEpoch };

@@ -1,0 +1,342 @@
+// Text generation with a KV cache: prefill the prompt in one batched pass, then decode one token
+// per submit. Sampling (greedy, temperature, top-k, top-p) runs on the CPU over the read-back
+// logits with a seeded RNG, so a (prompt, seed) pair always gives the same text on one device.
+import { ShapeError, type Engine, type Tensor } from '../gpu/engine.ts';
+import { add } from '../gpu/ops/elementwise.ts';
+import { embedding } from '../gpu/ops/embedding.ts';
+import { linear, matmul } from '../gpu/ops/matmul.ts';
+import { rmsnorm, layernorm } from '../gpu/ops/norm.ts';
+import { swiglu, relu, gelu } from '../gpu/ops/activation.ts';
+import { attention, attentionDecode } from '../gpu/ops/attention.ts';
+import { ropeAndCache, type Strided } from '../gpu/ops/kvcache.ts';
+import { Rng } from '../util/rng.ts';
+import type { TextTokenizer } from './tokenizer.ts';
+import type { GpuNorm, TransformerModel } from './transformer.ts';
+
+export const MAX_GENERATE_TOKENS = 4096;
+export const MAX_STOP_SEQUENCES = 8;
+
+export interface SamplingOptions {
+  maxTokens: number;
+  /** 0 = greedy (argmax, first maximum on ties). */
+  temperature: number;
+  /** 0 = off. */
+  topK: number;
+  /** 1 = off. */
+  topP: number;
+  seed: number;
+  stop: string[];
+  /** Stop at the tokenizer's EOS (default true). */
+  stopAtEos?: boolean;
+}
+
+export interface GenerateResult {
+  promptIds: number[];
+  tokenIds: number[];
+  text: string;
+  finishReason: 'stop' | 'length';
+  /** log p(token) of each generated token under the (unscaled) model distribution. */
+  logprobs: number[];
+  /** Top alternatives per generated token when requested. */
+  topLogprobs?: { id: number; logprob: number }[][];
+  timing: { prefillMs: number; decodeMs: number; tokensPerS: number };
+}
+
+export interface GenerateHooks {
+  /** Called for each generated token with the text it completes ('' while a character is partial). */
+  onToken?(t: { id: number; text: string }): void | Promise<void>;
+  /** Number of top alternatives per generated token to return (0–5). */
+  topLogprobs?: number;
+  /** Checked between tokens (e.g. client went away). */
+  isAborted?(): boolean;
+}
+
+/** A KV cache for one sequence: per layer (1, maxT, Hkv, Dh). */
+interface KvCache {
+  k: Tensor[];
+  v: Tensor[];
+  maxT: number;
+}
+
+/** Index of the first maximum. */
+export function argmax(x: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
+  return best;
+}
+
+/** log-softmax of one row, in f64. */
+export function logSoftmax(x: ArrayLike<number>): Float64Array {
+  let m = -Infinity;
+  for (let i = 0; i < x.length; i++) m = Math.max(m, x[i]!);
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += Math.exp(x[i]! - m);
+  const lse = m + Math.log(s);
+  const out = new Float64Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = x[i]! - lse;
+  return out;
+}
+
+/** Samples one id from logits with temperature, top-k and top-p (nucleus), using `rng`. */
+export function sample(logits: ArrayLike<number>, o: Pick<SamplingOptions, 'temperature' | 'topK' | 'topP'>, rng: Rng): number {
+  if (o.temperature <= 0) return argmax(logits);
+  const V = logits.length;
+  const idx = Array.from({ length: V }, (_, i) => i);
+  idx.sort((a, b) => logits[b]! - logits[a]! || a - b); // descending, stable on ties
+  let keep = o.topK > 0 ? Math.min(o.topK, V) : V;
+  const m = logits[idx[0]!]!;
+  const p = new Float64Array(keep);
+  let sum = 0;
+  for (let i = 0; i < keep; i++) sum += p[i] = Math.exp((logits[idx[i]!]! - m) / o.temperature);
+  if (o.topP < 1) {
+    let c = 0;
+    for (let i = 0; i < keep; i++) {
+      c += p[i]! / sum;
+      if (c >= o.topP) {
+        keep = i + 1;
+        break;
+      }
+    }
+    sum = 0;
+    for (let i = 0; i < keep; i++) sum += p[i]!;
+  }
+  let u = rng.next() * sum;
+  for (let i = 0; i < keep; i++) {
+    u -= p[i]!;
+    if (u < 0) return idx[i]!;
+  }
+  return idx[keep - 1]!;
+}
+
+export class Generator {
+  constructor(
+    readonly e: Engine,
+    readonly model: TransformerModel,
+    readonly tokenizer: TextTokenizer,
+  ) {}
+
+  private get c() {
+    return this.model.config;
+  }
+
+  private newCache(maxT: number): KvCache {
+    const c = this.c;
+    const k: Tensor[] = [];
+    const v: Tensor[] = [];
+    for (let i = 0; i < c.nLayers; i++) {
+      k.push(this.e.empty([1, maxT, c.nKvHeads, c.headDim]));
+      v.push(this.e.empty([1, maxT, c.nKvHeads, c.headDim]));
+    }
+    return { k, v, maxT };
+  }
+
+  private freeCache(kv: KvCache): void {
+    for (const t of [...kv.k, ...kv.v]) t.free();
+  }
+
+  private norm(x: Tensor, n: GpuNorm): Tensor {
+    if (this.c.norm === 'rmsnorm') {
+      const r = rmsnorm(this.e, x, n.w, this.c.normEps);
+      r.rstd.free();
+      return r.y;
+    }
+    const r = layernorm(this.e, x, n.w, n.b!, this.c.normEps);
+    r.mean.free();
+    r.rstd.free();
+    return r.y;
+  }
+
+  /**
+   * Runs T new tokens (positions start..start+T-1) through the model, filling the cache, and
+   * returns the logits of the last position (1, V). Nothing is read back.
+   */
+  private step(ids: number[], start: number, kv: KvCache, allLogits = false): Tensor {
+    const { e, c, model } = this;
+    const T = ids.length;
+    const Dh = c.headDim;
+    const idT = e.upload(Int32Array.from(ids), [T], 'i32');
+    let x = embedding(e, idT, model.embedding);
+    idT.free();
+    if (model.positionTable) {
+      const pos = e.upload(Int32Array.from(ids, (_, t) => start + t + c.positionOffset), [T], 'i32');
+      const pe = embedding(e, pos, model.positionTable);
+      const x1 = add(e, x, pe);
+      for (const t of [pos, pe, x]) t.free();
+      x = x1;
+    }
+    const rope = c.positions === 'rope' ? { theta: c.ropeTheta, interleaved: c.ropeInterleaved } : null;
+    for (let i = 0; i < c.nLayers; i++) {
+      const L = model.layers[i]!;
+      const n1 = this.norm(x, L.attnNorm);
+      let q: Strided, k: Strided, v: Strided;
+      const owned: Tensor[] = [];
+      if (c.arch === 'gpt2') {
+        const lin = L.linears.get('c_attn')!;
+        const qkv = linear(e, n1, lin.w, lin.b);
+        owned.push(qkv);
+        q = { t: qkv, stride: 3 * c.dim, off: 0 };
+        k = { t: qkv, stride: 3 * c.dim, off: c.dim };
+        v = { t: qkv, stride: 3 * c.dim, off: 2 * c.dim };
+      } else {
+        const mk = (s: string) => {
+          const lin = L.linears.get(s)!;
+          const t = linear(e, n1, lin.w, lin.b);
+          owned.push(t);
+          return { t, stride: t.shape.at(-1)!, off: 0 };
+        };
+        q = mk('q');
+        k = mk('k');
+        v = mk('v');
+      }
+      n1.free();
+      const qr = ropeAndCache(e, q, k, v, kv.k[i]!, kv.v[i]!, start, { B: 1, T, H: c.nHeads, HKV: c.nKvHeads, D: Dh, rope });
+      for (const t of owned) t.free();
+      let att: Tensor;
+      if (T === 1) {
+        att = attentionDecode(e, qr, kv.k[i]!, kv.v[i]!, start + 1);
+      } else {
+        if (start !== 0) throw new ShapeError('prefill must start at position 0');
+        // The cache's first T rows are exactly this prompt's roped k and v (B = 1).
+        const rowsOf = (cache: Tensor) => cache.view([kv.maxT, c.nKvHeads * Dh]).rows(0, T).view([1, T, c.nKvHeads, Dh]);
+        const r = attention(e, qr, rowsOf(kv.k[i]!), rowsOf(kv.v[i]!));
+        r.saved.lse.free();
+        att = r.out;
+      }
+      qr.free();
+      const o = L.linears.get(c.arch === 'gpt2' ? 'attn.c_proj' : 'o')!;
+      matmul(e, att.view([T, c.nHeads * Dh]), o.w, { transB: true, accumulate: x, bias: o.b ?? undefined }); // x += att·Woᵀ + b
+      att.free();
+      const n2 = this.norm(x, L.ffnNorm);
+      let act: Tensor;
+      let down;
+      if (c.gatedFfn) {
+        const g = L.linears.get('gate')!;
+        const u = L.linears.get('up')!;
+        const gt = linear(e, n2, g.w, g.b);
+        const ut = linear(e, n2, u.w, u.b);
+        act = swiglu(e, gt, ut);
+        gt.free();
+        ut.free();
+        down = L.linears.get('down')!;
+      } else {
+        const [fc1, fc2] = c.arch === 'opt' ? ['fc1', 'fc2'] : ['c_fc', 'mlp.c_proj'];
+        const l1 = L.linears.get(fc1!)!;
+        const pre = linear(e, n2, l1.w, l1.b);
+        act = c.activation === 'relu' ? relu(e, pre) : gelu(e, pre);
+        pre.free();
+        down = L.linears.get(fc2!)!;
+      }
+      n2.free();
+      matmul(e, act, down.w, { transB: true, accumulate: x, bias: down.b ?? undefined }); // x += act·W_downᵀ + b
+      act.free();
+    }
+    let last = x;
+    if (!allLogits && T > 1) {
+      last = e.empty([1, c.dim]);
+      e.copyBytes(x, (T - 1) * c.dim * 4, last, 0, c.dim * 4);
+      x.free();
+    }
+    const h = this.norm(last, model.finalNormWeights);
+    last.free();
+    const logits = model.logits(h);
+    h.free();
+    return logits;
+  }
+
+  /** Logits (T, V) of every position of `ids` (no cache kept): for scoring and echo logprobs. */
+  async promptLogits(ids: number[]): Promise<Float32Array> {
+    if (ids.length === 0 || ids.length > this.c.maxSeqLen) throw new ShapeError(`prompt of ${ids.length} tokens (limit ${this.c.maxSeqLen})`);
+    const kv = this.newCache(ids.length);
+    try {
+      const logits = this.step(ids, 0, kv, true);
+      const out = await this.e.readF32(logits);
+      logits.free();
+      return out;
+    } finally {
+      this.freeCache(kv);
+    }
+  }
+
+  /** Generates a completion of `promptIds`. */
+  async generate(promptIds: number[], o: SamplingOptions, hooks: GenerateHooks = {}): Promise<GenerateResult> {
+    const c = this.c;
+    if (promptIds.length === 0) throw new ShapeError('empty prompt');
+    if (promptIds.length >= c.maxSeqLen) throw new ShapeError(`prompt of ${promptIds.length} tokens leaves no room in the model's context of ${c.maxSeqLen}`);
+    const maxNew = Math.min(o.maxTokens, c.maxSeqLen - promptIds.length);
+    const kv = this.newCache(promptIds.length + maxNew);
+    const rng = new Rng(o.seed >>> 0);
+    const dec = this.tokenizer.createStreamDecoder({ context: promptIds });
+    const eos = o.stopAtEos === false ? null : this.tokenizer.eos;
+    const tokenIds: number[] = [];
+    const logprobs: number[] = [];
+    const top: { id: number; logprob: number }[][] = [];
+    let text = '';
+    let finish: 'stop' | 'length' = 'length';
+    const t0 = performance.now();
+    let tPrefill = 0;
+    try {
+      let logitsT = this.step(promptIds, 0, kv);
+      for (let n = 0; n < maxNew; n++) {
+        const logits = await this.e.readF32(logitsT);
+        logitsT.free();
+        if (n === 0) tPrefill = performance.now();
+        const id = sample(logits, o, rng);
+        const lsm = logSoftmax(logits);
+        if (eos !== null && id === eos) {
+          finish = 'stop';
+          break;
+        }
+        tokenIds.push(id);
+        logprobs.push(lsm[id]!);
+        if (hooks.topLogprobs) top.push(topK(lsm, hooks.topLogprobs));
+        const piece = dec.decodeToken(id);
+        text += piece;
+        const hit = firstStop(text, o.stop);
+        if (hit >= 0) {
+          text = text.slice(0, hit);
+          finish = 'stop';
+          break;
+        }
+        await hooks.onToken?.({ id, text: piece });
+        if (hooks.isAborted?.()) break;
+        if (n + 1 < maxNew) logitsT = this.step([id], promptIds.length + n, kv);
+      }
+      if (finish === 'length') text += dec.flush();
+    } finally {
+      this.freeCache(kv);
+    }
+    const t1 = performance.now();
+    const decodeMs = t1 - (tPrefill || t1);
+    return {
+      promptIds,
+      tokenIds,
+      text,
+      finishReason: finish,
+      logprobs,
+      topLogprobs: hooks.topLogprobs ? top : undefined,
+      timing: { prefillMs: (tPrefill || t1) - t0, decodeMs, tokensPerS: tokenIds.length > 1 && decodeMs > 0 ? ((tokenIds.length - 1) * 1000) / decodeMs : 0 },
+    };
+  }
+}
+
+function firstStop(text: string, stops: string[]): number {
+  let best = -1;
+  for (const s of stops) {
+    if (!s) continue;
+    const i = text.indexOf(s);
+    if (i >= 0 && (best < 0 || i < best)) best = i;
+  }
+  return best;
+}
+
+function topK(lsm: Float64Array, k: number): { id: number; logprob: number }[] {
+  const out: { id: number; logprob: number }[] = [];
+  for (let i = 0; i < lsm.length; i++) {
+    if (out.length < k || lsm[i]! > out[out.length - 1]!.logprob) {
+      out.push({ id: i, logprob: lsm[i]! });
+      out.sort((a, b) => b.logprob - a.logprob || a.id - b.id);
+      if (out.length > k) out.pop();
+    }
+  }
+  return out;
+}

@@ -1,0 +1,150 @@
+// The generation and evaluation services the HTTP layer calls (src/services.ts interfaces).
+import type { Engine } from '../gpu/engine.ts';
+import { MemoryBudgetError, ShapeError } from '../gpu/engine.ts';
+import { DeviceLostError } from '../gpu/context.ts';
+import {
+  DeviceUnavailableError, UserInputError,
+  type EvaluationService, type Example, type GenerateRequest, type GenerateResult, type GenerationService, type TokenLogprob,
+} from '../services.ts';
+import { logSoftmax } from './generate.ts';
+import { ModelCache, Mutex } from './versions.ts';
+
+/** Maps engine errors to the service's error kinds (bad input → 400, device → 503). */
+function mapError(e: unknown): never {
+  if (e instanceof DeviceLostError) throw new DeviceUnavailableError(e.message);
+  if (e instanceof ShapeError || e instanceof MemoryBudgetError) throw new UserInputError(e.message);
+  if (e instanceof Error && /TokenizerError|ModelLoadError/.test(e.name)) throw new UserInputError(e.message);
+  throw e;
+}
+
+export interface MlServices {
+  generation: GenerationService;
+  evaluation: EvaluationService;
+  cache: ModelCache;
+  gpu: Mutex;
+}
+
+export function createMlServices(e: Engine, repoRoot: string, opts: { cacheModels?: number; gpu?: Mutex } = {}): MlServices {
+  const cache = new ModelCache(e, repoRoot, opts.cacheModels ?? 4);
+  const gpu = opts.gpu ?? new Mutex();
+
+  const generation: GenerationService = {
+    async generate(req: GenerateRequest, onToken) {
+      return gpu.run(async () => {
+        try {
+          const live = cache.get(req.target);
+          const tok = live.loaded.tokenizer;
+          const promptIds = tok.encode(req.prompt, { bos: true });
+          const r = await live.generator.generate(
+            promptIds,
+            { maxTokens: req.max_tokens, temperature: req.temperature, topK: req.top_k, topP: req.top_p, seed: req.seed, stop: req.stop },
+            { onToken, topLogprobs: req.logprobs, isAborted: () => !!req.signal?.aborted },
+          );
+          const out: GenerateResult = {
+            text: r.text,
+            token_ids: r.tokenIds,
+            finish_reason: r.finishReason,
+            usage: { prompt_tokens: promptIds.length, completion_tokens: r.tokenIds.length },
+            timing: { prefill_ms: r.timing.prefillMs, decode_ms: r.timing.decodeMs, tokens_per_s: r.timing.tokensPerS },
+          };
+          if (req.logprobs > 0 || req.echo) {
+            const lp: TokenLogprob[] = [];
+            let offset = 0;
+            const piece = (id: number) => tok.decode([id]);
+            if (req.echo) {
+              // Prompt tokens' log-probabilities from one batched forward over the prompt.
+              const V = live.model.config.vocabSize;
+              const logits = await live.generator.promptLogits(promptIds);
+              const textIds = promptIds.filter((id) => id !== tok.bos);
+              let prev: number | null = null;
+              for (let t = 0; t < promptIds.length; t++) {
+                const id = promptIds[t]!;
+                if (id === tok.bos && t === 0) {
+                  prev = t;
+                  continue;
+                }
+                const s = prev === null ? null : logSoftmax(logits.subarray(prev * V, (prev + 1) * V));
+                const text = piece(id);
+                lp.push({ id, text, logprob: s ? s[id]! : null, top: s && req.logprobs ? topMap(s, req.logprobs, piece) : undefined, offset });
+                offset += text.length;
+                prev = t;
+              }
+              out.prompt_text = tok.decode(textIds);
+            }
+            r.tokenIds.forEach((id, i) => {
+              const text = piece(id);
+              const top = r.topLogprobs?.[i];
+              lp.push({ id, text, logprob: r.logprobs[i]!, top: top ? Object.fromEntries(top.map((x) => [piece(x.id), x.logprob])) : undefined, offset });
+              offset += text.length;
+            });
+            out.logprobs = lp;
+          }
+          return out;
+        } catch (err) {
+          mapError(err);
+        }
+      });
+    },
+  };
+
+  const evaluation: EvaluationService = {
+    async evaluate({ target, examples, signal }) {
+      return gpu.run(async () => {
+        try {
+          const live = cache.get(target);
+          const tok = live.loaded.tokenizer;
+          const V = live.model.config.vocabSize;
+          /** Σ log p(completion tokens | prompt) and the token count. */
+          const score = async (prompt: string, completion: string): Promise<{ lp: number; n: number }> => {
+            const p = tok.encode(prompt, { bos: true });
+            const full = tok.encode(prompt + completion, { bos: true });
+            // Tokens after the longest common prefix are the answer's (BPE may merge across the boundary).
+            let k = 0;
+            while (k < p.length && k < full.length && p[k] === full[k]) k++;
+            k = Math.max(1, Math.min(k, full.length - 1));
+            if (full.length > live.model.config.maxSeqLen) throw new UserInputError(`an example of ${full.length} tokens exceeds the model's context of ${live.model.config.maxSeqLen}`);
+            const logits = await live.generator.promptLogits(full);
+            let lp = 0;
+            for (let t = k; t < full.length; t++) lp += logSoftmax(logits.subarray((t - 1) * V, t * V))[full[t]!]!;
+            return { lp, n: full.length - k };
+          };
+          let correct = 0;
+          let classified = 0;
+          let nll = 0;
+          let tokens = 0;
+          for (const ex of examples) {
+            if (signal?.aborted) break;
+            if ('candidates' in ex) {
+              const scores = [];
+              for (const c of ex.candidates) scores.push(await score(ex.prompt, c));
+              let best = 0;
+              for (let i = 1; i < scores.length; i++) if (scores[i]!.lp > scores[best]!.lp) best = i;
+              if (best === ex.label) correct++;
+              classified++;
+              nll -= scores[ex.label]!.lp;
+              tokens += scores[ex.label]!.n;
+            } else if ('completion' in ex) {
+              const s = await score(ex.prompt, ex.completion);
+              nll -= s.lp;
+              tokens += s.n;
+            } else {
+              const s = await score('', ex.text);
+              nll -= s.lp;
+              tokens += s.n;
+            }
+          }
+          return { accuracy: classified ? correct / classified : undefined, loss: tokens ? nll / tokens : NaN, examples: examples.length };
+        } catch (err) {
+          mapError(err);
+        }
+      });
+    },
+  };
+
+  return { generation, evaluation, cache, gpu };
+}
+
+function topMap(s: Float64Array, k: number, piece: (id: number) => string): Record<string, number> {
+  const idx = Array.from(s.keys()).sort((a, b) => s[b]! - s[a]! || a - b).slice(0, k);
+  return Object.fromEntries(idx.map((i) => [piece(i), s[i]!]));
+}
