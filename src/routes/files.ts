@@ -56,8 +56,9 @@ export function fileRoutes(app: App, d: AppDeps) {
         body: {
           required: true,
           content: {
-            'application/jsonl': { schema: z.string() },
-            'multipart/form-data': { schema: z.object({ file: z.any().openapi({ type: 'string', format: 'binary' }) }) },
+            // Plain JSON Schema (documentation only): the body is parsed and validated line by line in the handler.
+            'application/jsonl': { schema: { type: 'string', description: 'one JSON example per line' } },
+            'multipart/form-data': { schema: { type: 'object', properties: { file: { type: 'string', format: 'binary' } }, required: ['file'] } },
           },
         },
       },

@@ -153,11 +153,13 @@ export function mergeRoutes(app: App, d: AppDeps) {
         body: {
           required: true,
           content: {
+            // Documentation only: the handler parses and validates both parts.
             'multipart/form-data': {
-              schema: z.object({
-                'adapter_config.json': z.any().openapi({ type: 'string', format: 'binary' }),
-                'adapter_model.safetensors': z.any().openapi({ type: 'string', format: 'binary' }),
-              }),
+              schema: {
+                type: 'object',
+                properties: { 'adapter_config.json': { type: 'string', format: 'binary' }, 'adapter_model.safetensors': { type: 'string', format: 'binary' } },
+                required: ['adapter_config.json', 'adapter_model.safetensors'],
+              },
             },
           },
         },

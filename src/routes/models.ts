@@ -87,8 +87,13 @@ export function modelRoutes(app: App, d: AppDeps) {
         body: {
           required: true,
           content: {
-            'application/json': { schema: ImportJson },
-            'multipart/form-data': { schema: z.object({ name: ModelName, files: z.any().openapi({ type: 'array', items: { type: 'string', format: 'binary' } }) }) },
+            // Documentation only (the handler parses either form and validates with ImportJson / ModelName).
+            'application/json': {
+              schema: { type: 'object', properties: { name: { type: 'string' }, source: { type: 'object', properties: { path: { type: 'string' } }, required: ['path'] } }, required: ['name', 'source'] },
+            },
+            'multipart/form-data': {
+              schema: { type: 'object', properties: { name: { type: 'string' }, files: { type: 'array', items: { type: 'string', format: 'binary' } } }, required: ['name', 'files'] },
+            },
           },
         },
       },

@@ -1,0 +1,105 @@
+// Start the real server (`bun run src/main.ts`) as a subprocess on a free port with a temp data dir.
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir } from './db.fixtures.ts';
+
+export interface ServerProc {
+  url: string;
+  dataDir: string;
+  proc: ReturnType<typeof Bun.spawn>;
+  output: () => string;
+  stop(signal?: NodeJS.Signals | number): Promise<number>;
+}
+
+const ROOT = path.resolve(import.meta.dir, '..');
+
+export async function startServer(env: Record<string, string> = {}, opts: { dataDir?: string; timeoutMs?: number } = {}): Promise<ServerProc> {
+  const dataDir = opts.dataDir ?? tempDir('cola-srv-');
+  const proc = Bun.spawn(['bun', 'run', 'src/main.ts'], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', PORT: '0', HOST: '127.0.0.1', COLA_DATA_DIR: dataDir, ...env },
+    stdout: 'pipe',
+    stderr: 'pipe',
+  });
+  let out = '';
+  const pump = async (s: ReadableStream<Uint8Array>) => {
+    const dec = new TextDecoder();
+    for await (const chunk of s) out += dec.decode(chunk);
+  };
+  void pump(proc.stdout as ReadableStream<Uint8Array>);
+  void pump(proc.stderr as ReadableStream<Uint8Array>);
+  const end = Date.now() + (opts.timeoutMs ?? 60_000);
+  let url: string | null = null;
+  while (Date.now() < end) {
+    const m = /listening on (http:\/\/[\d.]+:\d+)/.exec(out);
+    if (m) {
+      url = m[1]!;
+      break;
+    }
+    if (proc.exitCode !== null) break;
+    await Bun.sleep(50);
+  }
+  if (!url) {
+    proc.kill(9);
+    throw new Error(`server did not start:\n${out}`);
+  }
+  return {
+    url,
+    dataDir,
+    proc,
+    output: () => out,
+    async stop(signal: NodeJS.Signals | number = 'SIGTERM') {
+      if (proc.exitCode === null) proc.kill(signal as never);
+      const code = await proc.exited;
+      return code;
+    },
+  };
+}
+
+export function cleanupDir(d: string) {
+  fs.rmSync(d, { recursive: true, force: true });
+}
+
+/** Read an SSE stream until it ends (or `max` events); returns events with id, event, data. */
+export async function readSSE(res: Response, max = 1000, timeoutMs = 10_000): Promise<{ id?: string; event?: string; data: string }[]> {
+  const events: { id?: string; event?: string; data: string }[] = [];
+  const reader = res.body!.getReader();
+  const dec = new TextDecoder();
+  let buf = '';
+  const deadline = Date.now() + timeoutMs;
+  while (events.length < max && Date.now() < deadline) {
+    const r = await Promise.race([reader.read(), Bun.sleep(Math.max(1, deadline - Date.now())).then(() => null)]);
+    if (!r || r.done) break;
+    buf += dec.decode(r.value, { stream: true });
+    let i: number;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      const ev: { id?: string; event?: string; data: string } = { data: '' };
+      let has = false;
+      for (const line of block.split('\n')) {
+        if (line.startsWith(':')) continue;
+        const [k, ...rest] = line.split(':');
+        const v = rest.join(':').replace(/^ /, '');
+        if (k === 'id') ev.id = v;
+        else if (k === 'event') ev.event = v;
+        else if (k === 'data') ev.data += (ev.data ? '\n' : '') + v;
+        has = true;
+      }
+      if (has) events.push(ev);
+    }
+  }
+  await reader.cancel().catch(() => {});
+  return events;
+}
+
+/** A minimal valid safetensors file (one F32 tensor). */
+export function tinySafetensors(): Uint8Array {
+  const header = JSON.stringify({ 'base_model.model.layers.0.attention.wq.lora_A.weight': { dtype: 'F32', shape: [1, 2], data_offsets: [0, 8] } });
+  const pad = (8 - (header.length % 8)) % 8;
+  const h = new TextEncoder().encode(header + ' '.repeat(pad));
+  const buf = new Uint8Array(8 + h.length + 8);
+  new DataView(buf.buffer).setBigUint64(0, BigInt(h.length), true);
+  buf.set(h, 8);
+  return buf;
+}
