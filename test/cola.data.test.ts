@@ -6,6 +6,7 @@ import {
   epochOrder,
   iterateBatches,
   makeBatch,
+  splitPromptCompletion,
   stepsPerEpoch,
   totalSteps,
   type Tokenizer,
@@ -83,6 +84,60 @@ describe('encodeExample', () => {
     expect(() => checkExample({ txt: 'a' }, 'train[0]')).toThrow(/must have/);
     expect(() => checkExample(null, 'train[0]')).toThrow(/must be an object/);
     expect(checkExample({ prompt: '', completion: 'x' }, 'p')).toEqual({ prompt: '', completion: 'x' });
+  });
+});
+
+// Word tokenizer with a llama2.c-style dummy prefix: " " is prepended to non-empty text, then
+// pieces are (spaces + word) or trailing spaces. encode(" terrible") alone gives "  terrible",
+// a piece that never occurs inside "It was terrible".
+function dummyPrefixTokenizer(): Tokenizer & { piece: (id: number) => string } {
+  const vocab = new Map<string, number>();
+  const pieces: string[] = [];
+  const id = (p: string) => {
+    if (!vocab.has(p)) {
+      vocab.set(p, pieces.length + 10);
+      pieces.push(p);
+    }
+    return vocab.get(p)!;
+  };
+  return {
+    bos: 1,
+    eos: 2,
+    encode(text) {
+      if (text.length === 0) return [];
+      return (' ' + text).match(/\s*\S+|\s+$/g)!.map(id);
+    },
+    piece: (i) => pieces[i - 10]!,
+  };
+}
+
+describe('prompt/completion boundary follows the joined text', () => {
+  const tk = dummyPrefixTokenizer();
+  test('answer with a leading space (SST-2 " terrible")', () => {
+    const s = splitPromptCompletion(tk, 'It was', ' terrible');
+    expect(s.prompt.map(tk.piece)).toEqual([' It', ' was']);
+    expect(s.completion.map(tk.piece)).toEqual([' terrible']); // not ["  terrible"]
+  });
+  test('prompt ending in a space (COPA "… so ")', () => {
+    const s = splitPromptCompletion(tk, 'Rain fell so ', 'we left.');
+    expect(s.prompt.map(tk.piece)).toEqual([' Rain', ' fell', ' so']);
+    expect(s.completion.map(tk.piece)).toEqual([' we', ' left.']);
+    const e = encodeExample(tk, { prompt: 'Rain fell so ', completion: 'we left.' }, { maxSeqLen: 32, appendEos: false });
+    expect(e.ids.slice(1).map(tk.piece)).toEqual(tk.encode('Rain fell so we left.', { bos: false }).map(tk.piece));
+    expect(e.lossTokens).toBe(2);
+  });
+  test('empty prompt; completion adding no token is an error', () => {
+    expect(splitPromptCompletion(tk, '', 'hi').prompt).toEqual([]);
+    expect(() => splitPromptCompletion(tk, 'a', '')).toThrow(/no tokens/);
+  });
+  test('a tokenizer without BOS/EOS: no BOS, no EOS, first token not predicted', () => {
+    const noBos: Tokenizer = { bos: null, eos: null, encode: (x) => tok.encode(x, { bos: false }) };
+    const e = encodeExample(noBos, { prompt: 'ab', completion: 'c' }, { maxSeqLen: 8 });
+    expect(e.ids).toEqual(t('abc'));
+    expect(e.targets).toEqual([-1, t('c')[0]!, -1]);
+    const x = encodeExample(noBos, { text: 'abc' }, { maxSeqLen: 8 });
+    expect(x.targets).toEqual([...t('bc'), -1]);
+    expect(() => encodeExample(noBos, { prompt: '', completion: 'c' }, { maxSeqLen: 8 })).toThrow(/no token to train on/);
   });
 });
 

@@ -1,9 +1,16 @@
 // Training data: examples → token sequences → padded batches, epochs with seeded shuffling.
 //
 // Sequence layout. An example becomes `seq` = [BOS] + prompt tokens + completion tokens (+ EOS
-// when `appendEos`), or [BOS] + text tokens (+ EOS) for `{text}`. The prompt and the completion
-// are encoded separately, both with `encode(…, {bos: false})`, and BOS (`tok.bos`) is prepended
-// here, so the boundary between them is exact and the same as when eval scores a candidate answer.
+// when `appendEos`), or [BOS] + text tokens (+ EOS) for `{text}`. BOS (`tok.bos`) is prepended
+// here (texts are encoded with `{bos: false}`); a tokenizer without BOS (bos null) gets none, and
+// one without EOS gets none appended.
+// Prompt/completion boundary (`splitPromptCompletion`): the JOINED text prompt + completion is
+// encoded once, and so is the prompt; the prompt tokens are the longest common prefix of the two
+// encodings and the completion tokens the rest of the joined encoding. So the model trains on
+// exactly the tokens it would see for the whole text — tokenizers that add a dummy-prefix space
+// (llama2.c/SentencePiece) or merge across the boundary (a prompt ending in a space, as COPA's
+// "… so ") would otherwise produce sequences that never occur in the joined text. Eval scoring
+// of a candidate answer should use the same function.
 // The model input is `seq` itself (length n ≤ maxSeqLen) and the targets are shifted by one:
 // targets[i] = seq[i+1] for i < n-1, targets[n-1] = -1. A target is -1 (ignored by the loss)
 // when the token it predicts is a prompt token (completion-only loss), and on padding.
@@ -32,8 +39,8 @@ import { ColaConfigError, checkInt, describe } from './errors.ts';
 /** What the trainer needs from a tokenizer (src/model/tokenizer.ts implements it). */
 export interface Tokenizer {
   encode(text: string, opts: { bos: boolean }): number[];
-  readonly bos: number;
-  readonly eos: number;
+  readonly bos: number | null;
+  readonly eos: number | null;
 }
 
 export type Example = { text: string } | { prompt: string; completion: string };
@@ -89,27 +96,42 @@ function checkIds(ids: number[], what: string): number[] {
   return ids;
 }
 
+/**
+ * Token ids of a prompt and its completion as they occur in the joined text (see header): the
+ * prompt part is the longest common prefix of encode(prompt) and encode(prompt + completion).
+ * Throws ColaConfigError when the completion adds no token.
+ */
+export function splitPromptCompletion(tok: Tokenizer, prompt: string, completion: string, path = 'example'): { prompt: number[]; completion: number[] } {
+  const full = checkIds(tok.encode(prompt + completion, { bos: false }), `${path}.completion`);
+  const p = prompt.length > 0 ? checkIds(tok.encode(prompt, { bos: false }), `${path}.prompt`) : [];
+  let k = 0;
+  while (k < p.length && k < full.length && p[k] === full[k]) k++;
+  if (k === full.length) throw new ColaConfigError(`${path}.completion`, 'encodes to no tokens');
+  return { prompt: full.slice(0, k), completion: full.slice(k) };
+}
+
 /** Tokenizes, truncates and builds shifted targets for one example. */
 export function encodeExample(tok: Tokenizer, ex: Example, opts: EncodeOptions, path = 'example'): EncodedExample {
   const maxLen = checkInt('max_seq_len', opts.maxSeqLen, 2, MAX_SEQ_LEN);
-  const eos = opts.appendEos ?? true ? [tok.eos] : [];
+  const eos = (opts.appendEos ?? true) && tok.eos !== null ? [tok.eos] : [];
+  const head = tok.bos !== null ? [tok.bos] : [];
   let seq: number[];
   let nPrompt: number; // tokens of seq (from the start, BOS included) whose NEXT-token targets are ignored
   let truncated = false;
   if ('text' in ex) {
     const body = checkIds(tok.encode(ex.text, { bos: false }), `${path}.text`).concat(eos);
     if (body.length === 0) throw new ColaConfigError(`${path}.text`, 'encodes to no tokens');
-    seq = [tok.bos, ...body];
+    seq = [...head, ...body];
     if (seq.length > maxLen) {
       seq = seq.slice(0, maxLen);
       truncated = true;
     }
     nPrompt = 0;
   } else {
-    const prompt = checkIds(tok.encode(ex.prompt, { bos: false }), `${path}.prompt`);
-    let comp = checkIds(tok.encode(ex.completion, { bos: false }), `${path}.completion`).concat(eos);
-    if (comp.length === 0) throw new ColaConfigError(`${path}.completion`, 'encodes to no tokens');
-    const budget = maxLen - 1; // after BOS
+    const split = splitPromptCompletion(tok, ex.prompt, ex.completion, path);
+    const prompt = split.prompt;
+    let comp = split.completion.concat(eos);
+    const budget = maxLen - head.length;
     let keptPrompt = prompt;
     if (comp.length >= budget) {
       truncated = prompt.length > 0 || comp.length > budget;
@@ -119,8 +141,8 @@ export function encodeExample(tok: Tokenizer, ex: Example, opts: EncodeOptions, 
       keptPrompt = prompt.slice(prompt.length - (budget - comp.length));
       truncated = true;
     }
-    seq = [tok.bos, ...keptPrompt, ...comp];
-    nPrompt = 1 + keptPrompt.length;
+    seq = [...head, ...keptPrompt, ...comp];
+    nPrompt = head.length + keptPrompt.length;
   }
   const n = seq.length;
   const targets = new Array<number>(n).fill(-1);
