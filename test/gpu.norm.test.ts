@@ -1,6 +1,6 @@
-import { describe, expect, test } from 'bun:test';
+import { afterAll, describe, expect, test } from 'bun:test';
 import { ShapeError } from '../src/gpu/engine.ts';
-import { layernorm, layernormBackward, rmsnorm, rmsnormBackward } from '../src/gpu/ops/norm.ts';
+import { layernorm, layernormBackward, rmsnorm, rmsnormBackward, setRowMode } from '../src/gpu/ops/norm.ts';
 import { layernormBackwardRef, layernormRef, rmsnormBackwardRef, rmsnormRef } from '../src/gpu/ref/norm.ts';
 import { Rng } from '../src/util/rng.ts';
 import { expectClose } from './helpers/compare.ts';
@@ -19,6 +19,15 @@ function near(got: ArrayLike<number>, want: ArrayLike<number>, what: string) {
 }
 
 // Shapes include sizes that are not multiples of the lane count (64) or column block (64 rows).
+// Both row mappings (a lane per row: CPU drivers; a workgroup per row with 64 or 256 lanes: real
+// GPUs) are run here whatever the adapter is.
+const MODES = [
+  { name: 'a lane per row', mode: 'lane', lanes: undefined },
+  { name: 'a workgroup of ≤ 64 lanes per row', mode: 'workgroup', lanes: 64 },
+  { name: 'a workgroup of ≤ 256 lanes per row', mode: 'workgroup', lanes: 256 },
+] as const;
+afterAll(() => setRowMode('auto'));
+
 // Few distinct C on purpose: C is a pipeline override and each new value is a shader compile
 // (~0.5 s on lavapipe).
 const SHAPES: [number, number][] = [
@@ -56,7 +65,8 @@ describe('RMSNorm', () => {
     expect(gradCheck((xx) => dot(r, rmsnormRef(xx, w, N, C, eps).y), x, wrong).worst).toBeGreaterThan(1);
   });
 
-  test('GPU forward and backward match the reference', async () => {
+  test.each(MODES)('GPU forward and backward match the reference ($name)', async ({ mode, lanes }) => {
+    setRowMode(mode, lanes);
     const e = await testEngine();
     const rng = new Rng(13);
     for (const [N, C] of SHAPES) {
@@ -82,6 +92,7 @@ describe('RMSNorm', () => {
   }, 60_000);
 
   test('leading batch dims, shape errors, and bit-reproducible gradients', async () => {
+    setRowMode('auto');
     const e = await testEngine();
     const rng = new Rng(14);
     const [B, T, C] = [3, 50, 65];
@@ -113,7 +124,8 @@ describe('LayerNorm', () => {
     expect(gradCheck((bb) => dot(r, layernormRef(x, w, bb, N, C, eps).y), b, db).worst).toBeLessThan(1);
   });
 
-  test('GPU forward and backward match the reference', async () => {
+  test.each(MODES)('GPU forward and backward match the reference ($name)', async ({ mode, lanes }) => {
+    setRowMode(mode, lanes);
     const e = await testEngine();
     const rng = new Rng(22);
     for (const [N, C] of SHAPES) {

@@ -136,6 +136,75 @@ fn ln_bwd(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
   }
 }
 
+// ---------------------------------------------------------------- row-per-lane variants
+// For CPU drivers (lavapipe): every storage load is a per-lane scalar access there anyway, while a
+// workgroup barrier splits the shader and costs microseconds, so one lane per row with no barriers
+// and a sequential (deterministic) sum is ~10× faster at C ≈ 300. They use the bindings above.
+
+fn laneRow(gid: vec3u, nwg: vec3u) -> u32 { return gid.x + gid.y * nwg.x * WG; }
+
+@compute @workgroup_size(WG)
+fn rms_fwd_lane(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = laneRow(gid, nwg);
+  if (row >= rf_p.n) { return; }
+  let base = row * C;
+  var ss = 0.0;
+  for (var c = 0u; c < C; c++) { let v = rf_x[base + c]; ss += v * v; }
+  let r = 1.0 / sqrt(ss / f32(C) + EPS);
+  for (var c = 0u; c < C; c++) { rf_y[base + c] = rf_x[base + c] * r * rf_w[c]; }
+  rf_rstd[row] = r;
+}
+
+@compute @workgroup_size(WG)
+fn rms_bwd_lane(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = laneRow(gid, nwg);
+  if (row >= rb_p.n) { return; }
+  let base = row * C;
+  let r = rb_rstd[row];
+  var s = 0.0;
+  for (var c = 0u; c < C; c++) { s += rb_dy[base + c] * rb_w[c] * rb_x[base + c]; }
+  let k = r * r * r * s / f32(C);
+  for (var c = 0u; c < C; c++) { rb_dx[base + c] = r * rb_dy[base + c] * rb_w[c] - k * rb_x[base + c]; }
+}
+
+@compute @workgroup_size(WG)
+fn ln_fwd_lane(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = laneRow(gid, nwg);
+  if (row >= lf_p.n) { return; }
+  let base = row * C;
+  var s = 0.0;
+  for (var c = 0u; c < C; c++) { s += lf_x[base + c]; }
+  let m = s / f32(C);
+  var v = 0.0;
+  for (var c = 0u; c < C; c++) { let d = lf_x[base + c] - m; v += d * d; }
+  let r = 1.0 / sqrt(v / f32(C) + EPS);
+  for (var c = 0u; c < C; c++) { lf_y[base + c] = (lf_x[base + c] - m) * r * lf_w[c] + lf_b[c]; }
+  lf_mean[row] = m;
+  lf_rstd[row] = r;
+}
+
+@compute @workgroup_size(WG)
+fn ln_bwd_lane(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = laneRow(gid, nwg);
+  if (row >= lb_p.n) { return; }
+  let base = row * C;
+  let m = lb_mean[row];
+  let r = lb_rstd[row];
+  var s1 = 0.0;
+  var s2 = 0.0;
+  for (var c = 0u; c < C; c++) {
+    let g = lb_dy[base + c] * lb_w[c];
+    s1 += g;
+    s2 += g * (lb_x[base + c] - m) * r;
+  }
+  let t1 = s1 / f32(C);
+  let t2 = s2 / f32(C);
+  for (var c = 0u; c < C; c++) {
+    let xh = (lb_x[base + c] - m) * r;
+    lb_dx[base + c] = r * (lb_dy[base + c] * lb_w[c] - t1 - xh * t2);
+  }
+}
+
 // ---------------------------------------------------------------- column sums
 // Stage 1: thread (column j, block b) sums rows [b·ROWS, min(N, (b+1)·ROWS)) of column j in
 // ascending order into part[b, j]; grid (ceil(C/WG), nBlocks). Stage 2 (col_final) sums the

@@ -1,13 +1,38 @@
 import src from '../kernels/norm.wgsl' with { type: 'text' };
 import { ShapeError, type Engine, type Tensor } from '../engine.ts';
+import { grid1d } from './util.ts';
 
 // Lanes per row workgroup. On lavapipe a workgroup is one CPU thread running 8 SIMD lanes, so a
 // small group keeps the tree reduction short; on real GPUs 256 lanes fill a compute unit.
 export function rowLanes(e: Engine, C: number): number {
-  const max = e.ctx.info.isSoftware ? 64 : 256;
+  const max = forcedLanes ?? (e.ctx.info.isSoftware ? 64 : 256);
   let wg = 32;
   while (wg < max && wg < C) wg *= 2;
   return wg;
+}
+
+export type RowMode = 'auto' | 'lane' | 'workgroup';
+let forcedMode: RowMode = 'auto';
+let forcedLanes: number | undefined;
+/**
+ * How row kernels map rows: 'workgroup' (a workgroup per row, lanes across the row: coalesced,
+ * for real GPUs) or 'lane' (a lane per row, no barriers: ~10× faster on CPU drivers, where loads
+ * are per-lane scalar anyway and barriers are costly). 'auto' picks by the adapter. Tests force
+ * each mode (and `maxLanes` 256, the real-GPU group size) so every path is verified on any machine.
+ */
+export function setRowMode(mode: RowMode, maxLanes?: number): void {
+  forcedMode = mode;
+  forcedLanes = maxLanes;
+}
+export function rowPerLane(e: Engine): boolean {
+  return forcedMode === 'auto' ? e.ctx.info.isSoftware : forcedMode === 'lane';
+}
+const LANE_WG = 8; // one SIMD row on lavapipe; more workgroups spread over the CPU threads
+
+/** Pipeline and grid for a row kernel `entry` over N rows of C. */
+function rowKernel(e: Engine, entry: string, N: number, C: number, consts: Record<string, number> = {}) {
+  if (rowPerLane(e)) return { p: e.pipeline('norm', () => src, { C, WG: LANE_WG, ...consts }, `${entry}_lane`), grid: grid1d(e, N, LANE_WG) };
+  return { p: e.pipeline('norm', () => src, { C, WG: rowLanes(e, C), ...consts }, entry), grid: rowGrid(e, N) };
 }
 
 /** Workgroup grid with one workgroup per row, folded into y past the per-dimension limit. */
@@ -66,8 +91,8 @@ export function rmsnorm(e: Engine, x: Tensor, w: Tensor, eps: number): { y: Tens
   expectShape(w, [C], 'rmsnorm w');
   const y = e.empty(x.shape);
   const rstd = e.empty([N]);
-  const p = e.pipeline('norm', () => src, { C, WG: rowLanes(e, C), EPS: eps }, 'rms_fwd');
-  e.dispatch(p, [x, w, y, rstd, rowsParam(e, N)], rowGrid(e, N));
+  const k = rowKernel(e, 'rms_fwd', N, C, { EPS: eps });
+  e.dispatch(k.p, [x, w, y, rstd, rowsParam(e, N)], k.grid);
   return { y, rstd };
 }
 
@@ -78,8 +103,8 @@ export function rmsnormBackward(e: Engine, dy: Tensor, x: Tensor, w: Tensor, rst
   expectShape(rstd, [N], 'rmsnormBackward rstd');
   const dx = e.empty(x.shape);
   const dw = e.empty([C]);
-  const p = e.pipeline('norm', () => src, { C, WG: rowLanes(e, C) }, 'rms_bwd');
-  e.dispatch(p, [dy, x, w, rstd, dx, rowsParam(e, N)], rowGrid(e, N));
+  const k = rowKernel(e, 'rms_bwd', N, C);
+  e.dispatch(k.p, [dy, x, w, rstd, dx, rowsParam(e, N)], k.grid);
   columnReduce(e, 'col_rms', N, C, [dy, x, rstd], [dw]);
   return { dx, dw };
 }
@@ -92,8 +117,8 @@ export function layernorm(e: Engine, x: Tensor, w: Tensor, b: Tensor, eps: numbe
   const y = e.empty(x.shape);
   const mean = e.empty([N]);
   const rstd = e.empty([N]);
-  const p = e.pipeline('norm', () => src, { C, WG: rowLanes(e, C), EPS: eps }, 'ln_fwd');
-  e.dispatch(p, [x, w, b, y, mean, rstd, rowsParam(e, N)], rowGrid(e, N));
+  const k = rowKernel(e, 'ln_fwd', N, C, { EPS: eps });
+  e.dispatch(k.p, [x, w, b, y, mean, rstd, rowsParam(e, N)], k.grid);
   return { y, mean, rstd };
 }
 
@@ -113,8 +138,8 @@ export function layernormBackward(
   const dx = e.empty(x.shape);
   const dw = e.empty([C]);
   const db = e.empty([C]);
-  const p = e.pipeline('norm', () => src, { C, WG: rowLanes(e, C) }, 'ln_bwd');
-  e.dispatch(p, [dy, x, w, mean, rstd, dx, rowsParam(e, N)], rowGrid(e, N));
+  const k = rowKernel(e, 'ln_bwd', N, C);
+  e.dispatch(k.p, [dy, x, w, mean, rstd, dx, rowsParam(e, N)], k.grid);
   columnReduce(e, 'col_ln', N, C, [dy, x, mean, rstd], [dw, db]);
   return { dx, dw, db };
 }
