@@ -474,6 +474,10 @@ export function mergeAdapterInto(w: ModelWeights, adapter: ReturnType<typeof par
 
 // ----------------------------------------------------------------------------------- factory
 
+/**
+ * The CPU model services. Wire as
+ * `createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(config.dataDir, 'exports') })`.
+ */
 export function createModelServices(opts: ModelServicesOptions): ModelServices {
   const repoRoot = resolve(opts.repoRoot);
   const exportDir = resolve(opts.exportDir ?? join(repoRoot, 'data', 'exports'));
@@ -569,7 +573,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
       mergeAdapterInto(w, parsed, scale);
       const store = new SnapshotStore(storeDir);
       const obj = await store.put(saveSafetensorsWeights(w));
-      if (/^[0-9a-f]{64}$/.test(target.sha256)) {
+      if (/^[0-9a-f]{64}$/.test(target.sha256) && target.sha256 !== obj.sha256) {
         await store.putLineage({ sha256: obj.sha256, parent: target.sha256, kind: 'merge', model: target.model, rank: parsed.rank }).catch(() => {});
       }
       const zip = packAdapter({ config: configJson as Record<string, unknown>, weights: weightsBytes });
