@@ -10,6 +10,7 @@ import {
   stepsPerEpoch,
   totalSteps,
   type Tokenizer,
+  type TokenizerLike,
 } from '../src/cola/data.ts';
 import { ColaConfigError } from '../src/cola/errors.ts';
 
@@ -131,7 +132,7 @@ describe('prompt/completion boundary follows the joined text', () => {
     expect(() => splitPromptCompletion(tk, 'a', '')).toThrow(/no tokens/);
   });
   test('a tokenizer without BOS/EOS: no BOS, no EOS, first token not predicted', () => {
-    const noBos: Tokenizer = { bos: null, eos: null, encode: (x) => tok.encode(x, { bos: false }) };
+    const noBos: TokenizerLike = { bos: null, eos: null, encode: (x) => tok.encode(x, { bos: false }) };
     const e = encodeExample(noBos, { prompt: 'ab', completion: 'c' }, { maxSeqLen: 8 });
     expect(e.ids).toEqual(t('abc'));
     expect(e.targets).toEqual([-1, t('c')[0]!, -1]);

@@ -39,6 +39,13 @@ import { ColaConfigError, checkInt, describe } from './errors.ts';
 /** What the trainer needs from a tokenizer (src/model/tokenizer.ts implements it). */
 export interface Tokenizer {
   encode(text: string, opts: { bos: boolean }): number[];
+  readonly bos: number;
+  readonly eos: number;
+}
+
+/** Also accepted by the encoders: a tokenizer that may lack BOS and/or EOS (null). */
+export interface TokenizerLike {
+  encode(text: string, opts: { bos: boolean }): number[];
   readonly bos: number | null;
   readonly eos: number | null;
 }
@@ -101,7 +108,7 @@ function checkIds(ids: number[], what: string): number[] {
  * prompt part is the longest common prefix of encode(prompt) and encode(prompt + completion).
  * Throws ColaConfigError when the completion adds no token.
  */
-export function splitPromptCompletion(tok: Tokenizer, prompt: string, completion: string, path = 'example'): { prompt: number[]; completion: number[] } {
+export function splitPromptCompletion(tok: TokenizerLike, prompt: string, completion: string, path = 'example'): { prompt: number[]; completion: number[] } {
   const full = checkIds(tok.encode(prompt + completion, { bos: false }), `${path}.completion`);
   const p = prompt.length > 0 ? checkIds(tok.encode(prompt, { bos: false }), `${path}.prompt`) : [];
   let k = 0;
@@ -111,7 +118,7 @@ export function splitPromptCompletion(tok: Tokenizer, prompt: string, completion
 }
 
 /** Tokenizes, truncates and builds shifted targets for one example. */
-export function encodeExample(tok: Tokenizer, ex: Example, opts: EncodeOptions, path = 'example'): EncodedExample {
+export function encodeExample(tok: TokenizerLike, ex: Example, opts: EncodeOptions, path = 'example'): EncodedExample {
   const maxLen = checkInt('max_seq_len', opts.maxSeqLen, 2, MAX_SEQ_LEN);
   const eos = (opts.appendEos ?? true) && tok.eos !== null ? [tok.eos] : [];
   const head = tok.bos !== null ? [tok.bos] : [];
