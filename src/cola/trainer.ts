@@ -60,7 +60,8 @@ export interface KnotInfo {
 }
 
 export interface TrainerCallbacks {
-  onLinkStart?(info: { link: number; rank: number; step: number }): void | Promise<void>;
+  /** A link starts: its fresh adapters and its optimizer (state all zero) are passed for inspection. */
+  onLinkStart?(info: { link: number; rank: number; step: number; lora: LoraWeights; optimizer: Optimizer }): void | Promise<void>;
   onStep?(info: StepInfo): void | Promise<void>;
   /** Persist the knot. Training continues only after this resolves (a knot is durable before the job moves on). */
   onKnot(info: KnotInfo): Promise<void>;
@@ -222,7 +223,7 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
       const lora = uploadLora(e, host);
       const params = loraParams(lora);
       const opt: Optimizer = createOptimizer(e, cfg.optimizer, params.map((p) => p.t));
-      await cb.onLinkStart?.({ link: j, rank: link.rank, step: done });
+      await cb.onLinkStart?.({ link: j, rank: link.rank, step: done, lora, optimizer: opt });
       try {
         for (; done < link.endStep; done++) {
           if (await cb.isCancelled?.()) return { status: 'cancelled', steps: done, plan, tokens, seconds: (performance.now() - t0) / 1000 };
