@@ -69,7 +69,8 @@ describe('RMSNorm', () => {
     setRowMode(mode, lanes);
     const e = await testEngine();
     const rng = new Rng(13);
-    for (const [N, C] of SHAPES) {
+    // 256-lane kernels take seconds each to compile on lavapipe: one width (C = 65 < 256 lanes) there.
+    for (const [N, C] of SHAPES.filter(([, C]) => lanes !== 256 || C === 65)) {
       const eps = 1e-5;
       const xh = rng.normalArray(N * C, 1.5);
       const wh = rng.normalArray(C);
@@ -128,7 +129,7 @@ describe('LayerNorm', () => {
     setRowMode(mode, lanes);
     const e = await testEngine();
     const rng = new Rng(22);
-    for (const [N, C] of SHAPES) {
+    for (const [N, C] of SHAPES.filter(([, C]) => lanes !== 256 || C === 65)) {
       const eps = 1e-5;
       // An offset mean (3.0) checks the two-pass variance.
       const xh = Float32Array.from(rng.normalArray(N * C), (v) => 3 + v);

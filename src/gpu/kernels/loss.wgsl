@@ -156,6 +156,97 @@ fn ce_rows_inplace(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) n
   }
 }
 
+// ---------------------------------------------------------------- lane-per-row vec4 variants
+// For CPU drivers (lavapipe), when V % 4 == 0: one lane per row, vec4 loads, no barriers
+// (~2.8× faster there at V = 32000: loads are per-lane scalar and barriers are costly). Each lane
+// keeps 4 partial max/sum lanes, combined in a fixed order, so results stay bit-reproducible.
+override V4: u32 = V / 4u;
+
+@group(0) @binding(0) var<storage, read> lp4_logits: array<vec4f>;       // (rows, V/4) chunk
+@group(0) @binding(0) var<storage, read> ce4_logits: array<vec4f>;       // (rows, V/4) chunk
+@group(0) @binding(4) var<storage, read_write> ce4_d: array<vec4f>;      // (rows, V/4) chunk of dLogits
+@group(0) @binding(0) var<storage, read_write> ci4_logits: array<vec4f>; // (rows, V/4) chunk: logits in, dLogits out
+
+fn hmax(v: vec4f) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
+fn hsum(v: vec4f) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+fn onehot4(v: u32, t: i32) -> vec4f { return select(vec4f(0.0), vec4f(1.0), vec4i(vec4u(4u * v) + vec4u(0u, 1u, 2u, 3u)) == vec4i(t)); }
+
+@compute @workgroup_size(WG)
+fn logprob_rows_lane4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let r = gid.x + gid.y * nwg.x * WG;
+  if (r >= lp_p.rows) { return; }
+  let base = r * V4;
+  var m4 = vec4f(NEG_BIG);
+  for (var v = 0u; v < V4; v++) { m4 = max(m4, lp4_logits[base + v]); }
+  let m = hmax(m4);
+  var s4 = vec4f(0.0);
+  for (var v = 0u; v < V4; v++) { s4 += exp(lp4_logits[base + v] - m); }
+  let lse = m + log(hsum(s4));
+  let n = lp_p.row_start + r;
+  let t = lp_t[n];
+  var o = 0.0;
+  if (t != -1) {
+    let valid = t >= 0 && u32(t) < V;
+    let tt = u32(select(0, t, valid));
+    o = select(bitcast<f32>(lp_p.nan_bits), lp4_logits[base + tt / 4u][tt % 4u] - lse, valid);
+  }
+  lp_out[n] = o;
+}
+
+@compute @workgroup_size(WG)
+fn ce_rows_lane4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let r = gid.x + gid.y * nwg.x * WG;
+  if (r >= ce_p.rows) { return; }
+  let base = r * V4;
+  let n = ce_p.row_start + r;
+  let t = ce_t[n];
+  if (t == -1) {
+    for (var v = 0u; v < V4; v++) { ce4_d[base + v] = vec4f(0.0); }
+    ce_lp[n] = 0.0;
+    return;
+  }
+  var m4 = vec4f(NEG_BIG);
+  for (var v = 0u; v < V4; v++) { m4 = max(m4, ce4_logits[base + v]); }
+  let m = hmax(m4);
+  var s4 = vec4f(0.0);
+  for (var v = 0u; v < V4; v++) { s4 += exp(ce4_logits[base + v] - m); }
+  let lse = m + log(hsum(s4));
+  let valid = t >= 0 && u32(t) < V;
+  let tt = u32(select(0, t, valid));
+  ce_lp[n] = select(bitcast<f32>(ce_p.nan_bits), ce4_logits[base + tt / 4u][tt % 4u] - lse, valid);
+  let inv = 1.0 / ce_count[0];
+  for (var v = 0u; v < V4; v++) {
+    ce4_d[base + v] = (exp(ce4_logits[base + v] - lse) - onehot4(v, t)) * inv;
+  }
+}
+
+@compute @workgroup_size(WG)
+fn ce_rows_inplace_lane4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let r = gid.x + gid.y * nwg.x * WG;
+  if (r >= ci_p.rows) { return; }
+  let base = r * V4;
+  let n = ci_p.row_start + r;
+  let t = ci_t[n];
+  if (t == -1) {
+    for (var v = 0u; v < V4; v++) { ci4_logits[base + v] = vec4f(0.0); }
+    ci_lp[n] = 0.0;
+    return;
+  }
+  var m4 = vec4f(NEG_BIG);
+  for (var v = 0u; v < V4; v++) { m4 = max(m4, ci4_logits[base + v]); }
+  let m = hmax(m4);
+  var s4 = vec4f(0.0);
+  for (var v = 0u; v < V4; v++) { s4 += exp(ci4_logits[base + v] - m); }
+  let lse = m + log(hsum(s4));
+  let valid = t >= 0 && u32(t) < V;
+  let tt = u32(select(0, t, valid));
+  ci_lp[n] = select(bitcast<f32>(ci_p.nan_bits), ci4_logits[base + tt / 4u][tt % 4u] - lse, valid); // read before the row is overwritten
+  let inv = 1.0 / ci_count[0];
+  for (var v = 0u; v < V4; v++) {
+    ci4_logits[base + v] = (exp(ci4_logits[base + v] - lse) - onehot4(v, t)) * inv;
+  }
+}
+
 // ---------------------------------------------------------------- mean loss
 @group(0) @binding(0) var<storage, read> m_lp: array<f32>;           // (N)
 @group(0) @binding(1) var<storage, read> m_count: array<f32>;        // (1)

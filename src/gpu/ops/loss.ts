@@ -1,6 +1,7 @@
 import src from '../kernels/loss.wgsl' with { type: 'text' };
 import { ShapeError, type Binding, type Engine, type Tensor } from '../engine.ts';
-import { rowGrid, rowLanes } from './norm.ts';
+import { rowGrid, rowLanes, rowPerLane } from './norm.ts';
+import { grid1d } from './util.ts';
 
 export interface LossOptions {
   /** Cap on rows per dispatch (tests force small chunks; rounded down to the offset alignment). */
@@ -45,6 +46,15 @@ export function rowChunks(e: Engine, N: number, V: number, chunkRows?: number): 
   return out;
 }
 
+const LANE_WG = 8;
+
+/** Pipeline and grid for a row kernel: vec4 lane-per-row on CPU drivers when V % 4 == 0. */
+function rowKernel(e: Engine, entry: string, V: number, rows: number) {
+  if (rowPerLane(e) && V % 4 === 0)
+    return { p: e.pipeline('loss', () => src, { V, WG: LANE_WG }, `${entry}_lane4`), grid: grid1d(e, rows, LANE_WG) };
+  return { p: e.pipeline('loss', () => src, { V, WG: rowLanes(e, V) }, entry), grid: rowGrid(e, rows) };
+}
+
 function rangeOf(t: Tensor, c: { start: number; rows: number }, V: number): Binding {
   return { buffer: t.buffer, offset: c.start * V * 4, size: c.rows * V * 4 };
 }
@@ -61,9 +71,9 @@ export function tokenLogprobs(e: Engine, logits: Tensor, targets: Tensor, opts: 
   const [N, V] = checkArgs('tokenLogprobs', logits, targets);
   const out = e.empty([N]);
   if (N === 0) return out;
-  const p = e.pipeline('loss', () => src, { V, WG: rowLanes(e, V) }, 'logprob_rows');
   for (const c of rowChunks(e, N, V, opts.chunkRows)) {
-    e.dispatch(p, [rangeOf(logits, c, V), targets, out, params(e, c.start, c.rows, N)], rowGrid(e, c.rows));
+    const k = rowKernel(e, 'logprob_rows', V, c.rows);
+    e.dispatch(k.p, [rangeOf(logits, c, V), targets, out, params(e, c.start, c.rows, N)], k.grid);
   }
   return out;
 }
@@ -92,19 +102,19 @@ export function crossEntropy(
   if (grad) {
     dLogits = opts.inPlace ? logits : e.empty([N, V]);
     const entry = opts.inPlace ? 'ce_rows_inplace' : 'ce_rows';
-    const p = e.pipeline('loss', () => src, { V, WG }, entry);
     for (const c of N ? rowChunks(e, N, V, opts.chunkRows) : []) {
+      const k = rowKernel(e, entry, V, c.rows);
       const prm = params(e, c.start, c.rows, N);
       const b = opts.inPlace
         ? [rangeOf(logits, c, V), targets, count, lp, prm]
         : [rangeOf(logits, c, V), targets, count, lp, rangeOf(dLogits, c, V), prm];
-      e.dispatch(p, b, rowGrid(e, c.rows));
+      e.dispatch(k.p, b, k.grid);
     }
   } else {
     if (opts.inPlace) throw new ShapeError('crossEntropy: inPlace needs grad');
-    const p = e.pipeline('loss', () => src, { V, WG }, 'logprob_rows');
     for (const c of N ? rowChunks(e, N, V, opts.chunkRows) : []) {
-      e.dispatch(p, [rangeOf(logits, c, V), targets, lp, params(e, c.start, c.rows, N)], rowGrid(e, c.rows));
+      const k = rowKernel(e, 'logprob_rows', V, c.rows);
+      e.dispatch(k.p, [rangeOf(logits, c, V), targets, lp, params(e, c.start, c.rows, N)], k.grid);
     }
   }
   e.dispatch(e.pipeline('loss', () => src, { WG }, 'ce_mean'), [lp, count, loss, all], [1]);
