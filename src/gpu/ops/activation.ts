@@ -10,9 +10,11 @@ function same(what: string, ...ts: Tensor[]): void {
   for (const t of ts) if (t.dtype !== 'f32' || t.numel !== n) throw new ShapeError(`${what}: shapes ${ts.join(', ')}`);
 }
 
+// numel % 4 == 0 (the usual case) uses the vec4 entry points: one 16-byte load per operand.
 function run(e: Engine, entry: string, bindings: Tensor[], n: number): void {
   if (n === 0) return;
-  e.dispatch(e.pipeline('activation', () => src, { WG }, entry), bindings, grid1d(e, n, WG));
+  const v4 = n % 4 === 0;
+  e.dispatch(e.pipeline('activation', () => src, { WG }, v4 ? `${entry}4` : entry), bindings, grid1d(e, v4 ? n / 4 : n, WG));
 }
 
 /** swiglu(gate, up) = silu(gate)·up (Llama FFN). gate, up (N, H) → (N, H). */
