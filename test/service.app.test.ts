@@ -208,3 +208,44 @@ describe('in-process app with test-double ML services', () => {
     expect(await r.json()).toEqual({ status: 'ok', database: { ok: true, kind: 'pglite' }, gpu: { ok: true } });
   });
 });
+
+describe('app without ML services', () => {
+  let T: TestDb;
+  let server: ReturnType<typeof Bun.serve>;
+  let url: string;
+  let key: string;
+  beforeAll(async () => {
+    T = await makePglite();
+    key = (await createTenant(T.database.db, { name: 'bare' })).apiKey;
+    const m = await createModel(T.database.db, { tenantId: null, name: 'm', architecture: 'llama' });
+    await insertVersion(T.database.db, { modelId: m.id, version: 0, parentModelId: null, parentVersion: null, kind: 'base', jobId: null, link: null, rank: null, sha256: 'c'.repeat(64), bytes: 1, path: '/nonexistent.bin', adapterPath: null, metrics: null });
+    const app = createApp({ config: loadConfig({ COLA_DATA_DIR: T.dataDir }), db: T.database });
+    server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
+    url = `http://127.0.0.1:${server.port}`;
+  }, 60_000);
+  afterAll(async () => {
+    server?.stop(true);
+    await T?.cleanup();
+  });
+
+  test('endpoints whose service is not wired answer 501 with a clear detail (after 404 checks)', async () => {
+    const h = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+    const post = (p: string, body: unknown) => fetch(`${url}${p}`, { method: 'POST', headers: h, body: JSON.stringify(body) });
+    const cases: [Response, number, string][] = [
+      [await post('/generate', { model: 'm', prompt: 'Once' }), 501, 'generation'],
+      [await post('/generate', { model: 'nope', prompt: 'Once' }), 404, 'not found'],
+      [await post('/v1/completions', { model: 'm@0', prompt: 'Once' }), 501, 'generation'],
+      [await post('/evaluate', { model: 'm', examples: [{ text: 'x' }] }), 501, 'evaluation'],
+      [await post('/models', { name: 'imp', source: { path: 'models/stories260K' } }), 501, 'import'],
+      [await fetch(`${url}/models/m/versions/0/weights`, { headers: h }), 501, 'export'],
+    ];
+    for (const [r, status, word] of cases) {
+      expect(r.status).toBe(status);
+      expect(r.headers.get('content-type')).toContain('application/problem+json');
+      expect(((await r.json()) as any).detail).toContain(word);
+    }
+    const r = await fetch(`${url}/readyz`);
+    expect(r.status).toBe(503);
+    expect(((await r.json()) as any).gpu).toEqual({ ok: false, detail: 'no GPU engine is wired into this server' });
+  });
+});

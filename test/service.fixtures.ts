@@ -103,3 +103,37 @@ export function tinySafetensors(): Uint8Array {
   buf.set(h, 8);
   return buf;
 }
+
+/** A minimal safetensors file from named F32 tensors. */
+export function safetensorsOf(tensors: Record<string, { shape: number[]; data: Float32Array }>): Uint8Array {
+  const header: Record<string, unknown> = {};
+  let off = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    header[name] = { dtype: 'F32', shape: t.shape, data_offsets: [off, off + t.data.byteLength] };
+    off += t.data.byteLength;
+  }
+  let h = JSON.stringify(header);
+  h += ' '.repeat((8 - (h.length % 8)) % 8);
+  const hb = new TextEncoder().encode(h);
+  const buf = new Uint8Array(8 + hb.length + off);
+  new DataView(buf.buffer).setBigUint64(0, BigInt(hb.length), true);
+  buf.set(hb, 8);
+  let p = 8 + hb.length;
+  for (const t of Object.values(tensors)) {
+    buf.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), p);
+    p += t.data.byteLength;
+  }
+  return buf;
+}
+
+/** A valid rank-1 PEFT LoRA adapter for stories260K (dim 64): q_proj of layer 0, B = 0. */
+export function stories260kAdapter(): { config: string; weights: Uint8Array } {
+  const a = new Float32Array(64).map((_, i) => ((i % 7) - 3) / 100);
+  return {
+    config: JSON.stringify({ peft_type: 'LORA', r: 1, lora_alpha: 2, target_modules: ['q_proj'], bias: 'none' }),
+    weights: safetensorsOf({
+      'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight': { shape: [1, 64], data: a },
+      'base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight': { shape: [64, 1], data: new Float32Array(64) },
+    }),
+  };
+}

@@ -74,7 +74,7 @@ export async function heartbeat(db: Db, l: Lease, leaseMs: number): Promise<{ ca
 }
 
 /** Give a claimed job back to the queue (graceful shutdown): status queued, lease cleared. Fenced. */
-export async function release(db: Db, l: Lease): Promise<void> {
+export async function release(db: Db, l: Lease, reason = 'worker shutting down'): Promise<void> {
   await db.transaction(async (tx) => {
     const [r] = await tx
       .update(jobs)
@@ -82,7 +82,7 @@ export async function release(db: Db, l: Lease): Promise<void> {
       .where(fenced(l))
       .returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    await appendEvent(tx as unknown as Db, l.jobId, 'status', { status: 'queued', reason: 'worker shutting down' });
+    await appendEvent(tx as unknown as Db, l.jobId, 'status', { status: 'queued', reason });
   });
 }
 

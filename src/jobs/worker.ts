@@ -227,6 +227,13 @@ export class JobWorker {
         this.log(`job ${job.id}: released for another worker (shutdown)`);
         return;
       }
+      if ((e as { name?: string })?.name === 'DeviceUnavailableError') {
+        // No usable GPU here right now: not the job's fault. Give it back to the queue so this or
+        // another worker retries it (after the stale-queued delay) instead of failing it.
+        await release(db, lease, 'GPU unavailable on this worker').catch(() => {});
+        this.log(`job ${job.id}: released, GPU unavailable: ${e instanceof Error ? e.message : e}`);
+        return;
+      }
       const detail = e instanceof Error ? e.message : String(e);
       this.log(`job ${job.id} failed: ${detail}`);
       await fail(db, lease, { type: (e as { name?: string })?.name === 'UserInputError' ? 'invalid_request' : 'training_failed', detail: detail.slice(0, 2000) }).catch(
