@@ -111,6 +111,22 @@ describe('RMSNorm', () => {
   }, 60_000);
 });
 
+describe('row grid folding', () => {
+  test('more rows than maxComputeWorkgroupsPerDimension (a workgroup per row folds into y)', async () => {
+    setRowMode('workgroup', 64);
+    const e = await testEngine();
+    const [N, C] = [e.limits.maxComputeWorkgroupsPerDimension + 1000, 7];
+    const rng = new Rng(15);
+    const xh = rng.normalArray(N * C);
+    const wh = rng.normalArray(C);
+    const { y, rstd } = rmsnorm(e, e.upload(xh, [N, C]), e.upload(wh, [C]), 1e-5);
+    const ref = rmsnormRef(xh, wh, N, C, 1e-5);
+    near(await readF64(e, y), ref.y, 'y (folded grid)');
+    near(await readF64(e, rstd), ref.rstd, 'rstd (folded grid)');
+    setRowMode('auto');
+  }, 60_000);
+});
+
 describe('LayerNorm', () => {
   test('CPU reference backward matches f64 finite differences', () => {
     const rng = new Rng(21);
