@@ -1,11 +1,17 @@
 // Small helpers shared by the GPU op tests.
+import { getGpu } from '../../src/gpu/context.ts';
 import { Engine, type Tensor } from '../../src/gpu/engine.ts';
 import { Rng } from '../../src/util/rng.ts';
 
 let engine: Engine | null = null;
-/** One engine for all op tests in a process (pipelines are cached on it). */
+/**
+ * One engine for the op tests of a process (pipelines are cached on it), renewed when the device
+ * changed: bun runs all test files in one process, and the context test recreates the device.
+ */
 export async function testEngine(): Promise<Engine> {
-  return (engine ??= await Engine.create());
+  const ctx = await getGpu();
+  if (!engine || engine.ctx !== ctx) engine = await Engine.create();
+  return engine;
 }
 
 export async function readF64(e: Engine, t: Tensor): Promise<Float64Array> {
