@@ -10,7 +10,7 @@ import { createModel, findSharedModel, insertVersion } from './db/repos/models.t
 import { createApp } from './app.ts';
 import { openQueue, type BossQueue } from './jobs/queue.ts';
 import { JobWorker } from './jobs/worker.ts';
-import type { EngineHealth, Services } from './services.ts';
+import { createServices } from './wiring.ts';
 
 export const BASE_MODEL = {
   name: 'stories260K',
@@ -88,31 +88,6 @@ export async function registerBaseModel(db: Db, config: Config, log: (m: string)
   return true;
 }
 
-/** GPU health without loading the device at startup: checked when /readyz asks. */
-function gpuHealth(): EngineHealth {
-  return {
-    async health() {
-      try {
-        const { getGpu, checkDevice } = await import('./gpu/context.ts');
-        const ctx = await getGpu();
-        checkDevice(ctx);
-        return { ok: true };
-      } catch (e) {
-        return { ok: false, detail: e instanceof Error ? e.message : String(e) };
-      }
-    },
-  };
-}
-
-/**
- * Services from the ML side. Each is optional: an endpoint whose service is absent answers 501.
- * Wire the generation service, trainer (JobRunner), importer, exporter, merge and evaluation here
- * as they land in src/model and src/cola.
- */
-async function loadServices(_config: Config): Promise<Services> {
-  return {};
-}
-
 export interface Running {
   config: Config;
   database: Database;
@@ -128,7 +103,7 @@ export async function start(config: Config, log: (m: string) => void = (m) => co
   await database.migrate();
   await ensureLocalTenant(database.db, config, log);
   await registerBaseModel(database.db, config, log);
-  const services = await loadServices(config);
+  const { services, engine } = createServices(config);
   const queue = await openQueue(database);
   const storeRoot = path.join(config.dataDir, 'store');
   let worker: JobWorker | null = null;
@@ -137,7 +112,7 @@ export async function start(config: Config, log: (m: string) => void = (m) => co
     await queue.work(worker, config.workerConcurrency);
     worker.startReclaimer();
   }
-  const app = createApp({ config, db: database, engine: gpuHealth(), store: { root: storeRoot }, services, queue });
+  const app = createApp({ config, db: database, engine, store: { root: storeRoot }, services, queue });
   const server = Bun.serve({
     port: config.port,
     hostname: config.host,

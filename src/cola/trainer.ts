@@ -14,7 +14,7 @@ import type { Engine, Tensor } from '../gpu/engine.ts';
 import { mergeLora } from '../gpu/ops/merge.ts';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from './optimizer.ts';
 import type { ModelWeights } from '../model/weights.ts';
-import { TransformerModel, moduleWeightName, type GpuBatch, type LoraWeights } from '../model/transformer.ts';
+import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type LoraWeights } from '../model/transformer.ts';
 import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type Example, type EncodedExample, type Tokenizer } from './data.ts';
 import { planChain, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
 import { lrAt, type LrSchedule } from './lr.ts';
@@ -110,8 +110,9 @@ export function planFor(config: TrainConfig, nTrain: number): ChainPlan {
   return planChain({ totalSteps: total, chain: config.chain, rank: config.lora.rank });
 }
 
-function uploadBatch(e: Engine, rows: EncodedExample[], padId: number): GpuBatch & { lossTokens: number; tokens: number } {
-  const b = makeBatch(rows, { padId });
+function uploadBatch(e: Engine, rows: EncodedExample[], padId: number, maxLen: number): GpuBatch & { lossTokens: number; tokens: number } {
+  const longest = Math.max(...rows.map((r) => r.ids.length));
+  const b = makeBatch(rows, { padId, pad: 'max', maxSeqLen: bucketLen(longest, maxLen) });
   return {
     B: b.B,
     T: b.T,
@@ -130,11 +131,11 @@ function freeBatch(b: GpuBatch): void {
 }
 
 /** Mean validation loss over all validation targets (token-weighted), merged weights, no adapter. */
-export async function validationLoss(e: Engine, model: TransformerModel, rows: EncodedExample[], batchSize: number, padId: number): Promise<number> {
+export async function validationLoss(e: Engine, model: TransformerModel, rows: EncodedExample[], batchSize: number, padId: number, maxLen: number): Promise<number> {
   let sum = 0;
   let count = 0;
   for (let i = 0; i < rows.length; i += batchSize) {
-    const b = uploadBatch(e, rows.slice(i, i + batchSize), padId);
+    const b = uploadBatch(e, rows.slice(i, i + batchSize), padId, maxLen);
     const loss = model.loss(b, null);
     const v = (await e.readF32(loss))[0]!;
     loss.free();
@@ -234,7 +235,7 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
             break;
           }
           const { epoch, indices } = batchAt(epochCfg, done);
-          const batch = uploadBatch(e, indices.map((i) => rows[i]!), padId);
+          const batch = uploadBatch(e, indices.map((i) => rows[i]!), padId, cfg.maxSeqLen);
           const { loss, grads } = model.lossAndGrads(batch, lora);
           const gradList = params.map((p) => {
             const g = grads.get(p.key)!;
@@ -253,7 +254,7 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
         const adapter = await readLora(e, lora, host);
         await tieKnot(e, model, lora);
         weights = await snapshotWeights(e, model, weights, cfg.lora);
-        const valLoss = cfg.evalEveryKnot && valRows.length ? await validationLoss(e, model, valRows, cfg.batchSize, padId) : null;
+        const valLoss = cfg.evalEveryKnot && valRows.length ? await validationLoss(e, model, valRows, cfg.batchSize, padId, cfg.maxSeqLen) : null;
         await cb.onKnot({ link: j, rank: link.rank, startStep: link.startStep, endStep: link.endStep, weights, adapter, valLoss, flops: flops.links[j]!.flops });
       } finally {
         opt.free();

@@ -11,7 +11,7 @@ import { attention, attentionDecode } from '../gpu/ops/attention.ts';
 import { ropeAndCache, type Strided } from '../gpu/ops/kvcache.ts';
 import { Rng } from '../util/rng.ts';
 import type { TextTokenizer } from './tokenizer.ts';
-import type { GpuNorm, TransformerModel } from './transformer.ts';
+import { bucketLen, type GpuNorm, type TransformerModel } from './transformer.ts';
 
 export const MAX_GENERATE_TOKENS = 4096;
 export const MAX_STOP_SEQUENCES = 8;
@@ -150,9 +150,12 @@ export class Generator {
    * Runs T new tokens (positions start..start+T-1) through the model, filling the cache, and
    * returns the logits of the last position (1, V). Nothing is read back.
    */
-  private step(ids: number[], start: number, kv: KvCache, allLogits = false): Tensor {
+  private step(realIds: number[], start: number, kv: KvCache, allLogits = false): Tensor {
     const { e, c, model } = this;
-    const T = ids.length;
+    // Prefill pads the prompt to a length bucket (bounded pipeline variants); causal attention keeps
+    // the real rows exact, and the padded cache rows are overwritten by decode before they are read.
+    const T = realIds.length === 1 ? 1 : Math.min(bucketLen(realIds.length, c.maxSeqLen), kv.maxT - start);
+    const ids = T === realIds.length ? realIds : [...realIds, ...new Array<number>(T - realIds.length).fill(0)];
     const Dh = c.headDim;
     const idT = e.upload(Int32Array.from(ids), [T], 'i32');
     let x = embedding(e, idT, model.embedding);
@@ -231,9 +234,10 @@ export class Generator {
       act.free();
     }
     let last = x;
+    const Treal = realIds.length;
     if (!allLogits && T > 1) {
       last = e.empty([1, c.dim]);
-      e.copyBytes(x, (T - 1) * c.dim * 4, last, 0, c.dim * 4);
+      e.copyBytes(x, (Treal - 1) * c.dim * 4, last, 0, c.dim * 4);
       x.free();
     }
     const h = this.norm(last, model.finalNormWeights);
@@ -246,10 +250,10 @@ export class Generator {
   /** Logits (T, V) of every position of `ids` (no cache kept): for scoring and echo logprobs. */
   async promptLogits(ids: number[]): Promise<Float32Array> {
     if (ids.length === 0 || ids.length > this.c.maxSeqLen) throw new ShapeError(`prompt of ${ids.length} tokens (limit ${this.c.maxSeqLen})`);
-    const kv = this.newCache(ids.length);
+    const kv = this.newCache(bucketLen(ids.length, this.c.maxSeqLen));
     try {
       const logits = this.step(ids, 0, kv, true);
-      const out = await this.e.readF32(logits);
+      const out = (await this.e.readF32(logits)).slice(0, ids.length * this.c.vocabSize);
       logits.free();
       return out;
     } finally {
@@ -263,7 +267,7 @@ export class Generator {
     if (promptIds.length === 0) throw new ShapeError('empty prompt');
     if (promptIds.length >= c.maxSeqLen) throw new ShapeError(`prompt of ${promptIds.length} tokens leaves no room in the model's context of ${c.maxSeqLen}`);
     const maxNew = Math.min(o.maxTokens, c.maxSeqLen - promptIds.length);
-    const kv = this.newCache(promptIds.length + maxNew);
+    const kv = this.newCache(bucketLen(promptIds.length + maxNew, c.maxSeqLen));
     const rng = new Rng(o.seed >>> 0);
     const dec = this.tokenizer.createStreamDecoder({ context: promptIds });
     const eos = o.stopAtEos === false ? null : this.tokenizer.eos;

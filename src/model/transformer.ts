@@ -70,6 +70,16 @@ export interface GpuBatch {
   positions?: Tensor;
 }
 
+/**
+ * Padded sequence length for a batch of longest sequence T: kernels specialise on some sizes, and
+ * on lavapipe each new pipeline costs up to seconds to compile, so lengths are rounded up to a few
+ * buckets (multiples of 16 up to 128, then of 64), never past `max`.
+ */
+export function bucketLen(T: number, max: number): number {
+  const b = T <= 128 ? Math.ceil(T / 16) * 16 : Math.ceil(T / 64) * 64;
+  return Math.max(T, Math.min(b, max));
+}
+
 const attnModules = { llama: ['q', 'k', 'v', 'o'], opt: ['q', 'k', 'v', 'o'], gpt2: ['c_attn', 'attn.c_proj'] } as const;
 
 /** HF module path of a short name, per architecture (without the layer prefix). */
