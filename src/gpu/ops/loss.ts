@@ -92,6 +92,7 @@ export function crossEntropy(
 ): { loss: Tensor; dLogits?: Tensor } {
   const [N, V] = checkArgs('crossEntropy', logits, targets);
   const grad = opts.grad ?? true;
+  if (opts.inPlace && !grad) throw new ShapeError('crossEntropy: inPlace needs grad');
   const WG = rowLanes(e, V);
   const loss = e.empty([1]);
   const count = e.empty([1]);
@@ -111,7 +112,6 @@ export function crossEntropy(
       e.dispatch(k.p, b, k.grid);
     }
   } else {
-    if (opts.inPlace) throw new ShapeError('crossEntropy: inPlace needs grad');
     for (const c of N ? rowChunks(e, N, V, opts.chunkRows) : []) {
       const k = rowKernel(e, 'logprob_rows', V, c.rows);
       e.dispatch(k.p, [rangeOf(logits, c, V), targets, lp, params(e, c.start, c.rows, N)], k.grid);
