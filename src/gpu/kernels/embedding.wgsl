@@ -15,7 +15,7 @@ struct Params { n: u32, v: u32 } // tokens, vocabulary size
 @group(0) @binding(0) var<storage, read> g_ids: array<i32>;        // (N)
 @group(0) @binding(1) var<storage, read> g_table: array<f32>;      // (V, C)
 @group(0) @binding(2) var<storage, read_write> g_out: array<f32>;  // (N, C)
-@group(0) @binding(3) var<uniform> g_p: Params;
+@group(0) @binding(3) var<uniform> g_p: Params; // (N tokens, V)
 
 // Ids outside [0, V) (e.g. −1 padding) give a zero row.
 @compute @workgroup_size(WG)
@@ -34,7 +34,7 @@ fn emb_fwd(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 @group(0) @binding(0) var<storage, read> l_ids: array<i32>;        // (N)
 @group(0) @binding(1) var<storage, read_write> l_nxt: array<i32>;  // (N) next token with the same id, or −1
 @group(0) @binding(2) var<storage, read_write> l_head: array<u32>; // (N) 1 if first token of a valid id
-@group(0) @binding(3) var<uniform> l_p: Params;
+@group(0) @binding(3) var<uniform> l_p: Params; // (N tokens, V)
 
 @compute @workgroup_size(WG)
 fn emb_links(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -59,7 +59,7 @@ fn emb_links(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
 @group(0) @binding(2) var<storage, read> s_nxt: array<i32>;        // (N)
 @group(0) @binding(3) var<storage, read> s_head: array<u32>;       // (N)
 @group(0) @binding(4) var<storage, read_write> s_dt: array<f32>;   // (V, C), zeroed beforehand
-@group(0) @binding(5) var<uniform> s_p: Params;
+@group(0) @binding(5) var<uniform> s_p: Params; // (N tokens, V)
 
 // grid: (ceil(C/WG), tokens folded over y and z)
 @compute @workgroup_size(WG)

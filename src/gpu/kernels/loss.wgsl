@@ -43,7 +43,7 @@ const NEG_BIG: f32 = -0x1.fffffep+127f; // the lowest finite f32: max() starts h
 // ---------------------------------------------------------------- count of kept targets
 @group(0) @binding(0) var<storage, read> c_t: array<i32>;            // (N)
 @group(0) @binding(1) var<storage, read_write> c_count: array<f32>;  // (1)
-@group(0) @binding(2) var<uniform> c_p: Params;
+@group(0) @binding(2) var<uniform> c_p: Params; // (row_start, rows, n, nan_bits)
 
 // One workgroup. Counts are integers < 2^24, so the f32 sum is exact.
 @compute @workgroup_size(WG)
@@ -58,7 +58,7 @@ fn count_kept(@builtin(local_invocation_index) lid: u32) {
 @group(0) @binding(0) var<storage, read> lp_logits: array<f32>;      // (rows, V) chunk of (N, V)
 @group(0) @binding(1) var<storage, read> lp_t: array<i32>;           // (N)
 @group(0) @binding(2) var<storage, read_write> lp_out: array<f32>;   // (N) log p(target); 0 if ignored
-@group(0) @binding(3) var<uniform> lp_p: Params;
+@group(0) @binding(3) var<uniform> lp_p: Params; // (row_start, rows, n, nan_bits)
 
 // log p[t] = l[t] − (max + log Σ exp(l − max)); NaN for a target outside [0, V) other than −1.
 @compute @workgroup_size(WG)
@@ -87,7 +87,7 @@ fn logprob_rows(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg:
 @group(0) @binding(2) var<storage, read> ce_count: array<f32>;       // (1) kept targets
 @group(0) @binding(3) var<storage, read_write> ce_lp: array<f32>;    // (N) log p(target); 0 if ignored
 @group(0) @binding(4) var<storage, read_write> ce_d: array<f32>;     // (rows, V) chunk of dLogits (N, V)
-@group(0) @binding(5) var<uniform> ce_p: Params;
+@group(0) @binding(5) var<uniform> ce_p: Params; // (row_start, rows, n, nan_bits)
 
 // dLogits = (softmax − onehot(t)) / count for kept rows, 0 for ignored rows.
 @compute @workgroup_size(WG)
@@ -123,7 +123,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3
 @group(0) @binding(1) var<storage, read> ci_t: array<i32>;            // (N)
 @group(0) @binding(2) var<storage, read> ci_count: array<f32>;        // (1)
 @group(0) @binding(3) var<storage, read_write> ci_lp: array<f32>;     // (N)
-@group(0) @binding(4) var<uniform> ci_p: Params;
+@group(0) @binding(4) var<uniform> ci_p: Params; // (row_start, rows, n, nan_bits)
 
 @compute @workgroup_size(WG)
 fn ce_rows_inplace(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -251,7 +251,7 @@ fn ce_rows_inplace_lane4(@builtin(global_invocation_id) gid: vec3u, @builtin(num
 @group(0) @binding(0) var<storage, read> m_lp: array<f32>;           // (N)
 @group(0) @binding(1) var<storage, read> m_count: array<f32>;        // (1)
 @group(0) @binding(2) var<storage, read_write> m_loss: array<f32>;   // (1)
-@group(0) @binding(3) var<uniform> m_p: Params;
+@group(0) @binding(3) var<uniform> m_p: Params; // (row_start, rows, n, nan_bits)
 
 // One workgroup, fixed order: loss = −Σ lp / count (0 when nothing is kept).
 @compute @workgroup_size(WG)

@@ -13,7 +13,7 @@ struct Params { pairs: u32, t: u32, pos_offset: u32, sign: f32 } // sign −1: i
 @group(0) @binding(0) var<storage, read> x: array<f32>;           // (B, T, H, D)
 @group(0) @binding(1) var<storage, read> cs: array<vec2f>;        // (P, D/2) (cos, sin), P ≥ posOffset + T
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // (B, T, H, D)
-@group(0) @binding(3) var<uniform> prm: Params;
+@group(0) @binding(3) var<uniform> prm: Params; // (pairs, T, posOffset, sign)
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
