@@ -205,6 +205,89 @@ fn ln_bwd_lane(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroup
   }
 }
 
+// Row-per-lane with vec4 loads when C % 4 == 0 (2.5× faster again at C = 4096 on lavapipe).
+// Each lane keeps 4 partial sums, combined in a fixed order. C4 = C / 4.
+override C4: u32 = C / 4u;
+@group(0) @binding(0) var<storage, read> rf4_x: array<vec4f>;         // (N, C/4)
+@group(0) @binding(1) var<storage, read> rf4_w: array<vec4f>;         // (C/4)
+@group(0) @binding(2) var<storage, read_write> rf4_y: array<vec4f>;   // (N, C/4)
+@group(0) @binding(0) var<storage, read> rb4_dy: array<vec4f>;        // (N, C/4)
+@group(0) @binding(1) var<storage, read> rb4_x: array<vec4f>;         // (N, C/4)
+@group(0) @binding(2) var<storage, read> rb4_w: array<vec4f>;         // (C/4)
+@group(0) @binding(4) var<storage, read_write> rb4_dx: array<vec4f>;  // (N, C/4)
+@group(0) @binding(0) var<storage, read> lf4_x: array<vec4f>;         // (N, C/4)
+@group(0) @binding(1) var<storage, read> lf4_w: array<vec4f>;         // (C/4)
+@group(0) @binding(2) var<storage, read> lf4_b: array<vec4f>;         // (C/4)
+@group(0) @binding(3) var<storage, read_write> lf4_y: array<vec4f>;   // (N, C/4)
+@group(0) @binding(0) var<storage, read> lb4_dy: array<vec4f>;        // (N, C/4)
+@group(0) @binding(1) var<storage, read> lb4_x: array<vec4f>;         // (N, C/4)
+@group(0) @binding(2) var<storage, read> lb4_w: array<vec4f>;         // (C/4)
+@group(0) @binding(5) var<storage, read_write> lb4_dx: array<vec4f>;  // (N, C/4)
+
+fn hsum4(v: vec4f) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+
+@compute @workgroup_size(WG)
+fn rms_fwd_lane4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = laneRow(gid, nwg);
+  if (row >= rf_p.n) { return; }
+  let base = row * C4;
+  var ss = vec4f(0.0);
+  for (var c = 0u; c < C4; c++) { let v = rf4_x[base + c]; ss += v * v; }
+  let r = 1.0 / sqrt(hsum4(ss) / f32(C) + EPS);
+  for (var c = 0u; c < C4; c++) { rf4_y[base + c] = rf4_x[base + c] * r * rf4_w[c]; }
+  rf_rstd[row] = r;
+}
+
+@compute @workgroup_size(WG)
+fn rms_bwd_lane4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = laneRow(gid, nwg);
+  if (row >= rb_p.n) { return; }
+  let base = row * C4;
+  let r = rb_rstd[row];
+  var s = vec4f(0.0);
+  for (var c = 0u; c < C4; c++) { s += rb4_dy[base + c] * rb4_w[c] * rb4_x[base + c]; }
+  let k = r * r * r * hsum4(s) / f32(C);
+  for (var c = 0u; c < C4; c++) { rb4_dx[base + c] = r * rb4_dy[base + c] * rb4_w[c] - k * rb4_x[base + c]; }
+}
+
+@compute @workgroup_size(WG)
+fn ln_fwd_lane4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = laneRow(gid, nwg);
+  if (row >= lf_p.n) { return; }
+  let base = row * C4;
+  var s = vec4f(0.0);
+  for (var c = 0u; c < C4; c++) { s += lf4_x[base + c]; }
+  let m = hsum4(s) / f32(C);
+  var v = vec4f(0.0);
+  for (var c = 0u; c < C4; c++) { let d = lf4_x[base + c] - m; v += d * d; }
+  let r = 1.0 / sqrt(hsum4(v) / f32(C) + EPS);
+  for (var c = 0u; c < C4; c++) { lf4_y[base + c] = (lf4_x[base + c] - m) * r * lf4_w[c] + lf4_b[c]; }
+  lf_mean[row] = m;
+  lf_rstd[row] = r;
+}
+
+@compute @workgroup_size(WG)
+fn ln_bwd_lane4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = laneRow(gid, nwg);
+  if (row >= lb_p.n) { return; }
+  let base = row * C4;
+  let m = lb_mean[row];
+  let r = lb_rstd[row];
+  var s1 = vec4f(0.0);
+  var s2 = vec4f(0.0);
+  for (var c = 0u; c < C4; c++) {
+    let g = lb4_dy[base + c] * lb4_w[c];
+    s1 += g;
+    s2 += g * (lb4_x[base + c] - m) * r;
+  }
+  let t1 = hsum4(s1) / f32(C);
+  let t2 = hsum4(s2) / f32(C);
+  for (var c = 0u; c < C4; c++) {
+    let xh = (lb4_x[base + c] - m) * r;
+    lb4_dx[base + c] = r * (lb4_dy[base + c] * lb4_w[c] - t1 - xh * t2);
+  }
+}
+
 // ---------------------------------------------------------------- column sums
 // Stage 1: thread (column j, block b) sums rows [b·ROWS, min(N, (b+1)·ROWS)) of column j in
 // ascending order into part[b, j]; grid (ceil(C/WG), nBlocks). Stage 2 (col_final) sums the

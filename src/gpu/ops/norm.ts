@@ -31,7 +31,10 @@ const LANE_WG = 8; // one SIMD row on lavapipe; more workgroups spread over the 
 
 /** Pipeline and grid for a row kernel `entry` over N rows of C. */
 function rowKernel(e: Engine, entry: string, N: number, C: number, consts: Record<string, number> = {}) {
-  if (rowPerLane(e)) return { p: e.pipeline('norm', () => src, { C, WG: LANE_WG, ...consts }, `${entry}_lane`), grid: grid1d(e, N, LANE_WG) };
+  if (rowPerLane(e)) {
+    const entryLane = C % 4 === 0 ? `${entry}_lane4` : `${entry}_lane`; // vec4 loads when rows allow
+    return { p: e.pipeline('norm', () => src, { C, WG: LANE_WG, ...consts }, entryLane), grid: grid1d(e, N, LANE_WG) };
+  }
   return { p: e.pipeline('norm', () => src, { C, WG: rowLanes(e, C), ...consts }, entry), grid: rowGrid(e, N) };
 }
 
