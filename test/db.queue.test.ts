@@ -196,3 +196,35 @@ for (const tier of tiers) {
     }, 30_000);
   });
 }
+
+describe('graceful stop', () => {
+  test('a job running when its worker stops goes back to the queue (not cancelled), keeping its knots', async () => {
+    const T = await tiers[0]!.make();
+    try {
+      const db = T.database.db;
+      const { job } = await newJob(db);
+      // A runner that, like the COLA trainer, treats an aborted signal as "stop now".
+      const runner: JobRunner = {
+        async run(spec, ctx) {
+          for (let step = 1; step <= 1000; step++) {
+            if (ctx.isCancelled() || ctx.signal.aborted) return { cancelled: true };
+            await ctx.onStep({ step, total_steps: 1000, link: 1, links: 1, epoch: 1, loss: 1 });
+            await Bun.sleep(5);
+          }
+        },
+      };
+      const w = new JobWorker({ db, config: cfg(), storeRoot: path.join(T.dataDir, 'store'), runner, log: () => {} });
+      const p = w.process(job.id);
+      await waitFor(async () => ((await getJobById(db, job.id))!.progress?.step ?? 0) >= 3);
+      await w.stop();
+      await p;
+      const j = (await getJobById(db, job.id))!;
+      expect(j.status).toBe('queued');
+      expect(j.leaseOwner).toBeNull();
+      const evs = await listEvents(db, job.id, 0);
+      expect(evs.at(-1)).toMatchObject({ type: 'status', data: { status: 'queued', reason: 'worker shutting down' } });
+    } finally {
+      await T.cleanup();
+    }
+  }, 60_000);
+});

@@ -215,6 +215,12 @@ export class JobWorker {
       };
       const r = await this.o.runner.run(spec, ctx);
       if (lost) return;
+      if (this.stopping && abort.signal.aborted && !cancel) {
+        // Stopped by shutdown, not by the user: hand the job back; another worker resumes it from its last knot.
+        await release(db, lease).catch(() => {});
+        this.log(`job ${job.id}: released for another worker (shutdown)`);
+        return;
+      }
       if ((r && r.cancelled) || cancel) await finishCancel(db, lease);
       else await succeed(db, lease);
     } catch (e) {

@@ -1,0 +1,55 @@
+// Load: 32 concurrent autocannon clients on /generate of the real server (real generator on the
+// WebGPU device). Requests beyond COLA_GENERATE_CONCURRENCY answer 429 (never an error or a
+// timeout), the latencies are reported (p50/p99), and the server's memory stays bounded.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, expect, test } from 'bun:test';
+import autocannon from 'autocannon';
+import { cleanupDir, startServer, type ServerProc } from './service.fixtures.ts';
+
+let s: ServerProc;
+let key: string;
+
+function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+beforeAll(async () => {
+  s = await startServer({ COLA_GENERATE_CONCURRENCY: '4', COLA_QUOTA_RPM: '1000000', COLA_WORKER: '0' });
+  key = fs.readFileSync(path.join(s.dataDir, 'local.key'), 'utf8').trim();
+}, 60_000);
+
+afterAll(async () => {
+  await s?.stop();
+  cleanupDir(s.dataDir);
+});
+
+test('32 concurrent clients on /generate: only 200 and 429, bounded memory, p50/p99 reported', async () => {
+  const body = JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 8 });
+  const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+  // warm up: load the model on the device once
+  const w = await fetch(`${s.url}/generate`, { method: 'POST', headers, body });
+  expect(w.status).toBe(200);
+  const rss0 = rssBytes(s.proc.pid);
+  const run = (seconds: number) =>
+    new Promise<autocannon.Result>((resolve, reject) =>
+      autocannon({ url: `${s.url}/generate`, method: 'POST', headers, body, connections: 32, duration: seconds, timeout: 30 }, (err, res) => (err ? reject(err) : resolve(res))),
+    );
+  const res = await run(5);
+  const rss1 = rssBytes(s.proc.pid);
+  const codes = Object.fromEntries(Object.entries((res as any).statusCodeStats ?? {}).map(([k, v]: [string, any]) => [k, v.count]));
+  console.log(
+    `load: ${res.requests.total} requests in ${res.duration}s, status ${JSON.stringify(codes)}, latency p50 ${res.latency.p50} ms p99 ${res.latency.p99} ms (all responses incl. 429), ` +
+      `errors ${res.errors}, timeouts ${res.timeouts}, rss ${(rss0 / 2 ** 20).toFixed(0)} → ${(rss1 / 2 ** 20).toFixed(0)} MiB`,
+  );
+  expect(res.errors).toBe(0);
+  expect(res.timeouts).toBe(0);
+  expect(Object.keys(codes).sort()).toEqual(expect.arrayContaining(['200']));
+  for (const c of Object.keys(codes)) expect(['200', '429']).toContain(c);
+  expect(codes['429'] ?? 0).toBeGreaterThan(0);
+  expect(rss1 - rss0).toBeLessThan(512 * 2 ** 20);
+  const m = await (await fetch(`${s.url}/metrics`)).text();
+  expect(m).toMatch(/cola_generate_rejected_total [1-9]/);
+  expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
+}, 120_000);
