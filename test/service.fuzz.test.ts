@@ -104,7 +104,7 @@ test('thousands of malformed requests: never a 5xx, always problem+json for erro
   for (let i = 0; i < 2400; i++) {
     const p = paths[i % paths.length]!;
     const kind = i % 8;
-    let body: BodyInit;
+    let body: string | Uint8Array;
     let ct = 'application/json';
     if (kind === 0) body = JSON.stringify(VALID[p]).slice(0, Math.floor(rnd() * 40)); // truncated JSON
     else if (kind === 1) body = randomBytes(rnd, 1 + Math.floor(rnd() * 200)); // garbage

@@ -4,7 +4,17 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'bun:test';
+// @ts-expect-error autocannon ships no type declarations
 import autocannon from 'autocannon';
+
+interface AutocannonResult {
+  requests: { total: number };
+  duration: number;
+  latency: { p50: number; p99: number };
+  errors: number;
+  timeouts: number;
+  statusCodeStats?: Record<string, { count: number }>;
+}
 import { cleanupDir, startServer, type ServerProc } from './service.fixtures.ts';
 
 let s: ServerProc;
@@ -33,12 +43,12 @@ test('32 concurrent clients on /generate: only 200 and 429, bounded memory, p50/
   expect(w.status).toBe(200);
   const rss0 = rssBytes(s.proc.pid);
   const run = (seconds: number) =>
-    new Promise<autocannon.Result>((resolve, reject) =>
-      autocannon({ url: `${s.url}/generate`, method: 'POST', headers, body, connections: 32, duration: seconds, timeout: 30 }, (err, res) => (err ? reject(err) : resolve(res))),
+    new Promise<AutocannonResult>((resolve, reject) =>
+      autocannon({ url: `${s.url}/generate`, method: 'POST', headers, body, connections: 32, duration: seconds, timeout: 30 }, (err: Error | null, res: AutocannonResult) => (err ? reject(err) : resolve(res))),
     );
   const res = await run(5);
   const rss1 = rssBytes(s.proc.pid);
-  const codes = Object.fromEntries(Object.entries((res as any).statusCodeStats ?? {}).map(([k, v]: [string, any]) => [k, v.count]));
+  const codes = Object.fromEntries(Object.entries(res.statusCodeStats ?? {}).map(([k, v]) => [k, v.count]));
   console.log(
     `load: ${res.requests.total} requests in ${res.duration}s, status ${JSON.stringify(codes)}, latency p50 ${res.latency.p50} ms p99 ${res.latency.p99} ms (all responses incl. 429), ` +
       `errors ${res.errors}, timeouts ${res.timeouts}, rss ${(rss0 / 2 ** 20).toFixed(0)} → ${(rss1 / 2 ** 20).toFixed(0)} MiB`,
