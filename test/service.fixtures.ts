@@ -126,14 +126,16 @@ export function safetensorsOf(tensors: Record<string, { shape: number[]; data: F
   return buf;
 }
 
-/** A valid rank-1 PEFT LoRA adapter for stories260K (dim 64): q_proj of layer 0, B = 0. */
+/** A valid rank-1 PEFT LoRA adapter for stories260K (dim 64, 5 layers): q_proj of every layer, B = 0. */
 export function stories260kAdapter(): { config: string; weights: Uint8Array } {
   const a = new Float32Array(64).map((_, i) => ((i % 7) - 3) / 100);
+  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (let l = 0; l < 5; l++) {
+    tensors[`base_model.model.model.layers.${l}.self_attn.q_proj.lora_A.weight`] = { shape: [1, 64], data: a };
+    tensors[`base_model.model.model.layers.${l}.self_attn.q_proj.lora_B.weight`] = { shape: [64, 1], data: new Float32Array(64) };
+  }
   return {
     config: JSON.stringify({ peft_type: 'LORA', r: 1, lora_alpha: 2, target_modules: ['q_proj'], bias: 'none' }),
-    weights: safetensorsOf({
-      'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight': { shape: [1, 64], data: a },
-      'base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight': { shape: [64, 1], data: new Float32Array(64) },
-    }),
+    weights: safetensorsOf(tensors),
   };
 }

@@ -1,0 +1,126 @@
+// Models through HTTP with the real CPU model services (src/cola/services.ts): import by server
+// path and by multipart upload, versions, weights export (llama2.c → safetensors), adapter upload
+// validated against PEFT, merge into a new version and its adapter download; and POST /merge
+// {job} tying a knot in a running job (worker with a test-double runner that honours it).
+import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { makePglite, type TestDb } from './db.fixtures.ts';
+import { stories260kAdapter } from './service.fixtures.ts';
+import { loadConfig } from '../src/config.ts';
+import { createApp } from '../src/app.ts';
+import { createTenant } from '../src/db/repos/tenants.ts';
+import { registerBaseModel } from '../src/main.ts';
+import { createModelServices } from '../src/cola/services.ts';
+import { JobWorker } from '../src/jobs/worker.ts';
+import type { JobRunner, Services } from '../src/services.ts';
+
+const ROOT = path.resolve(import.meta.dir, '..');
+
+describe('models, adapters and merge over HTTP', () => {
+  let T: TestDb;
+  let server: ReturnType<typeof Bun.serve>;
+  let url: string;
+  let key: string;
+  let worker: JobWorker;
+  const h = () => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
+
+  beforeAll(async () => {
+    T = await makePglite();
+    const config = loadConfig({ COLA_DATA_DIR: T.dataDir, COLA_QUOTA_RPM: '100000' });
+    key = (await createTenant(T.database.db, { name: 'models' })).apiKey;
+    await registerBaseModel(T.database.db, config, () => {});
+    // Test double: a long job that ties a knot whenever a merge-now is requested.
+    const runner: JobRunner = {
+      async run(spec, ctx) {
+        for (let step = 1; step <= 400; step++) {
+          if (ctx.isCancelled()) return { cancelled: true };
+          await ctx.onStep({ step, total_steps: 400, link: 1, links: 1, epoch: 1, loss: 1 });
+          if (ctx.takeMergeRequest()) {
+            const p = path.join(spec.storeDir, `${spec.id}-${step}.bin`);
+            fs.mkdirSync(spec.storeDir, { recursive: true });
+            fs.writeFileSync(p, String(step));
+            await ctx.onKnot({ link: 1, step, rank: 8, flops: 0, snapshot: { path: p, sha256: crypto.createHash('sha256').update(String(step)).digest('hex'), bytes: 1 } });
+          }
+          await Bun.sleep(20);
+        }
+      },
+    };
+    const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
+    worker = new JobWorker({ db: T.database.db, config, storeRoot: path.join(T.dataDir, 'store'), runner, log: () => {} });
+    const app = createApp({ config, db: T.database, services, queue: { enqueue: async (id) => void worker.process(id) } });
+    server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
+    url = `http://127.0.0.1:${server.port}`;
+  }, 60_000);
+  afterAll(async () => {
+    await worker?.stop();
+    server?.stop(true);
+    await T?.cleanup();
+  });
+
+  test('import by server path and by multipart upload; weights download as safetensors', async () => {
+    const r = await fetch(`${url}/models`, { method: 'POST', headers: h(), body: JSON.stringify({ name: 'copy', source: { path: 'models/stories260K' } }) });
+    expect(r.status).toBe(201);
+    expect(await r.json()).toEqual({ name: 'copy', version: 0 });
+    expect((await fetch(`${url}/models`, { method: 'POST', headers: h(), body: JSON.stringify({ name: 'copy', source: { path: 'models/stories260K' } }) })).status).toBe(409);
+    const form = new FormData();
+    form.append('name', 'uploaded');
+    form.append('files', Bun.file(path.join(ROOT, 'models/stories260K/stories260K.bin')), 'stories260K.bin');
+    form.append('files', Bun.file(path.join(ROOT, 'models/stories260K/tok512.bin')), 'tok512.bin');
+    const u = await fetch(`${url}/models`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: form });
+    expect(u.status).toBe(201);
+    const info = (await (await fetch(`${url}/models/uploaded`, { headers: h() })).json()) as any;
+    expect(info).toMatchObject({ name: 'uploaded', owner: 'tenant', architecture: 'llama', latest_version: 0 });
+    expect(info.versions).toEqual([expect.objectContaining({ version: 0, kind: 'base', parent: null })]);
+    const w = await fetch(`${url}/models/stories260K/versions/0/weights`, { headers: h() });
+    expect(w.status).toBe(200);
+    const buf = new Uint8Array(await w.arrayBuffer());
+    const n = Number(new DataView(buf.buffer).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(buf.subarray(8, 8 + n)));
+    expect(Object.keys(header)).toContain('model.layers.0.self_attn.q_proj.weight');
+  });
+
+  test('adapter upload validated, merged into a new version, adapter of that version downloadable', async () => {
+    const a = stories260kAdapter();
+    const form = new FormData();
+    form.append('adapter_config.json', a.config);
+    form.append('adapter_model.safetensors', new Blob([a.weights]), 'adapter_model.safetensors');
+    const up = await fetch(`${url}/adapters`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: form });
+    expect(up.status).toBe(201);
+    const { id } = (await up.json()) as any;
+    // wrong shapes for the architecture are refused at upload
+    const bad = new FormData();
+    bad.append('adapter_config.json', a.config.replace('"r":1', '"r":2'));
+    bad.append('adapter_model.safetensors', new Blob([a.weights]), 'adapter_model.safetensors');
+    expect((await fetch(`${url}/adapters`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: bad })).status).toBe(400);
+    const m = await fetch(`${url}/merge`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'stories260K', version: 0, adapter: id, scale: 1, output_model: 'merged' }) });
+    if (m.status !== 200) throw new Error(`merge answered ${m.status}: ${await m.text()}`);
+    expect(await m.json()).toEqual({ model: 'merged', version: 1 });
+    const info = (await (await fetch(`${url}/models/merged`, { headers: h() })).json()) as any;
+    expect(info.versions[0]).toMatchObject({ version: 1, kind: 'merge', parent: { model: 'stories260K', version: 0 } });
+    const ad = await fetch(`${url}/models/merged/versions/1/adapter`, { headers: h() });
+    expect(ad.status).toBe(200);
+    expect(ad.headers.get('content-type')).toBe('application/zip');
+    const zip = new Uint8Array(await ad.arrayBuffer());
+    expect([zip[0], zip[1]]).toEqual([0x50, 0x4b]); // a ZIP archive
+  });
+
+  test('POST /merge {job} ties a knot in the running job and returns its version; 409 once finished', async () => {
+    const r = await fetch(`${url}/finetune`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'stories260K', train: [{ text: 'x' }], output_model: 'live' }) });
+    expect(r.status).toBe(202);
+    const { id } = (await r.json()) as any;
+    const end = Date.now() + 10_000;
+    while (Date.now() < end && ((await (await fetch(`${url}/finetune/${id}`, { headers: h() })).json()) as any).status !== 'running') await Bun.sleep(50);
+    const m = await fetch(`${url}/merge`, { method: 'POST', headers: h(), body: JSON.stringify({ job: id }) });
+    expect(m.status).toBe(200);
+    expect(await m.json()).toEqual({ model: 'live', version: 1 });
+    const c = await fetch(`${url}/finetune/${id}/cancel`, { method: 'POST', headers: { authorization: `Bearer ${key}` } });
+    expect(c.status).toBe(200);
+    while (Date.now() < end + 10_000 && ((await (await fetch(`${url}/finetune/${id}`, { headers: h() })).json()) as any).status === 'running') await Bun.sleep(50);
+    const j = (await (await fetch(`${url}/finetune/${id}`, { headers: h() })).json()) as any;
+    expect(j.status).toBe('cancelled');
+    expect(j.knots.map((k: any) => k.version)).toEqual([1]);
+    expect((await fetch(`${url}/merge`, { method: 'POST', headers: h(), body: JSON.stringify({ job: id }) })).status).toBe(409);
+  }, 30_000);
+});
