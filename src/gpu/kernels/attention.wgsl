@@ -7,16 +7,31 @@
 //
 // Work split (chosen for lavapipe, where one workgroup is one CPU thread running 8 SIMD lanes, and
 // fine on real GPUs): one invocation per query row (forward, dq) or per key row (dk/dv), the row's
-// q / accumulators in private arrays (DMAX floats). Workgroups of WG consecutive rows of one
-// (b, head) so all lanes of a workgroup read the same k/v (forward, dq) or q/dout (dk/dv) rows.
+// q / accumulators in private arrays (DMAX floats). Workgroups hold WG consecutive rows of one
+// (b, head), and the loop over the other side (keys for forward/dq, queries for dk/dv) runs over
+// the same workgroup-uniform range in every lane, with the causal/padding test as a per-lane
+// select. So every k/v (or q/dout) load has a workgroup-uniform offset: on llvmpipe one scalar load
+// + splat instead of a per-lane gather loop (a lane-dependent loop bound would make the loop
+// variable, and so every load, divergent). Rows are taken 4 at a time (KB = 4, unrolled by hand)
+// so the online-softmax rescale and the private-array traffic are paid once per 4 keys.
 // dk/dv of a kv head are summed over its query heads in a fixed order inside one invocation:
 // deterministic, no atomics.
-override B: u32;
-override T: u32;
-override H: u32;
-override HKV: u32;
-override D: u32;
-override SCALE: f32;
+// Sizes and the scale come from a uniform block (not override constants): one compiled pipeline
+// per entry point serves every shape. lavapipe compiles lazily and slowly (seconds per variant,
+// much more when LLVM fully unrolls a loop over a small constant D), and sequence lengths vary
+// from batch to batch in training and from step to step in decode.
+struct Params {
+  B: u32,
+  T: u32,      // sequence length (decode: MAXT, the cache length)
+  H: u32,      // query heads
+  HKV: u32,    // kv heads (divides H)
+  D: u32,      // head dim (≤ DMAX)
+  scale: f32,  // score scale, e.g. 1/sqrt(D)
+  pos: u32,    // decode: valid cache rows (incl. the new token)
+  _pad: u32,
+}
+@group(0) @binding(0) var<uniform> P: Params;
+
 override MASKED: bool = false;
 override WG: u32 = 64;
 
@@ -24,55 +39,78 @@ const DMAX: u32 = 256u;
 const NO_KEYS: f32 = -3.0e38;
 
 // ---------------------------------------------------------------- forward
-@group(0) @binding(0) var<storage, read> q: array<f32>;          // (B,T,H,D)
-@group(0) @binding(1) var<storage, read> k: array<f32>;          // (B,T,HKV,D)
-@group(0) @binding(2) var<storage, read> v: array<f32>;          // (B,T,HKV,D)
-@group(0) @binding(3) var<storage, read> mask: array<u32>;       // (B,T) 0 = padding key (unread unless MASKED)
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // (B,T,H,D)
-@group(0) @binding(5) var<storage, read_write> lse: array<f32>;  // (B,H,T) log Σ_j exp(s_tj)
+@group(0) @binding(1) var<storage, read> q: array<f32>;          // (B,T,H,D)
+@group(0) @binding(2) var<storage, read> k: array<f32>;          // (B,T,HKV,D)
+@group(0) @binding(3) var<storage, read> v: array<f32>;          // (B,T,HKV,D)
+@group(0) @binding(4) var<storage, read> mask: array<u32>;       // (B,T) 0 = padding key (unread unless MASKED)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (B,T,H,D)
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>;  // (B,H,T) log Σ_j exp(s_tj)
+
+fn keyOk(m: ptr<storage, array<u32>, read>, b: u32, j: u32, t: u32, T: u32) -> bool {
+  // j visible to row t: causal, exists, and (if MASKED) not padding.
+  return j <= t && j < T && (!MASKED || (*m)[b * T + min(j, T - 1u)] != 0u);
+}
 
 // grid (ceil(T/WG), H, B)
 @compute @workgroup_size(WG)
 fn forward(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
-  let t = wid.x * WG + lid.x;
+  let B = P.B; let T = P.T; let H = P.H; let HKV = P.HKV; let D = P.D; let SCALE = P.scale;
+  let t0 = wid.x * WG;
+  let t = t0 + lid.x; // lanes with t >= T compute on row T-1 and write nothing
   let h = wid.y;
   let b = wid.z;
-  if (t >= T) { return; }
   let hk = h / (H / HKV);
-  let qo = ((b * T + t) * H + h) * D;
+  let qo = ((b * T + min(t, T - 1u)) * H + h) * D;
   var qv: array<f32, DMAX>;
   var acc: array<f32, DMAX>;
   for (var d = 0u; d < D; d++) { qv[d] = q[qo + d] * SCALE; acc[d] = 0.0; }
-  var m = NO_KEYS; // running max of the scores seen
+  var m = NO_KEYS; // running max of the visible scores
   var l = 0.0;     // running Σ exp(s - m)
-  for (var j = 0u; j <= t; j++) {
-    if (MASKED && mask[b * T + j] == 0u) { continue; }
-    let ko = ((b * T + j) * HKV + hk) * D;
-    var s = 0.0;
-    for (var d = 0u; d < D; d++) { s += qv[d] * k[ko + d]; }
-    if (s > m) { // new max: rescale what we have (online softmax)
-      let alpha = exp(m - s);
-      l *= alpha;
-      for (var d = 0u; d < D; d++) { acc[d] *= alpha; }
-      m = s;
+  let jEnd = min(t0 + WG, T); // workgroup-uniform: every lane walks the same keys
+  for (var j0 = 0u; j0 < jEnd; j0 += 4u) {
+    let ko0 = ((b * T + j0) * HKV + hk) * D;
+    let ko1 = ((b * T + min(j0 + 1u, T - 1u)) * HKV + hk) * D;
+    let ko2 = ((b * T + min(j0 + 2u, T - 1u)) * HKV + hk) * D;
+    let ko3 = ((b * T + min(j0 + 3u, T - 1u)) * HKV + hk) * D;
+    var s0 = 0.0; var s1 = 0.0; var s2 = 0.0; var s3 = 0.0;
+    for (var d = 0u; d < D; d++) {
+      let x = qv[d];
+      s0 += x * k[ko0 + d]; s1 += x * k[ko1 + d]; s2 += x * k[ko2 + d]; s3 += x * k[ko3 + d];
     }
-    let p = exp(s - m);
-    l += p;
-    for (var d = 0u; d < D; d++) { acc[d] += p * v[ko + d]; }
+    let ok0 = keyOk(&mask, b, j0, t, T);
+    let ok1 = keyOk(&mask, b, j0 + 1u, t, T);
+    let ok2 = keyOk(&mask, b, j0 + 2u, t, T);
+    let ok3 = keyOk(&mask, b, j0 + 3u, t, T);
+    s0 = select(NO_KEYS, s0, ok0); s1 = select(NO_KEYS, s1, ok1);
+    s2 = select(NO_KEYS, s2, ok2); s3 = select(NO_KEYS, s3, ok3);
+    let mNew = max(max(m, max(s0, s1)), max(s2, s3));
+    let alpha = exp(m - mNew); // 1 while no key has been visible (m = mNew = NO_KEYS)
+    let p0 = select(0.0, exp(s0 - mNew), ok0);
+    let p1 = select(0.0, exp(s1 - mNew), ok1);
+    let p2 = select(0.0, exp(s2 - mNew), ok2);
+    let p3 = select(0.0, exp(s3 - mNew), ok3);
+    l = l * alpha + ((p0 + p1) + (p2 + p3));
+    for (var d = 0u; d < D; d++) {
+      acc[d] = acc[d] * alpha + (p0 * v[ko0 + d] + p1 * v[ko1 + d] + p2 * v[ko2 + d] + p3 * v[ko3 + d]);
+    }
+    m = mNew;
   }
-  let inv = select(0.0, 1.0 / l, l > 0.0);
-  for (var d = 0u; d < D; d++) { out[qo + d] = acc[d] * inv; }
-  lse[(b * H + h) * T + t] = select(NO_KEYS, m + log(l), l > 0.0);
+  if (t < T) {
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var d = 0u; d < D; d++) { out[qo + d] = acc[d] * inv; }
+    lse[(b * H + h) * T + t] = select(NO_KEYS, m + log(l), l > 0.0);
+  }
 }
 
 // ---------------------------------------------------------------- backward
-@group(0) @binding(0) var<storage, read> dout_d: array<f32>;         // (B,T,H,D)
-@group(0) @binding(1) var<storage, read> out_d: array<f32>;          // (B,T,H,D) forward output
-@group(0) @binding(2) var<storage, read_write> delta_d: array<f32>;  // (B,H,T) Σ_d dout·out
+@group(0) @binding(1) var<storage, read> dout_d: array<f32>;         // (B,T,H,D)
+@group(0) @binding(2) var<storage, read> out_d: array<f32>;          // (B,T,H,D) forward output
+@group(0) @binding(3) var<storage, read_write> delta_d: array<f32>;  // (B,H,T) Σ_d dout·out
 
 // delta_t = Σ_d dO_td O_td (= Σ_j P_tj dP_tj, the softmax-backward row term). grid (ceil(T/WG), H, B)
 @compute @workgroup_size(WG)
 fn delta(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
+  let B = P.B; let T = P.T; let H = P.H; let HKV = P.HKV; let D = P.D; let SCALE = P.scale;
   let t = wid.x * WG + lid.x;
   let h = wid.y;
   let b = wid.z;
@@ -83,103 +121,142 @@ fn delta(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: v
   delta_d[(b * H + h) * T + t] = s;
 }
 
-@group(0) @binding(0) var<storage, read> bq: array<f32>;            // (B,T,H,D)
-@group(0) @binding(1) var<storage, read> bk: array<f32>;            // (B,T,HKV,D)
-@group(0) @binding(2) var<storage, read> bv: array<f32>;            // (B,T,HKV,D)
-@group(0) @binding(3) var<storage, read> bmask: array<u32>;         // (B,T)
-@group(0) @binding(4) var<storage, read> bdout: array<f32>;         // (B,T,H,D)
-@group(0) @binding(5) var<storage, read> blse: array<f32>;          // (B,H,T)
-@group(0) @binding(6) var<storage, read> bdelta: array<f32>;        // (B,H,T)
-@group(0) @binding(7) var<storage, read_write> bgrad: array<f32>;   // dq (B,T,H,D)
-@group(0) @binding(8) var<storage, read_write> bgrad2: array<f32>;  // dv (B,T,HKV,D) (dkdv only; bgrad = dk)
+@group(0) @binding(1) var<storage, read> bq: array<f32>;            // (B,T,H,D)
+@group(0) @binding(2) var<storage, read> bk: array<f32>;            // (B,T,HKV,D)
+@group(0) @binding(3) var<storage, read> bv: array<f32>;            // (B,T,HKV,D)
+@group(0) @binding(4) var<storage, read> bmask: array<u32>;         // (B,T)
+@group(0) @binding(5) var<storage, read> bdout: array<f32>;         // (B,T,H,D)
+@group(0) @binding(6) var<storage, read> blse: array<f32>;          // (B,H,T)
+@group(0) @binding(7) var<storage, read> bdelta: array<f32>;        // (B,H,T)
+@group(0) @binding(8) var<storage, read_write> bgrad: array<f32>;   // dq (B,T,H,D) (backward_dq) / dk (B,T,HKV,D) (backward_dkdv)
+@group(0) @binding(9) var<storage, read_write> bgrad2: array<f32>;  // dv (B,T,HKV,D) (backward_dkdv only)
 
 // dq_t = SCALE Σ_j P_tj (dP_tj − delta_t) k_j, P recomputed as exp(s − lse). grid (ceil(T/WG), H, B)
 @compute @workgroup_size(WG)
 fn backward_dq(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
-  let t = wid.x * WG + lid.x;
+  let B = P.B; let T = P.T; let H = P.H; let HKV = P.HKV; let D = P.D; let SCALE = P.scale;
+  let t0 = wid.x * WG;
+  let t = t0 + lid.x;
   let h = wid.y;
   let b = wid.z;
-  if (t >= T) { return; }
   let hk = h / (H / HKV);
-  let qo = ((b * T + t) * H + h) * D;
+  let tc = min(t, T - 1u);
+  let qo = ((b * T + tc) * H + h) * D;
   var qv: array<f32, DMAX>;
   var dov: array<f32, DMAX>;
   var acc: array<f32, DMAX>;
   for (var d = 0u; d < D; d++) { qv[d] = bq[qo + d] * SCALE; dov[d] = bdout[qo + d]; acc[d] = 0.0; }
-  let L = blse[(b * H + h) * T + t];
-  let dl = bdelta[(b * H + h) * T + t];
-  for (var j = 0u; j <= t; j++) {
-    if (MASKED && bmask[b * T + j] == 0u) { continue; }
-    let ko = ((b * T + j) * HKV + hk) * D;
-    var s = 0.0;
-    var dp = 0.0;
-    for (var d = 0u; d < D; d++) { s += qv[d] * bk[ko + d]; dp += dov[d] * bv[ko + d]; }
-    let ds = exp(s - L) * (dp - dl);
-    for (var d = 0u; d < D; d++) { acc[d] += ds * bk[ko + d]; }
+  let L = blse[(b * H + h) * T + tc];
+  let dl = bdelta[(b * H + h) * T + tc];
+  let jEnd = min(t0 + WG, T);
+  for (var j0 = 0u; j0 < jEnd; j0 += 4u) {
+    let ko0 = ((b * T + j0) * HKV + hk) * D;
+    let ko1 = ((b * T + min(j0 + 1u, T - 1u)) * HKV + hk) * D;
+    let ko2 = ((b * T + min(j0 + 2u, T - 1u)) * HKV + hk) * D;
+    let ko3 = ((b * T + min(j0 + 3u, T - 1u)) * HKV + hk) * D;
+    var s0 = 0.0; var s1 = 0.0; var s2 = 0.0; var s3 = 0.0;
+    var e0 = 0.0; var e1 = 0.0; var e2 = 0.0; var e3 = 0.0;
+    for (var d = 0u; d < D; d++) {
+      let x = qv[d];
+      let y = dov[d];
+      s0 += x * bk[ko0 + d]; s1 += x * bk[ko1 + d]; s2 += x * bk[ko2 + d]; s3 += x * bk[ko3 + d];
+      e0 += y * bv[ko0 + d]; e1 += y * bv[ko1 + d]; e2 += y * bv[ko2 + d]; e3 += y * bv[ko3 + d];
+    }
+    // select() keeps a masked key's (possibly infinite) exp out of the sum
+    let ds0 = select(0.0, exp(s0 - L) * (e0 - dl), keyOk(&bmask, b, j0, t, T));
+    let ds1 = select(0.0, exp(s1 - L) * (e1 - dl), keyOk(&bmask, b, j0 + 1u, t, T));
+    let ds2 = select(0.0, exp(s2 - L) * (e2 - dl), keyOk(&bmask, b, j0 + 2u, t, T));
+    let ds3 = select(0.0, exp(s3 - L) * (e3 - dl), keyOk(&bmask, b, j0 + 3u, t, T));
+    for (var d = 0u; d < D; d++) {
+      acc[d] += ds0 * bk[ko0 + d] + ds1 * bk[ko1 + d] + ds2 * bk[ko2 + d] + ds3 * bk[ko3 + d];
+    }
   }
-  for (var d = 0u; d < D; d++) { bgrad[qo + d] = acc[d] * SCALE; }
+  if (t < T) {
+    for (var d = 0u; d < D; d++) { bgrad[qo + d] = acc[d] * SCALE; }
+  }
 }
 
 // One invocation per key row (b, kv head, j): dv_j = Σ_{h in group} Σ_{t>=j} P_tj dO_t,
 // dk_j = SCALE Σ_h Σ_t P_tj (dP_tj − delta_t) q_t. grid (ceil(T/WG), HKV, B)
 @compute @workgroup_size(WG)
 fn backward_dkdv(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
-  let j = wid.x * WG + lid.x;
+  let B = P.B; let T = P.T; let H = P.H; let HKV = P.HKV; let D = P.D; let SCALE = P.scale;
+  let j0 = wid.x * WG;
+  let j = j0 + lid.x;
   let hk = wid.y;
   let b = wid.z;
-  if (j >= T) { return; }
   let G = H / HKV;
-  let ko = ((b * T + j) * HKV + hk) * D;
+  let ko = ((b * T + min(j, T - 1u)) * HKV + hk) * D;
   var kv: array<f32, DMAX>;
   var vv: array<f32, DMAX>;
   var dk: array<f32, DMAX>;
   var dv: array<f32, DMAX>;
   for (var d = 0u; d < D; d++) { kv[d] = bk[ko + d] * SCALE; vv[d] = bv[ko + d]; dk[d] = 0.0; dv[d] = 0.0; }
-  if (!MASKED || bmask[b * T + j] != 0u) {
-    for (var g = 0u; g < G; g++) {
-      let h = hk * G + g;
-      for (var t = j; t < T; t++) {
-        let qo = ((b * T + t) * H + h) * D;
-        var s = 0.0;
-        var dp = 0.0;
-        for (var d = 0u; d < D; d++) { s += kv[d] * bq[qo + d]; dp += vv[d] * bdout[qo + d]; }
-        let r = (b * H + h) * T + t;
-        let p = exp(s - blse[r]);
-        let ds = p * (dp - bdelta[r]);
-        for (var d = 0u; d < D; d++) { dv[d] += p * bdout[qo + d]; dk[d] += ds * bq[qo + d]; }
+  // this key is real (exists, not padding); rows t >= j see it
+  let real = j < T && (!MASKED || bmask[b * T + min(j, T - 1u)] != 0u);
+  for (var g = 0u; g < G; g++) {
+    let h = hk * G + g;
+    let r0 = (b * H + h) * T;
+    for (var t = j0; t < T; t += 4u) { // workgroup-uniform rows; row t_i needs t_i >= j
+      let ta = min(t + 1u, T - 1u);
+      let tb = min(t + 2u, T - 1u);
+      let tc = min(t + 3u, T - 1u);
+      let qo0 = ((b * T + t) * H + h) * D;
+      let qo1 = ((b * T + ta) * H + h) * D;
+      let qo2 = ((b * T + tb) * H + h) * D;
+      let qo3 = ((b * T + tc) * H + h) * D;
+      var s0 = 0.0; var s1 = 0.0; var s2 = 0.0; var s3 = 0.0;
+      var e0 = 0.0; var e1 = 0.0; var e2 = 0.0; var e3 = 0.0;
+      for (var d = 0u; d < D; d++) {
+        let x = kv[d];
+        let y = vv[d];
+        s0 += x * bq[qo0 + d]; s1 += x * bq[qo1 + d]; s2 += x * bq[qo2 + d]; s3 += x * bq[qo3 + d];
+        e0 += y * bdout[qo0 + d]; e1 += y * bdout[qo1 + d]; e2 += y * bdout[qo2 + d]; e3 += y * bdout[qo3 + d];
+      }
+      let p0 = select(0.0, exp(s0 - blse[r0 + t]), real && t >= j);
+      let p1 = select(0.0, exp(s1 - blse[r0 + ta]), real && t + 1u >= j && t + 1u < T);
+      let p2 = select(0.0, exp(s2 - blse[r0 + tb]), real && t + 2u >= j && t + 2u < T);
+      let p3 = select(0.0, exp(s3 - blse[r0 + tc]), real && t + 3u >= j && t + 3u < T);
+      let ds0 = p0 * (e0 - bdelta[r0 + t]);
+      let ds1 = p1 * (e1 - bdelta[r0 + ta]);
+      let ds2 = p2 * (e2 - bdelta[r0 + tb]);
+      let ds3 = p3 * (e3 - bdelta[r0 + tc]);
+      for (var d = 0u; d < D; d++) {
+        dv[d] += p0 * bdout[qo0 + d] + p1 * bdout[qo1 + d] + p2 * bdout[qo2 + d] + p3 * bdout[qo3 + d];
+        dk[d] += ds0 * bq[qo0 + d] + ds1 * bq[qo1 + d] + ds2 * bq[qo2 + d] + ds3 * bq[qo3 + d];
       }
     }
   }
-  for (var d = 0u; d < D; d++) { bgrad[ko + d] = dk[d] * SCALE; bgrad2[ko + d] = dv[d]; }
+  if (j < T) {
+    for (var d = 0u; d < D; d++) { bgrad[ko + d] = dk[d] * SCALE; bgrad2[ko + d] = dv[d]; }
+  }
 }
 
 // ---------------------------------------------------------------- decode
 // One new query per sequence against a KV cache; `pos` (valid cache rows) comes from a uniform so
 // one pipeline serves every step. One workgroup of WG lanes per (b, h): lane i runs an online
 // softmax over keys i, i+WG, ...; the partial (m, l, acc) are then merged through workgroup memory.
-override MAXT: u32;
 
-struct DecodeParams { pos: u32, }
-
-@group(0) @binding(0) var<storage, read> dq_q: array<f32>;          // (B,1,H,D)
-@group(0) @binding(1) var<storage, read> dk_cache: array<f32>;      // (B,MAXT,HKV,D)
-@group(0) @binding(2) var<storage, read> dv_cache: array<f32>;      // (B,MAXT,HKV,D)
-@group(0) @binding(3) var<storage, read> dmask: array<u32>;         // (B,MAXT) (unread unless MASKED)
-@group(0) @binding(4) var<storage, read_write> dout: array<f32>;    // (B,1,H,D)
-@group(0) @binding(5) var<uniform> dparams: DecodeParams;
+@group(0) @binding(1) var<storage, read> dq_q: array<f32>;          // (B,1,H,D)
+@group(0) @binding(2) var<storage, read> dk_cache: array<f32>;      // (B,MAXT,HKV,D)
+@group(0) @binding(3) var<storage, read> dv_cache: array<f32>;      // (B,MAXT,HKV,D)
+@group(0) @binding(4) var<storage, read> dmask: array<u32>;         // (B,MAXT) (unread unless MASKED)
+@group(0) @binding(5) var<storage, read_write> dout: array<f32>;    // (B,1,H,D)
 
 var<workgroup> wm: array<f32, WG>;       // per-lane running max
 var<workgroup> wl: array<f32, WG>;       // per-lane Σ exp(s − m)
-var<workgroup> wacc: array<f32, WG * D>; // per-lane unnormalised outputs, rescaled to the global max
+var<workgroup> wacc: array<f32, WG * DMAX>; // (WG, D) per-lane unnormalised outputs, rescaled to the global max
 
-// grid (H, B)
+// grid (H, B); P.T = MAXT
 @compute @workgroup_size(WG)
 fn decode(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
+  let B = P.B; let T = P.T; let H = P.H; let HKV = P.HKV; let D = P.D; let SCALE = P.scale;
   let h = wid.x;
   let b = wid.y;
   let i = lid.x;
   let hk = h / (H / HKV);
-  let pos = min(dparams.pos, MAXT);
+  let MAXT = P.T;
+  let pos = min(P.pos, MAXT);
   let qo = (b * H + h) * D;
   var qv: array<f32, DMAX>;
   var acc: array<f32, DMAX>;

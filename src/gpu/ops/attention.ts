@@ -10,7 +10,7 @@ import { ShapeError, type Engine, type Tensor } from '../engine.ts';
 
 export const ATTENTION_MAX_HEAD_DIM = 256; // DMAX in attention.wgsl (private per-row arrays)
 const WG = 64; // rows per workgroup (forward / backward)
-const WG_DECODE = 32; // lanes splitting the keys of one (b, h) in decode
+const WG_DECODE = 16; // lanes splitting the keys of one (b, h) in decode (workgroup memory: 16·DMAX·4 = 16 KiB)
 
 export interface AttentionOptions {
   /** Score scale; default 1/sqrt(D). */
@@ -65,8 +65,17 @@ function checkMask(mask: Tensor | undefined, B: number, T: number, what: string)
     throw new ShapeError(`${what}: keyMask must be u32 (${B},${T}), got ${mask}`);
 }
 
-function constants(d: Dims, scale: number, masked: boolean, wg: number): Record<string, number> {
-  return { B: d.B, T: d.T, H: d.H, HKV: d.HKV, D: d.D, SCALE: scale, MASKED: masked ? 1 : 0, WG: wg };
+/** Pipeline constants: only what changes the code (sizes go through `params`, so shapes share pipelines). */
+function constants(masked: boolean, wg: number): Record<string, number> {
+  return { MASKED: masked ? 1 : 0, WG: wg };
+}
+
+/** The kernels' uniform block `Params` (binding 0). */
+function params(e: Engine, d: Dims, scale: number, pos = 0) {
+  const buf = new ArrayBuffer(32);
+  new Uint32Array(buf).set([d.B, d.T, d.H, d.HKV, d.D, 0, pos, 0]);
+  new Float32Array(buf)[5] = scale;
+  return e.uniform(new Uint8Array(buf));
 }
 
 /**
@@ -86,8 +95,8 @@ export function attention(
   if (!Number.isFinite(scale)) throw new ShapeError(`attention: scale ${scale}`);
   const out = e.empty([d.B, d.T, d.H, d.D]);
   const lse = e.empty([d.B, d.H, d.T]);
-  const p = e.pipeline('attention', () => src, constants(d, scale, !!opts.keyMask, WG), 'forward');
-  e.dispatch(p, [q, k, v, opts.keyMask ?? dummyMask(e), out, lse], [Math.ceil(d.T / WG), d.H, d.B]);
+  const p = e.pipeline('attention', () => src, constants(!!opts.keyMask, WG), 'forward');
+  e.dispatch(p, [params(e, d, scale), q, k, v, opts.keyMask ?? dummyMask(e), out, lse], [Math.ceil(d.T / WG), d.H, d.B]);
   return { out, saved: { out, lse, scale, keyMask: opts.keyMask } };
 }
 
@@ -109,15 +118,16 @@ export function attentionBackward(
   if (saved.out.shape.join() !== q.shape.join() || saved.lse.shape.join() !== [d.B, d.H, d.T].join())
     throw new ShapeError(`attentionBackward: saved tensors ${saved.out} ${saved.lse} do not match q ${q}`);
   checkMask(saved.keyMask, d.B, d.T, 'attentionBackward');
-  const c = constants(d, saved.scale, !!saved.keyMask, WG);
+  const c = constants(!!saved.keyMask, WG);
+  const u = params(e, d, saved.scale);
   const mask = saved.keyMask ?? dummyMask(e);
   const delta = e.empty([d.B, d.H, d.T]);
-  e.dispatch(e.pipeline('attention', () => src, c, 'delta'), [dOut, saved.out, delta], [Math.ceil(d.T / WG), d.H, d.B]);
+  e.dispatch(e.pipeline('attention', () => src, c, 'delta'), [u, dOut, saved.out, delta], [Math.ceil(d.T / WG), d.H, d.B]);
   const dq = e.empty(q.shape);
   const dk = e.empty(k.shape);
   const dv = e.empty(v.shape);
-  e.dispatch(e.pipeline('attention', () => src, c, 'backward_dq'), [q, k, v, mask, dOut, saved.lse, delta, dq], [Math.ceil(d.T / WG), d.H, d.B]);
-  e.dispatch(e.pipeline('attention', () => src, c, 'backward_dkdv'), [q, k, v, mask, dOut, saved.lse, delta, dk, dv], [
+  e.dispatch(e.pipeline('attention', () => src, c, 'backward_dq'), [u, q, k, v, mask, dOut, saved.lse, delta, dq], [Math.ceil(d.T / WG), d.H, d.B]);
+  e.dispatch(e.pipeline('attention', () => src, c, 'backward_dkdv'), [u, q, k, v, mask, dOut, saved.lse, delta, dk, dv], [
     Math.ceil(d.T / WG),
     d.HKV,
     d.B,
@@ -154,12 +164,11 @@ export function attentionDecode(
   if (D > ATTENTION_MAX_HEAD_DIM) throw new ShapeError(`attentionDecode: head dim ${D} over ${ATTENTION_MAX_HEAD_DIM}`);
   if (!Number.isInteger(pos) || pos < 1 || pos > maxT) throw new ShapeError(`attentionDecode: pos ${pos} outside 1..${maxT}`);
   checkMask(opts.keyMask, B, maxT, 'attentionDecode');
-  if (WG_DECODE * D * 4 + 2 * WG_DECODE * 4 > e.limits.maxComputeWorkgroupStorageSize)
-    throw new ShapeError(`attentionDecode: head dim ${D} needs more workgroup memory than the device has`);
   const scale = opts.scale ?? 1 / Math.sqrt(D);
   const out = opts.out ?? e.empty([B, 1, H, D]);
   if (out.numel !== B * H * D) throw new ShapeError(`attentionDecode: out ${out}`);
-  const p = e.pipeline('attention', () => src, { B, H, HKV, D, MAXT: maxT, SCALE: scale, MASKED: opts.keyMask ? 1 : 0, WG: WG_DECODE }, 'decode');
-  e.dispatch(p, [q, kCache, vCache, opts.keyMask ?? dummyMask(e), out, e.uniform(new Uint32Array([pos, 0, 0, 0]))], [H, B]);
+  const p = e.pipeline('attention', () => src, constants(!!opts.keyMask, WG_DECODE), 'decode');
+  const u = params(e, { B, T: maxT, H, HKV, D }, scale, pos);
+  e.dispatch(p, [u, q, kCache, vCache, opts.keyMask ?? dummyMask(e), out], [H, B]);
   return out;
 }
