@@ -77,16 +77,13 @@ export function uploadLora(e: Engine, host: LoraHost): LoraWeights {
 
 /** Reads adapters back from the GPU. */
 export async function readLora(e: Engine, lora: LoraWeights, host: LoraHost): Promise<LoraHost> {
+  const entries = [...lora.modules];
+  const flat = await e.readManyF32(entries.flatMap(([, m]) => (m.bias ? [m.a, m.b, m.bias] : [m.a, m.b])));
   const modules: LoraHost['modules'] = new Map();
-  for (const [key, m] of lora.modules) {
+  let i = 0;
+  for (const [key, m] of entries) {
     const h = host.modules.get(key)!;
-    modules.set(key, {
-      in: h.in,
-      out: h.out,
-      a: await e.readF32(m.a),
-      b: await e.readF32(m.b),
-      bias: m.bias ? await e.readF32(m.bias) : undefined,
-    });
+    modules.set(key, { in: h.in, out: h.out, a: flat[i++]!, b: flat[i++]!, bias: m.bias ? flat[i++]! : undefined });
   }
   return { ...host, modules };
 }

@@ -150,21 +150,27 @@ export async function validationLoss(e: Engine, model: TransformerModel, rows: E
 async function snapshotWeights(e: Engine, model: TransformerModel, base: ModelWeights, spec: LoraSpec): Promise<ModelWeights> {
   const c = base.config;
   const tensors = new Map(base.tensors);
+  const items: { name: string; t: Tensor; transpose: boolean }[] = [];
   for (let layer = 0; layer < c.nLayers; layer++) {
     for (const short of spec.targets) {
       const lin = model.linearOf(layer, short);
       const name = moduleWeightName(c.arch, layer, short);
-      const [out, inF] = lin.w.shape as [number, number];
-      let data = await e.readF32(lin.w);
-      if (c.arch === 'gpt2') {
-        const t = new Float32Array(out * inF);
-        for (let o = 0; o < out; o++) for (let i = 0; i < inF; i++) t[i * out + o] = data[o * inF + i]!;
-        data = t;
-      }
-      tensors.set(name, { shape: base.tensors.get(name)!.shape, data });
-      if (spec.bias && lin.b) tensors.set(name.replace(/\.weight$/, '.bias'), { shape: [out], data: await e.readF32(lin.b) });
+      items.push({ name, t: lin.w, transpose: c.arch === 'gpt2' });
+      if (spec.bias && lin.b) items.push({ name: name.replace(/\.weight$/, '.bias'), t: lin.b, transpose: false });
     }
   }
+  const data = await e.readManyF32(items.map((x) => x.t)); // one wait for the whole snapshot
+  items.forEach(({ name, t, transpose }, i) => {
+    let d = data[i]!;
+    if (transpose) {
+      // GPU holds (out, in); GPT-2's Conv1D file layout is (in, out).
+      const [out, inF] = t.shape as [number, number];
+      const tr = new Float32Array(out * inF);
+      for (let o = 0; o < out; o++) for (let k = 0; k < inF; k++) tr[k * out + o] = d[o * inF + k]!;
+      d = tr;
+    }
+    tensors.set(name, { shape: base.tensors.get(name)!.shape, data: d });
+  });
   return { config: c, tensors };
 }
 

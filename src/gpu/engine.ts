@@ -347,6 +347,15 @@ export class Engine {
       return { binding, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } };
     });
     const bg = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    if (this.prof) {
+      // Profiling: one pass per dispatch, bracketed by timestamps (resolved at flush).
+      this.endPass();
+      if (this.prof.used + 2 > Engine.PROFILE_QUERIES) this.flush();
+      const i = this.prof.used;
+      this.prof.labels.push(pipeline.label);
+      this.prof.used += 2;
+      this.pass = this.enc().beginComputePass({ timestampWrites: { querySet: this.prof.set, beginningOfPassWriteIndex: i, endOfPassWriteIndex: i + 1 } });
+    }
     if (!this.pass) this.pass = this.enc().beginComputePass();
     this.pass.setPipeline(pipeline);
     this.pass.setBindGroup(0, bg);
@@ -360,6 +369,36 @@ export class Engine {
   flush(): void {
     this.endPass();
     if (!this.encoder) return;
+    let resolved: (() => void) | null = null;
+    if (this.prof && this.prof.used > 0) {
+      const n = this.prof.used;
+      const buf = this.device.createBuffer({ size: n * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+      const rb = this.device.createBuffer({ size: n * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      this.encoder.resolveQuerySet(this.prof.set, 0, n, buf, 0);
+      this.encoder.copyBufferToBuffer(buf, 0, rb, 0, n * 8);
+      const labels = this.prof.labels;
+      const { totals, pending } = this.prof;
+      // Mapped only after the submit below (a buffer pending a map cannot be used in a submit).
+      resolved = () =>
+        void pending.push(
+          rb.mapAsync(GPUMapMode.READ).then(() => {
+            const ts = new BigUint64Array(rb.getMappedRange());
+            for (let j = 0; j < labels.length; j++) {
+              const ns = Number(ts[2 * j + 1]! - ts[2 * j]!);
+              const key = labels[j]!.split('|').slice(0, 2).join('|');
+              const t = totals.get(key) ?? { n: 0, ms: 0 };
+              t.n++;
+              t.ms += ns / 1e6;
+              totals.set(key, t);
+            }
+            rb.unmap();
+            rb.destroy();
+            buf.destroy();
+          }),
+        );
+      this.prof.labels = [];
+      this.prof.used = 0;
+    }
     if (this.uniformUsed > 0 && this.uniformBuf) {
       this.device.queue.writeBuffer(this.uniformBuf, 0, this.uniformData, 0, this.uniformUsed);
       this.uniformUsed = 0;
@@ -368,6 +407,32 @@ export class Engine {
     this.encoder = null;
     this.dispatchesInBatch = 0;
     this.stats.submits++;
+    resolved?.();
+  }
+
+  private prof: { set: GPUQuerySet; used: number; labels: string[]; totals: Map<string, { n: number; ms: number }>; pending: Promise<void>[] } | null = null;
+  private static readonly PROFILE_QUERIES = 4096;
+
+  /**
+   * Starts per-kernel GPU timing (needs 'timestamp-query'; each dispatch then gets its own pass, so
+   * it adds overhead: for finding hot kernels in benchmarks, not for production).
+   */
+  startProfile(): boolean {
+    if (!this.device.features.has('timestamp-query')) return false;
+    this.flush();
+    this.prof = { set: this.device.createQuerySet({ type: 'timestamp', count: Engine.PROFILE_QUERIES }), used: 0, labels: [], totals: new Map(), pending: [] };
+    return true;
+  }
+
+  /** Stops profiling; per kernel (name|entry point): dispatch count and total GPU milliseconds. */
+  async stopProfile(): Promise<{ kernel: string; n: number; ms: number }[]> {
+    const p = this.prof;
+    if (!p) return [];
+    this.flush();
+    this.prof = null;
+    await Promise.all(p.pending);
+    p.set.destroy();
+    return [...p.totals].map(([kernel, t]) => ({ kernel, ...t })).sort((a, b) => b.ms - a.ms);
   }
 
   /** Waits until all submitted work is done (flushes first). */
@@ -398,6 +463,37 @@ export class Engine {
     if (data instanceof Float32Array) return data;
     if (data instanceof Uint16Array) return f16ToF32(data);
     throw new Error(`readF32 of ${t}`);
+  }
+
+  /** Reads several f32 tensors with one submit and one wait. */
+  async readManyF32(ts: Tensor[]): Promise<Float32Array[]> {
+    const sizes = ts.map((t) => Math.ceil(t.byteLength / 4) * 4);
+    const total = sizes.reduce((a, b) => a + b, 0);
+    const staging = this.device.createBuffer({ size: Math.max(4, total), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    this.endPass();
+    let off = 0;
+    ts.forEach((t, i) => {
+      if (t.dtype !== 'f32') throw new Error(`readManyF32 of ${t}`);
+      if (sizes[i]) this.enc().copyBufferToBuffer(t.buffer, t.byteOffset, staging, off, sizes[i]!);
+      off += sizes[i]!;
+    });
+    this.flush();
+    this.stats.readbacks++;
+    try {
+      await staging.mapAsync(GPUMapMode.READ);
+    } catch (e) {
+      checkDevice(this.ctx);
+      throw e;
+    }
+    const all = staging.getMappedRange().slice(0);
+    staging.unmap();
+    staging.destroy();
+    off = 0;
+    return ts.map((t, i) => {
+      const out = new Float32Array(all, off, t.byteLength / 4);
+      off += sizes[i]!;
+      return out;
+    });
   }
 
   async readBytes(buffer: GPUBuffer, offset: number, byteLength: number): Promise<ArrayBuffer> {
