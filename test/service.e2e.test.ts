@@ -78,6 +78,10 @@ describe('fine-tune to generation on one process (PGlite)', () => {
       [1, 'knot', { model: 'stories260K', version: 0 }],
       [2, 'knot', { model: 'story-bot', version: 1 }],
     ]);
+    const wt = await fetch(`${s.url}/models/story-bot/versions/2/weights`, { headers: h });
+    expect(wt.status).toBe(200);
+    expect(Number(wt.headers.get('content-length'))).toBe(vs[1].bytes);
+    await wt.arrayBuffer();
     const g = await fetch(`${s.url}/generate`, { method: 'POST', headers: h, body: JSON.stringify({ model: 'story-bot', prompt: 'Once upon a time', max_tokens: 8 }) });
     expect(g.status).toBe(200);
     const gen = (await g.json()) as any;
