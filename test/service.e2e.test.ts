@@ -82,7 +82,11 @@ describe('fine-tune to generation on one process (PGlite)', () => {
     expect(wt.status).toBe(200);
     expect(Number(wt.headers.get('content-length'))).toBe(vs[1].bytes);
     await wt.arrayBuffer();
-    const g = await fetch(`${s.url}/generate`, { method: 'POST', headers: h, body: JSON.stringify({ model: 'story-bot', prompt: 'Once upon a time', max_tokens: 8 }) });
+    const genReq = { method: 'POST', headers: h, body: JSON.stringify({ model: 'story-bot', prompt: 'Once upon a time', max_tokens: 8 }) };
+    // The first generation of a fresh process differs from later ones (an ML-side bug, see the
+    // failing test below); compare with the second.
+    expect((await fetch(`${s.url}/generate`, genReq)).status).toBe(200);
+    const g = await fetch(`${s.url}/generate`, genReq);
     expect(g.status).toBe(200);
     const gen = (await g.json()) as any;
     expect(gen.version).toBe(2);
@@ -97,6 +101,24 @@ describe('fine-tune to generation on one process (PGlite)', () => {
     expect(streamed).toBe(gen.text);
   }, 180_000);
 });
+
+// Known bug on the ML side (src/model, src/gpu): the very first greedy generation in a fresh process
+// returns different tokens ("ould see a big, s") from every later identical request (", there was a
+// little girl"). `test.failing` passes while the bug is there; when it is fixed this test fails:
+// turn it into a plain `test`.
+test.failing('the first greedy generation in a fresh process equals the next one', async () => {
+  const s = await startServer({ COLA_WORKER: '0' });
+  try {
+    const key = fs.readFileSync(path.join(s.dataDir, 'local.key'), 'utf8').trim();
+    const req = { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 8 }) };
+    const a = (await (await fetch(`${s.url}/generate`, req)).json()) as any;
+    const b = (await (await fetch(`${s.url}/generate`, req)).json()) as any;
+    expect(a.token_ids).toEqual(b.token_ids);
+  } finally {
+    await s.stop();
+    cleanupDir(s.dataDir);
+  }
+}, 120_000);
 
 describe.skipIf(!SERVER_URL)('several processes on one Postgres server', () => {
   let dbUrl: string;
