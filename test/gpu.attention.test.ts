@@ -1,5 +1,5 @@
 import { describe, expect, setDefaultTimeout, test } from 'bun:test';
-import { Engine, ShapeError } from '../src/gpu/engine.ts';
+import { Engine, ShapeError, sizeClass } from '../src/gpu/engine.ts';
 import { attention, attentionBackward, attentionDecode } from '../src/gpu/ops/attention.ts';
 import { attentionBackwardRef, attentionDecodeRef, attentionRef, type AttnDims } from '../src/gpu/ref/attention.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -233,5 +233,36 @@ describe('attention decode (KV cache)', () => {
     }
     expect(() => attentionDecode(e, tq, tkc, tvc, maxT + 1)).toThrow(ShapeError);
     expect(() => attentionDecode(e, tq, tkc, tvc, 0)).toThrow(ShapeError);
+  });
+});
+
+describe('attention memory', () => {
+  test('backward keeps O(B·H·T): the forward saves only lse, the backward allocates outputs + one (B,H,T) temporary', async () => {
+    const e2 = await Engine.create(); // own pool, so the accounting is this test's alone
+    const [B, T, H, Hkv, D] = [1, 384, 4, 2, 8];
+    const rng = new Rng(3);
+    const q = e2.upload(rng.normalArray(B * T * H * D), [B, T, H, D]);
+    const k = e2.upload(rng.normalArray(B * T * Hkv * D), [B, T, Hkv, D]);
+    const v = e2.upload(rng.normalArray(B * T * Hkv * D), [B, T, Hkv, D]);
+    const g = e2.upload(rng.normalArray(B * T * H * D), [B, T, H, D]);
+    // Warm-up on a 1-element problem: creates the engine's (1) placeholder mask once (256-byte class).
+    const one = e2.upload(new Float32Array([1]), [1, 1, 1, 1]);
+    const w = attention(e2, one, one, one);
+    w.out.free();
+    w.saved.lse.free();
+    const before = e2.allocatedBytes;
+    const { out, saved } = attention(e2, q, k, v);
+    expect(saved.lse.byteLength).toBe(B * H * T * 4); // the only tensor kept for backward besides out
+    expect(e2.allocatedBytes - before).toBe(sizeClass(B * T * H * D * 4) + sizeClass(B * H * T * 4));
+    e2.resetPeak();
+    const atBackward = e2.allocatedBytes;
+    const grads = attentionBackward(e2, g, q, k, v, saved);
+    await e2.sync();
+    const extra = e2.peakBytes - atBackward;
+    const outputs = sizeClass(B * T * H * D * 4) + 2 * sizeClass(B * T * Hkv * D * 4);
+    expect(extra).toBe(outputs + sizeClass(B * H * T * 4)); // dq, dk, dv + delta (B,H,T)
+    expect(extra).toBeLessThan((B * H * T * T * 4) / 8); // the probability matrix would be 2.25 MiB here
+    for (const t of [q, k, v, g, out, saved.lse, grads.dq, grads.dk, grads.dv]) t.free();
+    e2.trimPool();
   });
 });
