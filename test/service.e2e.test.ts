@@ -145,10 +145,12 @@ describe.skipIf(!SERVER_URL)('several processes on one Postgres server', () => {
     const t = await fetch(`${p1.url}/admin/tenants`, { method: 'POST', headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' }, body: '{"name":"e2e"}' });
     key = ((await t.json()) as any).api_key;
     const h = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
-    const body = job({ chain: { links: 4 }, epochs: 4, output_model: 'crashy' });
+    // 8 examples, batch 2, 4 epochs: 16 steps in 4 links (a knot every 4 steps)
+    const body = job({ train: [...TRAIN, ...TRAIN.map((e) => ('text' in e ? { text: e.text.toUpperCase() } : { ...e, completion: e.completion.toUpperCase() }))], chain: { links: 4 }, epochs: 4, output_model: 'crashy' });
     const { id } = (await (await fetch(`${p1.url}/finetune`, { method: 'POST', headers: h, body: JSON.stringify(body) })).json()) as any;
-    await waitJob(p1.url, key, id, (x) => x.knots.length >= 1);
+    const before = await waitJob(p1.url, key, id, (x) => x.knots.length >= 1, 180_000);
     p1.proc.kill(9);
+    expect(before.status).toBe('running'); // killed mid-job, after its first knot
     await p1.proc.exited;
     const p2 = await startServer(env(), { dataDir: sharedStore });
     procs.push(p2);
