@@ -41,6 +41,17 @@ describe('mergeLora', () => {
     await expect(mergeLora(e, tw, ta, tb, 1, { chunkRows: 10 })).rejects.toThrow(ShapeError); // misaligned block
   });
 
+  test('W given as a row-slice view of a larger buffer: only those rows change', async () => {
+    const [d, k, r] = [48, 16, 3]; // rows 16..47: byte offset 1024, a multiple of 256
+    const { w, a, b, tw, ta } = setup(d, k, r, 9);
+    const sub = tw.rows(16, 48);
+    const bSub = b.subarray(16 * r);
+    await e.checked(() => mergeLora(e, sub, ta, e.upload(bSub, [32, r]), 0.75, { chunkRows: 16 }));
+    const got = await e.readF32(tw);
+    expect(Array.from(got.subarray(0, 16 * k))).toEqual(Array.from(w.subarray(0, 16 * k))); // untouched rows
+    expectClose(got.subarray(16 * k), mergeLoraRef(w.subarray(16 * k), a, bSub, 32, k, r, 0.75), 1e-6, 1e-6, 'merged slice');
+  });
+
   test('a NaN in B: throws NonFiniteError and W is unchanged', async () => {
     const [d, k, r] = [33, 41, 4];
     const { w, tw, ta, b } = setup(d, k, r, 5);

@@ -52,7 +52,7 @@ export async function mergeLora(e: Engine, w: Tensor, a: Tensor, b: Tensor, scal
       const params = new ArrayBuffer(16);
       new Uint32Array(params, 0, 2).set([row0, n]);
       new Float32Array(params, 8, 1)[0] = scale;
-      const block = (t: Tensor): Binding => ({ buffer: t.buffer, offset: row0 * k * 4, size: n * k * 4 });
+      const block = (t: Tensor): Binding => ({ buffer: t.buffer, offset: t.byteOffset + row0 * k * 4, size: n * k * 4 }); // views keep their offset
       e.dispatch(p, [block(w), a, b, block(scratch), flag, e.uniform(new Uint8Array(params))], grid1d(e, n * k, WG));
     }
     const bad = (await e.read(flag))[0]!;
