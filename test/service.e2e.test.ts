@@ -10,7 +10,8 @@ import OpenAI from 'openai';
 import { cleanupDir, readSSE, startServer, type ServerProc } from './service.fixtures.ts';
 import { createServerDatabase, SERVER_URL, tempDir } from './db.fixtures.ts';
 
-const TRAIN = [
+type Ex = { prompt: string; completion: string } | { text: string };
+const TRAIN: Ex[] = [
   { prompt: 'Once upon a time', completion: ' there was a cat.' },
   { text: 'Lily liked to play in the park.' },
   { text: 'Tom had a big red ball.' },
@@ -146,7 +147,7 @@ describe.skipIf(!SERVER_URL)('several processes on one Postgres server', () => {
     key = ((await t.json()) as any).api_key;
     const h = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
     // 8 examples, batch 2, 4 epochs: 16 steps in 4 links (a knot every 4 steps)
-    const body = job({ train: [...TRAIN, ...TRAIN.map((e) => ('text' in e ? { text: e.text.toUpperCase() } : { ...e, completion: e.completion.toUpperCase() }))], chain: { links: 4 }, epochs: 4, output_model: 'crashy' });
+    const body = job({ train: [...TRAIN, ...TRAIN.map((e): Ex => ('text' in e ? { text: e.text.toUpperCase() } : { ...e, completion: e.completion.toUpperCase() }))], chain: { links: 4 }, epochs: 4, output_model: 'crashy' });
     const { id } = (await (await fetch(`${p1.url}/finetune`, { method: 'POST', headers: h, body: JSON.stringify(body) })).json()) as any;
     const before = await waitJob(p1.url, key, id, (x) => x.knots.length >= 1, 180_000);
     p1.proc.kill(9);
