@@ -124,7 +124,9 @@ export async function start(config: Config, log: (m: string) => void = (m) => co
   let stopped: Promise<void> | null = null;
   const stop = () =>
     (stopped ??= (async () => {
-      await server.stop();
+      // Let in-flight requests finish (up to 5 s), then close what is left (e.g. SSE streams).
+      await Promise.race([server.stop(), Bun.sleep(5000)]);
+      await server.stop(true);
       if (worker) await worker.stop();
       await queue.stop().catch(() => {});
       await database.close();

@@ -5,7 +5,8 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Config } from '../config.ts';
 import type { Db } from '../db/index.ts';
-import type { Job } from '../db/schema.ts';
+import { eq } from 'drizzle-orm';
+import { models, type Job } from '../db/schema.ts';
 import { getJobById, expiredRunningJobIds, staleQueuedJobIds } from '../db/repos/jobs.ts';
 import { getVersion, findModel, ensureTenantModel } from '../db/repos/models.ts';
 import { getAdapter, getFile } from '../db/repos/files.ts';
@@ -302,8 +303,6 @@ export class JobWorker {
 }
 
 async function getJobModel(db: Db, job: Job) {
-  const { models } = await import('../db/schema.ts');
-  const { eq } = await import('drizzle-orm');
   const [m] = await db.select().from(models).where(eq(models.id, job.baseModelId));
   return m ?? null;
 }
