@@ -113,12 +113,15 @@ describe('attention CPU reference', () => {
 // ≈ 1e-6. Forward: atol 2e-5, rtol 1e-4; gradients (a further sum over T, and dq/dk scaled by
 // Σ of O(1) terms): atol 5e-5, rtol 2e-4. A wrong mask, head mapping or a missing term
 // changes values by O(0.1).
-const cases: { name: string; B: number; T: number; H: number; Hkv: number; D: number; mask: boolean; scale?: number }[] = [
+// D % 4 == 0 runs the vec4 kernels, other D the scalar ones; kernel: 'scalar' forces the latter.
+const cases: { name: string; B: number; T: number; H: number; Hkv: number; D: number; mask: boolean; scale?: number; kernel?: 'scalar' }[] = [
   { name: 'MHA (ratio 1), odd T and D', B: 2, T: 7, H: 3, Hkv: 3, D: 5, mask: false },
   { name: 'GQA ratio 2, key mask', B: 2, T: 13, H: 4, Hkv: 2, D: 3, mask: true },
   { name: 'GQA ratio 4, T over one workgroup, key mask', B: 2, T: 67, H: 8, Hkv: 2, D: 17, mask: true },
   { name: 'MQA (ratio 4), D=128, custom scale', B: 1, T: 21, H: 4, Hkv: 1, D: 128, mask: false, scale: 0.05 },
   { name: 'ratio 2, D=64, T=1', B: 3, T: 1, H: 2, Hkv: 1, D: 64, mask: false },
+  { name: 'vec4 kernels: GQA ratio 2, D=16, T=70, key mask', B: 2, T: 70, H: 4, Hkv: 2, D: 16, mask: true },
+  { name: 'scalar kernels forced: the same shape', B: 2, T: 70, H: 4, Hkv: 2, D: 16, mask: true, kernel: 'scalar' },
 ];
 
 describe('attention on the GPU vs the CPU reference', () => {
@@ -139,8 +142,9 @@ describe('attention on the GPU vs the CPU reference', () => {
         const tv = e.upload(v, [c.B, c.T, c.Hkv, c.D]);
         const tg = e.upload(g, [c.B, c.T, c.H, c.D]);
         const tm = mask ? e.upload(mask, [c.B, c.T], 'u32') : undefined;
-        const { out, saved } = attention(e, tq, tk, tv, { keyMask: tm, scale: c.scale });
+        const { out, saved } = attention(e, tq, tk, tv, { keyMask: tm, scale: c.scale, kernel: c.kernel });
         expect(saved.lse.shape).toEqual([c.B, c.H, c.T]);
+        expect(saved.variant).toBe(c.D % 4 === 0 && !c.kernel ? '4' : '');
         const grads = attentionBackward(e, tg, tq, tk, tv, saved);
         const ref = attentionRef(q, k, v, dims, opts);
         const rg = attentionBackwardRef(g, q, k, v, dims, opts);

@@ -2,7 +2,7 @@
 //
 // Layouts: q, out, dout, dq (B,T,H,D); k, v, dk, dv (B,T,HKV,D); lse, delta (B,H,T); mask (B,T) u32.
 // Query head h reads kv head h / (H/HKV). Scores are s = SCALE·q·k; key j is visible to query t
-// when j <= t and (not MASKED or mask[b,j] != 0). A row with no visible key outputs 0 and stores
+// when j <= t and (P.masked == 0 or mask[b,j] != 0). A row with no visible key outputs 0 and stores
 // lse = NO_KEYS (it then contributes nothing to any gradient: no key is visible to it).
 //
 // Work split (chosen for lavapipe, where one workgroup is one CPU thread running 8 SIMD lanes, and
@@ -28,11 +28,10 @@ struct Params {
   D: u32,      // head dim (≤ DMAX)
   scale: f32,  // score scale, e.g. 1/sqrt(D)
   pos: u32,    // decode: valid cache rows (incl. the new token)
-  _pad: u32,
+  masked: u32, // 1: the mask binding holds a (B,T) key mask; 0: it is a placeholder, never read
 }
 @group(0) @binding(0) var<uniform> P: Params;
 
-override MASKED: bool = false;
 override WG: u32 = 64;
 
 const DMAX: u32 = 256u;
@@ -42,13 +41,13 @@ const NO_KEYS: f32 = -3.0e38;
 @group(0) @binding(1) var<storage, read> q: array<f32>;          // (B,T,H,D)
 @group(0) @binding(2) var<storage, read> k: array<f32>;          // (B,T,HKV,D)
 @group(0) @binding(3) var<storage, read> v: array<f32>;          // (B,T,HKV,D)
-@group(0) @binding(4) var<storage, read> mask: array<u32>;       // (B,T) 0 = padding key (unread unless MASKED)
+@group(0) @binding(4) var<storage, read> mask: array<u32>;       // (B,T) 0 = padding key (unread unless P.masked != 0)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (B,T,H,D)
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;  // (B,H,T) log Σ_j exp(s_tj)
 
 fn keyOk(m: ptr<storage, array<u32>, read>, b: u32, j: u32, t: u32, T: u32) -> bool {
-  // j visible to row t: causal, exists, and (if MASKED) not padding.
-  return j <= t && j < T && (!MASKED || (*m)[b * T + min(j, T - 1u)] != 0u);
+  // j visible to row t: causal, exists, and (if P.masked != 0) not padding.
+  return j <= t && j < T && (P.masked == 0u || (*m)[b * T + min(j, T - 1u)] != 0u);
 }
 
 // grid (ceil(T/WG), H, B)
@@ -193,7 +192,7 @@ fn backward_dkdv(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id
   var dv: array<f32, DMAX>;
   for (var d = 0u; d < D; d++) { kv[d] = bk[ko + d] * SCALE; vv[d] = bv[ko + d]; dk[d] = 0.0; dv[d] = 0.0; }
   // this key is real (exists, not padding); rows t >= j see it
-  let real = j < T && (!MASKED || bmask[b * T + min(j, T - 1u)] != 0u);
+  let real = j < T && (P.masked == 0u || bmask[b * T + min(j, T - 1u)] != 0u);
   for (var g = 0u; g < G; g++) {
     let h = hk * G + g;
     let r0 = (b * H + h) * T;
@@ -232,6 +231,179 @@ fn backward_dkdv(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id
   }
 }
 
+// ---------------------------------------------------------------- vec4 variants (D % 4 == 0)
+// Same math and summation structure as the scalar kernels above, 4 head dims per load.
+@group(0) @binding(1) var<storage, read> q4: array<vec4<f32>>;          // (B,T,H,D/4)
+@group(0) @binding(2) var<storage, read> k4: array<vec4<f32>>;          // (B,T,HKV,D/4)
+@group(0) @binding(3) var<storage, read> v4: array<vec4<f32>>;          // (B,T,HKV,D/4)
+@group(0) @binding(4) var<storage, read> mask4: array<u32>;             // (B,T)
+@group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;  // (B,T,H,D/4)
+@group(0) @binding(6) var<storage, read_write> lse4: array<f32>;        // (B,H,T)
+
+// forward with vec4 loads and vec4 private rows (D % 4 == 0): a quarter of the load and
+// private-array instructions (on llvmpipe private arrays are per-lane scratch). grid (ceil(T/WG), H, B)
+@compute @workgroup_size(WG)
+fn forward4(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
+  let T = P.T; let H = P.H; let HKV = P.HKV; let D4 = P.D / 4u; let SCALE = P.scale;
+  let t0 = wid.x * WG;
+  let t = t0 + lid.x;
+  let h = wid.y;
+  let b = wid.z;
+  let hk = h / (H / HKV);
+  let qo = ((b * T + min(t, T - 1u)) * H + h) * D4;
+  var qv: array<vec4<f32>, DMAX / 4>;
+  var acc: array<vec4<f32>, DMAX / 4>;
+  for (var d = 0u; d < D4; d++) { qv[d] = q4[qo + d] * SCALE; acc[d] = vec4<f32>(0.0); }
+  var m = NO_KEYS;
+  var l = 0.0;
+  let jEnd = min(t0 + WG, T);
+  for (var j0 = 0u; j0 < jEnd; j0 += 4u) {
+    let ko0 = ((b * T + j0) * HKV + hk) * D4;
+    let ko1 = ((b * T + min(j0 + 1u, T - 1u)) * HKV + hk) * D4;
+    let ko2 = ((b * T + min(j0 + 2u, T - 1u)) * HKV + hk) * D4;
+    let ko3 = ((b * T + min(j0 + 3u, T - 1u)) * HKV + hk) * D4;
+    var s0 = vec4<f32>(0.0); var s1 = vec4<f32>(0.0); var s2 = vec4<f32>(0.0); var s3 = vec4<f32>(0.0);
+    for (var d = 0u; d < D4; d++) {
+      let x = qv[d];
+      s0 += x * k4[ko0 + d]; s1 += x * k4[ko1 + d]; s2 += x * k4[ko2 + d]; s3 += x * k4[ko3 + d];
+    }
+    let ok0 = keyOk(&mask4, b, j0, t, T);
+    let ok1 = keyOk(&mask4, b, j0 + 1u, t, T);
+    let ok2 = keyOk(&mask4, b, j0 + 2u, t, T);
+    let ok3 = keyOk(&mask4, b, j0 + 3u, t, T);
+    let z0 = select(NO_KEYS, (s0.x + s0.y) + (s0.z + s0.w), ok0);
+    let z1 = select(NO_KEYS, (s1.x + s1.y) + (s1.z + s1.w), ok1);
+    let z2 = select(NO_KEYS, (s2.x + s2.y) + (s2.z + s2.w), ok2);
+    let z3 = select(NO_KEYS, (s3.x + s3.y) + (s3.z + s3.w), ok3);
+    let mNew = max(max(m, max(z0, z1)), max(z2, z3));
+    let alpha = exp(m - mNew);
+    let p0 = select(0.0, exp(z0 - mNew), ok0);
+    let p1 = select(0.0, exp(z1 - mNew), ok1);
+    let p2 = select(0.0, exp(z2 - mNew), ok2);
+    let p3 = select(0.0, exp(z3 - mNew), ok3);
+    l = l * alpha + ((p0 + p1) + (p2 + p3));
+    for (var d = 0u; d < D4; d++) {
+      acc[d] = acc[d] * alpha + (p0 * v4[ko0 + d] + p1 * v4[ko1 + d] + p2 * v4[ko2 + d] + p3 * v4[ko3 + d]);
+    }
+    m = mNew;
+  }
+  if (t < T) {
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var d = 0u; d < D4; d++) { out4[qo + d] = acc[d] * inv; }
+    lse4[(b * H + h) * T + t] = select(NO_KEYS, m + log(l), l > 0.0);
+  }
+}
+
+@group(0) @binding(1) var<storage, read> cq: array<vec4<f32>>;            // (B,T,H,D/4)
+@group(0) @binding(2) var<storage, read> ck: array<vec4<f32>>;            // (B,T,HKV,D/4)
+@group(0) @binding(3) var<storage, read> cv: array<vec4<f32>>;            // (B,T,HKV,D/4)
+@group(0) @binding(4) var<storage, read> cmask: array<u32>;               // (B,T)
+@group(0) @binding(5) var<storage, read> cdout: array<vec4<f32>>;         // (B,T,H,D/4)
+@group(0) @binding(6) var<storage, read> clse: array<f32>;                // (B,H,T)
+@group(0) @binding(7) var<storage, read> cdelta: array<f32>;              // (B,H,T)
+@group(0) @binding(8) var<storage, read_write> cgrad: array<vec4<f32>>;   // dq (B,T,H,D/4) (backward_dq4) / dk (B,T,HKV,D/4) (backward_dkdv4)
+@group(0) @binding(9) var<storage, read_write> cgrad2: array<vec4<f32>>;  // dv (B,T,HKV,D/4) (backward_dkdv4 only)
+
+fn hsum(x: vec4<f32>) -> f32 { return (x.x + x.y) + (x.z + x.w); }
+
+// backward_dq with vec4 loads (D % 4 == 0). grid (ceil(T/WG), H, B)
+@compute @workgroup_size(WG)
+fn backward_dq4(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
+  let T = P.T; let H = P.H; let HKV = P.HKV; let D4 = P.D / 4u; let SCALE = P.scale;
+  let t0 = wid.x * WG;
+  let t = t0 + lid.x;
+  let h = wid.y;
+  let b = wid.z;
+  let hk = h / (H / HKV);
+  let tc = min(t, T - 1u);
+  let qo = ((b * T + tc) * H + h) * D4;
+  var qv: array<vec4<f32>, DMAX / 4>;
+  var dov: array<vec4<f32>, DMAX / 4>;
+  var acc: array<vec4<f32>, DMAX / 4>;
+  for (var d = 0u; d < D4; d++) { qv[d] = cq[qo + d] * SCALE; dov[d] = cdout[qo + d]; acc[d] = vec4<f32>(0.0); }
+  let L = clse[(b * H + h) * T + tc];
+  let dl = cdelta[(b * H + h) * T + tc];
+  let jEnd = min(t0 + WG, T);
+  for (var j0 = 0u; j0 < jEnd; j0 += 4u) {
+    let ko0 = ((b * T + j0) * HKV + hk) * D4;
+    let ko1 = ((b * T + min(j0 + 1u, T - 1u)) * HKV + hk) * D4;
+    let ko2 = ((b * T + min(j0 + 2u, T - 1u)) * HKV + hk) * D4;
+    let ko3 = ((b * T + min(j0 + 3u, T - 1u)) * HKV + hk) * D4;
+    var s0 = vec4<f32>(0.0); var s1 = vec4<f32>(0.0); var s2 = vec4<f32>(0.0); var s3 = vec4<f32>(0.0);
+    var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+    for (var d = 0u; d < D4; d++) {
+      let x = qv[d];
+      let y = dov[d];
+      s0 += x * ck[ko0 + d]; s1 += x * ck[ko1 + d]; s2 += x * ck[ko2 + d]; s3 += x * ck[ko3 + d];
+      e0 += y * cv[ko0 + d]; e1 += y * cv[ko1 + d]; e2 += y * cv[ko2 + d]; e3 += y * cv[ko3 + d];
+    }
+    let ds0 = select(0.0, exp(hsum(s0) - L) * (hsum(e0) - dl), keyOk(&cmask, b, j0, t, T));
+    let ds1 = select(0.0, exp(hsum(s1) - L) * (hsum(e1) - dl), keyOk(&cmask, b, j0 + 1u, t, T));
+    let ds2 = select(0.0, exp(hsum(s2) - L) * (hsum(e2) - dl), keyOk(&cmask, b, j0 + 2u, t, T));
+    let ds3 = select(0.0, exp(hsum(s3) - L) * (hsum(e3) - dl), keyOk(&cmask, b, j0 + 3u, t, T));
+    for (var d = 0u; d < D4; d++) {
+      acc[d] += ds0 * ck[ko0 + d] + ds1 * ck[ko1 + d] + ds2 * ck[ko2 + d] + ds3 * ck[ko3 + d];
+    }
+  }
+  if (t < T) {
+    for (var d = 0u; d < D4; d++) { cgrad[qo + d] = acc[d] * SCALE; }
+  }
+}
+
+// backward_dkdv with vec4 loads (D % 4 == 0). grid (ceil(T/WG), HKV, B)
+@compute @workgroup_size(WG)
+fn backward_dkdv4(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
+  let T = P.T; let H = P.H; let HKV = P.HKV; let D4 = P.D / 4u; let SCALE = P.scale;
+  let j0 = wid.x * WG;
+  let j = j0 + lid.x;
+  let hk = wid.y;
+  let b = wid.z;
+  let G = H / HKV;
+  let ko = ((b * T + min(j, T - 1u)) * HKV + hk) * D4;
+  var kv: array<vec4<f32>, DMAX / 4>;
+  var vv: array<vec4<f32>, DMAX / 4>;
+  var dk: array<vec4<f32>, DMAX / 4>;
+  var dv: array<vec4<f32>, DMAX / 4>;
+  for (var d = 0u; d < D4; d++) { kv[d] = ck[ko + d] * SCALE; vv[d] = cv[ko + d]; dk[d] = vec4<f32>(0.0); dv[d] = vec4<f32>(0.0); }
+  let real = j < T && (P.masked == 0u || cmask[b * T + min(j, T - 1u)] != 0u);
+  for (var g = 0u; g < G; g++) {
+    let h = hk * G + g;
+    let r0 = (b * H + h) * T;
+    for (var t = j0; t < T; t += 4u) {
+      let ta = min(t + 1u, T - 1u);
+      let tb = min(t + 2u, T - 1u);
+      let tc = min(t + 3u, T - 1u);
+      let qo0 = ((b * T + t) * H + h) * D4;
+      let qo1 = ((b * T + ta) * H + h) * D4;
+      let qo2 = ((b * T + tb) * H + h) * D4;
+      let qo3 = ((b * T + tc) * H + h) * D4;
+      var s0 = vec4<f32>(0.0); var s1 = vec4<f32>(0.0); var s2 = vec4<f32>(0.0); var s3 = vec4<f32>(0.0);
+      var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+      for (var d = 0u; d < D4; d++) {
+        let x = kv[d];
+        let y = vv[d];
+        s0 += x * cq[qo0 + d]; s1 += x * cq[qo1 + d]; s2 += x * cq[qo2 + d]; s3 += x * cq[qo3 + d];
+        e0 += y * cdout[qo0 + d]; e1 += y * cdout[qo1 + d]; e2 += y * cdout[qo2 + d]; e3 += y * cdout[qo3 + d];
+      }
+      let p0 = select(0.0, exp(hsum(s0) - clse[r0 + t]), real && t >= j);
+      let p1 = select(0.0, exp(hsum(s1) - clse[r0 + ta]), real && t + 1u >= j && t + 1u < T);
+      let p2 = select(0.0, exp(hsum(s2) - clse[r0 + tb]), real && t + 2u >= j && t + 2u < T);
+      let p3 = select(0.0, exp(hsum(s3) - clse[r0 + tc]), real && t + 3u >= j && t + 3u < T);
+      let ds0 = p0 * (hsum(e0) - cdelta[r0 + t]);
+      let ds1 = p1 * (hsum(e1) - cdelta[r0 + ta]);
+      let ds2 = p2 * (hsum(e2) - cdelta[r0 + tb]);
+      let ds3 = p3 * (hsum(e3) - cdelta[r0 + tc]);
+      for (var d = 0u; d < D4; d++) {
+        dv[d] += p0 * cdout[qo0 + d] + p1 * cdout[qo1 + d] + p2 * cdout[qo2 + d] + p3 * cdout[qo3 + d];
+        dk[d] += ds0 * cq[qo0 + d] + ds1 * cq[qo1 + d] + ds2 * cq[qo2 + d] + ds3 * cq[qo3 + d];
+      }
+    }
+  }
+  if (j < T) {
+    for (var d = 0u; d < D4; d++) { cgrad[ko + d] = dk[d] * SCALE; cgrad2[ko + d] = dv[d]; }
+  }
+}
+
 // ---------------------------------------------------------------- decode
 // One new query per sequence against a KV cache; `pos` (valid cache rows) comes from a uniform so
 // one pipeline serves every step. One workgroup of WG lanes per (b, h): lane i runs an online
@@ -240,7 +412,7 @@ fn backward_dkdv(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id
 @group(0) @binding(1) var<storage, read> dq_q: array<f32>;          // (B,1,H,D)
 @group(0) @binding(2) var<storage, read> dk_cache: array<f32>;      // (B,MAXT,HKV,D)
 @group(0) @binding(3) var<storage, read> dv_cache: array<f32>;      // (B,MAXT,HKV,D)
-@group(0) @binding(4) var<storage, read> dmask: array<u32>;         // (B,MAXT) (unread unless MASKED)
+@group(0) @binding(4) var<storage, read> dmask: array<u32>;         // (B,MAXT) (unread unless P.masked != 0)
 @group(0) @binding(5) var<storage, read_write> dout: array<f32>;    // (B,1,H,D)
 
 var<workgroup> wm: array<f32, WG>;       // per-lane running max
@@ -264,7 +436,7 @@ fn decode(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: 
   var m = NO_KEYS;
   var l = 0.0;
   for (var j = i; j < pos; j += WG) {
-    if (MASKED && dmask[b * MAXT + j] == 0u) { continue; }
+    if ((P.masked != 0u) && dmask[b * MAXT + j] == 0u) { continue; }
     let ko = ((b * MAXT + j) * HKV + hk) * D;
     var s = 0.0;
     for (var d = 0u; d < D; d++) { s += qv[d] * dk_cache[ko + d]; }

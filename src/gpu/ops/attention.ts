@@ -17,6 +17,8 @@ export interface AttentionOptions {
   scale?: number;
   /** (B,T) u32: 1 = real token, 0 = padding key (never attended to). */
   keyMask?: Tensor;
+  /** 'auto' (default): vec4 kernels when D % 4 == 0, else scalar. 'scalar' forces the scalar ones (tests, benchmarks). */
+  kernel?: 'auto' | 'scalar';
 }
 
 export interface AttentionSaved {
@@ -26,6 +28,8 @@ export interface AttentionSaved {
   lse: Tensor;
   scale: number;
   keyMask?: Tensor;
+  /** Entry-point suffix used by the forward ('4' = vec4 kernels); the backward uses the same. */
+  variant?: '' | '4';
 }
 
 interface Dims {
@@ -65,15 +69,15 @@ function checkMask(mask: Tensor | undefined, B: number, T: number, what: string)
     throw new ShapeError(`${what}: keyMask must be u32 (${B},${T}), got ${mask}`);
 }
 
-/** Pipeline constants: only what changes the code (sizes go through `params`, so shapes share pipelines). */
-function constants(masked: boolean, wg: number): Record<string, number> {
-  return { MASKED: masked ? 1 : 0, WG: wg };
+/** Pipeline constants: only the workgroup size (sizes and the mask flag go through `params`, so all shapes share pipelines). */
+function constants(wg: number): Record<string, number> {
+  return { WG: wg };
 }
 
 /** The kernels' uniform block `Params` (binding 0). */
-function params(e: Engine, d: Dims, scale: number, pos = 0) {
+function params(e: Engine, d: Dims, scale: number, masked: boolean, pos = 0) {
   const buf = new ArrayBuffer(32);
-  new Uint32Array(buf).set([d.B, d.T, d.H, d.HKV, d.D, 0, pos, 0]);
+  new Uint32Array(buf).set([d.B, d.T, d.H, d.HKV, d.D, 0, pos, masked ? 1 : 0]);
   new Float32Array(buf)[5] = scale;
   return e.uniform(new Uint8Array(buf));
 }
@@ -95,9 +99,10 @@ export function attention(
   if (!Number.isFinite(scale)) throw new ShapeError(`attention: scale ${scale}`);
   const out = e.empty([d.B, d.T, d.H, d.D]);
   const lse = e.empty([d.B, d.H, d.T]);
-  const p = e.pipeline('attention', () => src, constants(!!opts.keyMask, WG), 'forward');
-  e.dispatch(p, [params(e, d, scale), q, k, v, opts.keyMask ?? dummyMask(e), out, lse], [Math.ceil(d.T / WG), d.H, d.B]);
-  return { out, saved: { out, lse, scale, keyMask: opts.keyMask } };
+  const variant = d.D % 4 === 0 && opts.kernel !== 'scalar' ? '4' : '';
+  const p = e.pipeline('attention', () => src, constants(WG), `forward${variant}`);
+  e.dispatch(p, [params(e, d, scale, !!opts.keyMask), q, k, v, opts.keyMask ?? dummyMask(e), out, lse], [Math.ceil(d.T / WG), d.H, d.B]);
+  return { out, saved: { out, lse, scale, keyMask: opts.keyMask, variant } };
 }
 
 /**
@@ -118,16 +123,17 @@ export function attentionBackward(
   if (saved.out.shape.join() !== q.shape.join() || saved.lse.shape.join() !== [d.B, d.H, d.T].join())
     throw new ShapeError(`attentionBackward: saved tensors ${saved.out} ${saved.lse} do not match q ${q}`);
   checkMask(saved.keyMask, d.B, d.T, 'attentionBackward');
-  const c = constants(!!saved.keyMask, WG);
-  const u = params(e, d, saved.scale);
+  const c = constants(WG);
+  const u = params(e, d, saved.scale, !!saved.keyMask);
   const mask = saved.keyMask ?? dummyMask(e);
   const delta = e.empty([d.B, d.H, d.T]);
   e.dispatch(e.pipeline('attention', () => src, c, 'delta'), [u, dOut, saved.out, delta], [Math.ceil(d.T / WG), d.H, d.B]);
   const dq = e.empty(q.shape);
   const dk = e.empty(k.shape);
   const dv = e.empty(v.shape);
-  e.dispatch(e.pipeline('attention', () => src, c, 'backward_dq'), [u, q, k, v, mask, dOut, saved.lse, delta, dq], [Math.ceil(d.T / WG), d.H, d.B]);
-  e.dispatch(e.pipeline('attention', () => src, c, 'backward_dkdv'), [u, q, k, v, mask, dOut, saved.lse, delta, dk, dv], [
+  const variant = d.D % 4 === 0 ? (saved.variant ?? '4') : '';
+  e.dispatch(e.pipeline('attention', () => src, c, `backward_dq${variant}`), [u, q, k, v, mask, dOut, saved.lse, delta, dq], [Math.ceil(d.T / WG), d.H, d.B]);
+  e.dispatch(e.pipeline('attention', () => src, c, `backward_dkdv${variant}`), [u, q, k, v, mask, dOut, saved.lse, delta, dk, dv], [
     Math.ceil(d.T / WG),
     d.HKV,
     d.B,
@@ -167,8 +173,8 @@ export function attentionDecode(
   const scale = opts.scale ?? 1 / Math.sqrt(D);
   const out = opts.out ?? e.empty([B, 1, H, D]);
   if (out.numel !== B * H * D) throw new ShapeError(`attentionDecode: out ${out}`);
-  const p = e.pipeline('attention', () => src, constants(!!opts.keyMask, WG_DECODE), 'decode');
-  const u = params(e, { B, T: maxT, H, HKV, D }, scale, pos);
+  const p = e.pipeline('attention', () => src, constants(WG_DECODE), 'decode');
+  const u = params(e, { B, T: maxT, H, HKV, D }, scale, !!opts.keyMask, pos);
   e.dispatch(p, [u, q, kCache, vCache, opts.keyMask ?? dummyMask(e), out], [H, B]);
   return out;
 }
