@@ -90,7 +90,7 @@ export async function readSSE(res: Response, max = 1000, timeoutMs = 10_000): Pr
     }
   }
   await reader.cancel().catch(() => {});
-  return events;
+  return events.slice(0, max);
 }
 
 /** A minimal valid safetensors file (one F32 tensor). */

@@ -7,7 +7,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { makePglite, type TestDb } from './db.fixtures.ts';
-import { stories260kAdapter } from './service.fixtures.ts';
+import { readSSE, stories260kAdapter } from './service.fixtures.ts';
 import { loadConfig } from '../src/config.ts';
 import { createApp } from '../src/app.ts';
 import { createTenant } from '../src/db/repos/tenants.ts';
@@ -54,7 +54,7 @@ describe('models, adapters and merge over HTTP', () => {
     url = `http://127.0.0.1:${server.port}`;
   }, 60_000);
   afterAll(async () => {
-    await worker?.stop();
+    await worker?.stop(2000);
     server?.stop(true);
     await T?.cleanup();
   });
@@ -105,6 +105,21 @@ describe('models, adapters and merge over HTTP', () => {
     const zip = new Uint8Array(await ad.arrayBuffer());
     expect([zip[0], zip[1]]).toEqual([0x50, 0x4b]); // a ZIP archive
   });
+
+  test('SSE on a running job: disconnect, resume with Last-Event-ID, no gap and no duplicate until done', async () => {
+    const r = await fetch(`${url}/finetune`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'stories260K', train: [{ text: 'x' }], output_model: 'sse' }) });
+    const { id } = (await r.json()) as any;
+    const first = await readSSE(await fetch(`${url}/finetune/${id}/events`, { headers: h() }), 5);
+    expect(first.map((e) => Number(e.id))).toEqual([1, 2, 3, 4, 5]);
+    // stop the job soon so the stream ends
+    setTimeout(() => void fetch(`${url}/finetune/${id}/cancel`, { method: 'POST', headers: { authorization: `Bearer ${key}` } }), 300);
+    const rest = await readSSE(await fetch(`${url}/finetune/${id}/events`, { headers: { ...h(), 'last-event-id': '5' } }), 10_000, 20_000);
+    const ids = rest.map((e) => Number(e.id));
+    expect(ids[0]).toBe(6);
+    expect(ids).toEqual(ids.map((_, i) => 6 + i));
+    expect(rest.at(-1)!.event).toBe('done');
+    expect(JSON.parse(rest.at(-1)!.data)).toEqual({ status: 'cancelled' });
+  }, 30_000);
 
   test('POST /merge {job} ties a knot in the running job and returns its version; 409 once finished', async () => {
     const r = await fetch(`${url}/finetune`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'stories260K', train: [{ text: 'x' }], output_model: 'live' }) });
