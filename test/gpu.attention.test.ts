@@ -1,5 +1,5 @@
 import { describe, expect, setDefaultTimeout, test } from 'bun:test';
-import { Engine, ShapeError, sizeClass } from '../src/gpu/engine.ts';
+import { Engine, ShapeError, sizeClass, type Tensor } from '../src/gpu/engine.ts';
 import { attention, attentionBackward, attentionDecode } from '../src/gpu/ops/attention.ts';
 import { attentionBackwardRef, attentionDecodeRef, attentionRef, type AttnDims } from '../src/gpu/ref/attention.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -268,5 +268,28 @@ describe('attention memory', () => {
     expect(extra).toBeLessThan((B * H * T * T * 4) / 8); // the probability matrix would be 2.25 MiB here
     for (const t of [q, k, v, g, out, saved.lse, grads.dq, grads.dk, grads.dv]) t.free();
     e2.trimPool();
+  });
+});
+
+describe('attention on a fresh engine (uniform-arena regression)', () => {
+  test('the first unmasked call is right even when more uniform-using work follows before any flush', async () => {
+    // Regression: the placeholder mask used to be created with upload(), which flushes. Created
+    // after the call's e.uniform() block while other work was pending, the flush reset the uniform
+    // arena, and later calls' uniform blocks overwrote this call's block before it ran.
+    const e3 = await Engine.create();
+    const rng = new Rng(77);
+    // Inputs uploaded first (each upload flushes), so the calls below are recorded back to back.
+    const mk = (B: number, T: number, H: number, D: number, masked = false) => {
+      const q = rng.normalArray(B * T * H * D);
+      const k = rng.normalArray(B * T * H * D);
+      const v = rng.normalArray(B * T * H * D);
+      const m = new Uint32Array(B * T).fill(1);
+      const t = [q, k, v].map((x) => e3.upload(x, [B, T, H, D])) as [Tensor, Tensor, Tensor];
+      const tm = masked ? e3.upload(m, [B, T], 'u32') : undefined;
+      return { run: () => attention(e3, ...t, { keyMask: tm }).out, ref: attentionRef(q, k, v, { B, T, H, Hkv: H, D }) };
+    };
+    const calls = [mk(1, 6, 2, 4, true), mk(2, 8, 4, 8), mk(1, 5, 2, 8), mk(1, 3, 1, 8), mk(2, 4, 2, 8)];
+    const outs = calls.map((c) => c.run()); // masked call first: work is pending when the placeholder is made
+    for (let i = 0; i < calls.length; i++) expectClose(await e3.readF32(outs[i]!), calls[i]!.ref, 2e-5, 1e-4, `call ${i}`);
   });
 });

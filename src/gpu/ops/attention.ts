@@ -41,11 +41,15 @@ interface Dims {
 }
 
 const dummyMasks = new WeakMap<Engine, Tensor>();
-/** A (1) u32 tensor bound in the mask slot when there is no mask (the kernel never reads it). */
+/**
+ * A (1) u32 tensor bound in the mask slot when there is no mask (the kernel never reads it).
+ * Made with zeros() (recorded in the command stream), not upload(): an upload flushes, and a flush
+ * between e.uniform() and the dispatch that binds it would let later uniforms overwrite its block.
+ */
 function dummyMask(e: Engine): Tensor {
   let t = dummyMasks.get(e);
   if (!t || t.isFreed) {
-    t = e.upload(new Uint32Array([1]), [1], 'u32');
+    t = e.zeros([1], 'u32');
     dummyMasks.set(e, t);
   }
   return t;
@@ -101,7 +105,8 @@ export function attention(
   const lse = e.empty([d.B, d.H, d.T]);
   const variant = d.D % 4 === 0 && opts.kernel !== 'scalar' ? '4' : '';
   const p = e.pipeline('attention', () => src, constants(WG), `forward${variant}`);
-  e.dispatch(p, [params(e, d, scale, !!opts.keyMask), q, k, v, opts.keyMask ?? dummyMask(e), out, lse], [Math.ceil(d.T / WG), d.H, d.B]);
+  const mask = opts.keyMask ?? dummyMask(e);
+  e.dispatch(p, [params(e, d, scale, !!opts.keyMask), q, k, v, mask, out, lse], [Math.ceil(d.T / WG), d.H, d.B]);
   return { out, saved: { out, lse, scale, keyMask: opts.keyMask, variant } };
 }
 
@@ -124,8 +129,8 @@ export function attentionBackward(
     throw new ShapeError(`attentionBackward: saved tensors ${saved.out} ${saved.lse} do not match q ${q}`);
   checkMask(saved.keyMask, d.B, d.T, 'attentionBackward');
   const c = constants(WG);
-  const u = params(e, d, saved.scale, !!saved.keyMask);
   const mask = saved.keyMask ?? dummyMask(e);
+  const u = params(e, d, saved.scale, !!saved.keyMask);
   const delta = e.empty([d.B, d.H, d.T]);
   e.dispatch(e.pipeline('attention', () => src, c, 'delta'), [u, dOut, saved.out, delta], [Math.ceil(d.T / WG), d.H, d.B]);
   const dq = e.empty(q.shape);
@@ -174,7 +179,8 @@ export function attentionDecode(
   const out = opts.out ?? e.empty([B, 1, H, D]);
   if (out.numel !== B * H * D) throw new ShapeError(`attentionDecode: out ${out}`);
   const p = e.pipeline('attention', () => src, constants(WG_DECODE), 'decode');
+  const mask = opts.keyMask ?? dummyMask(e);
   const u = params(e, { B, T: maxT, H, HKV, D }, scale, !!opts.keyMask, pos);
-  e.dispatch(p, [u, q, kCache, vCache, opts.keyMask ?? dummyMask(e), out], [H, B]);
+  e.dispatch(p, [u, q, kCache, vCache, mask, out], [H, B]);
   return out;
 }

@@ -132,9 +132,10 @@ export function sgdStep(e: Engine, param: Tensor, grad: Tensor, state: SgdState,
   if (h.nesterov && (h.momentum <= 0 || h.dampening !== 0)) throw new Error('sgdStep: Nesterov momentum requires a momentum and zero dampening');
   check('sgdStep', param, grad, state.momentumBuffer ? [state.momentumBuffer] : []);
   const t = nextStep(state, step, 'sgdStep');
+  const buf = state.momentumBuffer ?? dummy(e); // before e.uniform(): nothing may flush between it and the dispatch
   const u = hpBlock(e, param.numel, state.step === 0 ? 1 : 0, [h.lr, h.weightDecay, h.momentum, 1 - h.dampening, h.nesterov ? 1 : 0, 1, 0]);
   const p = e.pipeline('optim', () => src, { WG }, 'sgd');
-  e.dispatch(p, [param, grad, u, state.momentumBuffer ?? dummy(e)], grid1d(e, param.numel, WG));
+  e.dispatch(p, [param, grad, u, buf], grid1d(e, param.numel, WG));
   state.step = t;
 }
 
