@@ -77,3 +77,22 @@ describe('tensor views', () => {
     expect(() => t.rows(1, 2)).toThrow(/multiple of/);
   });
 });
+
+describe('uniform blocks', () => {
+  test('a flush between taking a uniform block and dispatching it does not hand its slot to another dispatch', async () => {
+    const e = await Engine.create();
+    const p = e.pipeline('test.uniform', () => `
+      struct U { v: u32, a: u32, b: u32, c: u32 }
+      @group(0) @binding(0) var<storage, read_write> out: array<u32>;
+      @group(0) @binding(1) var<uniform> u: U;
+      @compute @workgroup_size(1) fn main() { out[0] = u.v; }`);
+    const out1 = e.zeros([1], 'u32');
+    const out2 = e.zeros([1], 'u32');
+    const u1 = e.uniform(new Uint32Array([7, 0, 0, 0]));
+    e.upload(new Uint32Array([1]), [1], 'u32'); // flushes, like a lazily created tensor would
+    e.dispatch(p, [out2, e.uniform(new Uint32Array([9, 0, 0, 0]))], [1]);
+    e.dispatch(p, [out1, u1], [1]);
+    expect((await e.read(out1))[0]).toBe(7);
+    expect((await e.read(out2))[0]).toBe(9);
+  });
+});

@@ -97,9 +97,10 @@ export function createJobRunner(e: Engine, repoRoot: string, gpu: Mutex): JobRun
               await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: plan.links.length, epoch: s.epoch, loss: s.loss, lr: s.lr });
             },
             onKnot: async (k) => {
-              const snap = await store.put(saveSafetensorsWeights(k.weights, { cola_job: job.id, cola_link: String(k.link) }));
+              // No job id in the file: the same request must give the same bytes (same sha256) on any run.
+              const snap = await store.put(saveSafetensorsWeights(k.weights));
               const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, modules: k.adapter.modules }, { baseModel: job.base.model });
-              const adapterObj = await store.put(adapterZip);
+              const adapterObj = await store.put(adapterZip, { ext: 'zip' });
               await ctx.onKnot({
                 link: k.link,
                 step: k.endStep,

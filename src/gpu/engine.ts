@@ -105,6 +105,11 @@ export interface Binding {
   size?: number;
 }
 
+/** Parameter bytes for one dispatch, placed in the uniform arena when the dispatch is recorded. */
+export class UniformBlock {
+  constructor(readonly data: Uint8Array) {}
+}
+
 type PipelineKey = string;
 
 /** Round a byte size up to the pool's size class: multiples of 256 B, then 1/8-octave steps. */
@@ -309,19 +314,26 @@ export class Engine {
   }
 
   /**
-   * Writes a small parameter block (≤ 256 B) into the per-submit uniform arena and returns a
-   * binding for it. Use for values that change between dispatches of the same pipeline.
+   * A small parameter block (≤ 256 B) for one dispatch: values that change between dispatches of
+   * the same pipeline. Its slot in the per-submit uniform arena is taken when the dispatch is
+   * recorded, not here, so a flush between this call and the dispatch (e.g. a lazy upload while
+   * the bindings are built) cannot hand the slot to another dispatch.
    */
-  uniform(values: ArrayBufferView): Binding {
-    const size = Math.ceil(values.byteLength / 16) * 16;
-    if (size > 256) throw new Error('uniform block over 256 bytes');
+  uniform(values: ArrayBufferView): UniformBlock {
+    if (values.byteLength > 256) throw new Error('uniform block over 256 bytes');
+    return new UniformBlock(new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength)));
+  }
+
+  /** Places a uniform block in the current submit's arena. */
+  private placeUniform(u: UniformBlock): Binding {
+    const size = Math.ceil(u.data.byteLength / 16) * 16;
     if (this.uniformUsed + size > Engine.UNIFORM_CAPACITY) this.flush();
     if (!this.uniformBuf) {
       this.uniformBuf = this.device.createBuffer({ size: Engine.UNIFORM_CAPACITY, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
       this.uniformData = new ArrayBuffer(Engine.UNIFORM_CAPACITY);
     }
     const offset = this.uniformUsed;
-    new Uint8Array(this.uniformData, offset, values.byteLength).set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+    new Uint8Array(this.uniformData, offset, u.data.byteLength).set(u.data);
     this.uniformUsed = Math.ceil((offset + size) / this.uniformAlign) * this.uniformAlign;
     return { buffer: this.uniformBuf, offset, size };
   }
@@ -330,13 +342,15 @@ export class Engine {
    * Records one dispatch. `bindings[i]` is bound at @group(0) @binding(i); a Tensor binds its used
    * byte range. Workgroup counts over the device limit throw instead of silently dropping the submit.
    */
-  dispatch(pipeline: GPUComputePipeline, bindings: (Tensor | Binding)[], workgroups: [number, number?, number?]): void {
+  dispatch(pipeline: GPUComputePipeline, bindings: (Tensor | Binding | UniformBlock)[], workgroups: [number, number?, number?]): void {
     const [x, y = 1, z = 1] = workgroups;
     const maxWg = this.ctx.limits.maxComputeWorkgroupsPerDimension;
     if (x > maxWg || y > maxWg || z > maxWg) throw new ShapeError(`dispatch (${x},${y},${z}) over maxComputeWorkgroupsPerDimension ${maxWg}`);
     if (x === 0 || y === 0 || z === 0) return;
     const maxBind = this.ctx.limits.maxStorageBufferBindingSize;
-    const entries: GPUBindGroupEntry[] = bindings.map((b, binding) => {
+    // Uniform slots first: placing one may flush, which must happen before anything is recorded.
+    const placed = bindings.map((b) => (b instanceof UniformBlock ? this.placeUniform(b) : b));
+    const entries: GPUBindGroupEntry[] = placed.map((b, binding) => {
       if (b instanceof Tensor) {
         if (b.isFreed) throw new Error(`dispatch ${pipeline.label}: binding ${binding} uses a freed tensor`);
         const size = Math.max(4, Math.ceil(b.byteLength / 4) * 4);

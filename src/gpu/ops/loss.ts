@@ -1,5 +1,5 @@
 import src from '../kernels/loss.wgsl' with { type: 'text' };
-import { ShapeError, type Binding, type Engine, type Tensor } from '../engine.ts';
+import { ShapeError, type Binding, type UniformBlock, type Engine, type Tensor } from '../engine.ts';
 import { rowGrid, rowLanes, rowPerLane } from './norm.ts';
 import { grid1d } from './util.ts';
 
@@ -56,10 +56,10 @@ function rowKernel(e: Engine, entry: string, V: number, rows: number) {
 }
 
 function rangeOf(t: Tensor, c: { start: number; rows: number }, V: number): Binding {
-  return { buffer: t.buffer, offset: c.start * V * 4, size: c.rows * V * 4 };
+  return { buffer: t.buffer, offset: t.byteOffset + c.start * V * 4, size: c.rows * V * 4 };
 }
 
-function params(e: Engine, start: number, rows: number, n: number): Binding {
+function params(e: Engine, start: number, rows: number, n: number): UniformBlock {
   return e.uniform(new Uint32Array([start, rows, n, 0x7fc00000]));
 }
 
