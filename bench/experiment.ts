@@ -227,6 +227,8 @@ function writeReport(o: Options, runs: RunRecord[], zs: ZeroShotRecord[], throug
       const M = m === 'lora' ? 1 : m === 'cola2' ? 2 : m === 'cola3' ? 3 : 0;
       if (M) (chainPoints[task] ??= []).push({ M, mean: mu, std: std(sel.testAccs) });
     }
+    const nSeeds = Math.max(0, ...o.methods.map((m) => selectLr(runs, task, m, o).sel?.seeds ?? 0)) || z.length;
+    row[0] = `${task} (${nSeeds} seed${nSeeds === 1 ? '' : 's'})`;
     mdRows.push(row);
   }
   if (o.tasks.length > 1) {
@@ -249,7 +251,13 @@ function writeReport(o: Options, runs: RunRecord[], zs: ZeroShotRecord[], throug
   md += `${runs.length} training runs over ${seedsDone} seed(s) in this report.\n\n`;
   md += `## Test accuracy (%), mean ± std over seeds, at the LR chosen on validation; (relative gain vs LoRA)\n\n`;
   md += mdTable(header, mdRows);
-  md += `\nLR choice per (task, method): highest validation accuracy averaged over the seeds (ties: lower validation NLL, then smaller LR).\n\n`;
+  md += `\nLR choice per (task, method): highest validation accuracy averaged over the seeds (ties: lower validation NLL, then smaller LR).\n`;
+  const nTests = [...new Set(runs.map((r) => r.nTest))];
+  if (nTests.length) {
+    md += `Noise scale: one run's test accuracy on ${nTests.join('/')} examples has a binomial standard error of about `;
+    md += `${nTests.map((n) => (100 * Math.sqrt(0.25 / n)).toFixed(1)).join('/')} points at 50% accuracy; differences smaller than that are not evidence either way.\n`;
+  }
+  md += `\n`;
   md += `## Validation / test accuracy (%) per learning rate (mean over seeds)\n\n`;
   md += mdTable(['task', 'method', ...o.lrs.map((lr) => `lr ${lr}: val / test`), 'chosen'], gridRows);
   md += `\n## Training FLOPs relative to LoRA (chosen LR)\n\n`;
@@ -270,13 +278,13 @@ function writeReport(o: Options, runs: RunRecord[], zs: ZeroShotRecord[], throug
       if (!r) continue;
       seed = r.seed;
       const w = Math.max(1, Math.round(r.totalSteps / 50));
-      series.push({ name: `${METHOD_LABEL[m]} lr ${r.lr}`, color: METHOD_COLOR[m], points: smooth(r.losses, w).map((y, i) => ({ x: i + 1, y })) });
+      series.push({ name: `${METHOD_LABEL[m].replace('COLA step-down', 'step-down')}, lr ${r.lr}`, color: METHOD_COLOR[m], points: smooth(r.losses, w).map((y, i) => ({ x: i + 1, y })) });
       for (const l of r.links.slice(0, -1)) markers.push({ x: l.endStep, color: METHOD_COLOR[m], label: `knot ${m}` });
     }
     if (series.length) {
       writeFileSync(
         join(o.outDir, `loss-${task}.svg`),
-        lineChart({ title: `${task}: training loss (seed ${seed}, moving average), knots dashed`, xLabel: 'optimizer step', yLabel: 'loss (answer tokens)', series, markers }),
+        lineChart({ title: `${task}: training loss (seed ${seed}, moving average), knots dashed`, xLabel: 'optimizer step', yLabel: 'loss (answer tokens)', series, markers, integerX: true }),
       );
     }
   }

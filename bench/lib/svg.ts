@@ -28,6 +28,8 @@ export interface ChartSpec {
   xTicks?: number[];
   yMin?: number;
   yMax?: number;
+  /** Only integer x ticks (steps). */
+  integerX?: boolean;
 }
 
 export const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
@@ -49,7 +51,7 @@ const fmt = (v: number) => (Math.abs(v) >= 1000 ? v.toFixed(0) : Number(v.toPrec
 export function lineChart(c: ChartSpec): string {
   const W = c.width ?? 720;
   const H = c.height ?? 420;
-  const m = { l: 64, r: 170, t: 40, b: 52 };
+  const m = { l: 64, r: 220, t: 40, b: 52 };
   const pw = W - m.l - m.r;
   const ph = H - m.t - m.b;
   const xs = c.series.flatMap((s) => s.points.map((p) => p.x)).concat((c.markers ?? []).map((k) => k.x));
@@ -73,7 +75,7 @@ export function lineChart(c: ChartSpec): string {
     o.push(`<line x1="${m.l}" x2="${m.l + pw}" y1="${Y(t).toFixed(1)}" y2="${Y(t).toFixed(1)}" stroke="#e5e5e5"/>`);
     o.push(`<text x="${m.l - 6}" y="${(Y(t) + 4).toFixed(1)}" text-anchor="end">${fmt(t)}</text>`);
   }
-  for (const t of c.xTicks ?? niceTicks(x0, x1, 6)) {
+  for (const t of c.xTicks ?? niceTicks(x0, x1, 6).filter((v) => !c.integerX || Number.isInteger(v))) {
     o.push(`<line x1="${X(t).toFixed(1)}" x2="${X(t).toFixed(1)}" y1="${m.t + ph}" y2="${m.t + ph + 4}" stroke="#333"/>`);
     o.push(`<text x="${X(t).toFixed(1)}" y="${m.t + ph + 18}" text-anchor="middle">${fmt(t)}</text>`);
   }
@@ -83,9 +85,11 @@ export function lineChart(c: ChartSpec): string {
   for (const h of c.hlines ?? []) {
     o.push(`<line x1="${m.l}" x2="${m.l + pw}" y1="${Y(h.y).toFixed(1)}" y2="${Y(h.y).toFixed(1)}" stroke="${h.color}" stroke-dasharray="2 3"/>`);
   }
+  const labelled = new Map<string, number>(); // stagger the labels of different marker colours
   for (const k of c.markers ?? []) {
     o.push(`<line x1="${X(k.x).toFixed(1)}" x2="${X(k.x).toFixed(1)}" y1="${m.t}" y2="${m.t + ph}" stroke="${k.color}" stroke-dasharray="5 4" stroke-width="1.2"/>`);
-    if (k.label) o.push(`<text x="${(X(k.x) + 3).toFixed(1)}" y="${m.t + 12}" fill="${k.color}" font-size="10">${esc(k.label)}</text>`);
+    if (!labelled.has(k.color)) labelled.set(k.color, labelled.size);
+    if (k.label) o.push(`<text x="${(X(k.x) + 3).toFixed(1)}" y="${m.t + 12 + 12 * labelled.get(k.color)!}" fill="${k.color}" font-size="10">${esc(k.label)}</text>`);
   }
   for (const s of c.series) {
     if (!s.points.length) continue;
