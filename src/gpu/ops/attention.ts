@@ -40,6 +40,28 @@ interface Dims {
   D: number;
 }
 
+/**
+ * For small head dims (D ≤ 8) the module is specialised: DMAX and the per-row loop bounds become
+ * the constant D, so the per-row q / accumulator arrays live in registers instead of private memory
+ * indexed at run time (on lavapipe a per-lane scalar loop per access). Measured on lavapipe:
+ * stories260K's (D = 8) attention forward + backward at batch 8×128 went from ~800 to ~300 ms.
+ * Larger D is not specialised: LLVM's unrolling then made compile times explode (D = 32: 20 s
+ * forward + 68 s backward; D = 48: 37 s + 42 s) with no gain once compiled (D = 64: 28 vs 21 ms).
+ */
+const SPECIALISE_MAX_D = 8;
+function kernelFor(D: number): { name: string; code: () => string } {
+  if (D > SPECIALISE_MAX_D) return { name: 'attention', code: () => src };
+  return {
+    name: `attention.d${D}`,
+    code: () =>
+      src
+        .replace(/const DMAX: u32 = \d+u;/, `const DMAX: u32 = ${D}u;`)
+        .replaceAll('let D = P.D;', 'let D = DMAX;')
+        .replaceAll('let D4 = P.D / 4u;', 'let D4 = DMAX / 4u;')
+        .replaceAll('DMAX / 4>', '(DMAX + 3u) / 4u>'),
+  };
+}
+
 const dummyMasks = new WeakMap<Engine, Tensor>();
 /**
  * A (1) u32 tensor bound in the mask slot when there is no mask (the kernel never reads it).
@@ -104,7 +126,8 @@ export function attention(
   const out = e.empty([d.B, d.T, d.H, d.D]);
   const lse = e.empty([d.B, d.H, d.T]);
   const variant = d.D % 4 === 0 && opts.kernel !== 'scalar' ? '4' : '';
-  const p = e.pipeline('attention', () => src, constants(WG), `forward${variant}`);
+  const km = kernelFor(d.D);
+  const p = e.pipeline(km.name, km.code, constants(WG), `forward${variant}`);
   const mask = opts.keyMask ?? dummyMask(e);
   e.dispatch(p, [params(e, d, scale, !!opts.keyMask), q, k, v, mask, out, lse], [Math.ceil(d.T / WG), d.H, d.B]);
   return { out, saved: { out, lse, scale, keyMask: opts.keyMask, variant } };
@@ -132,13 +155,14 @@ export function attentionBackward(
   const mask = saved.keyMask ?? dummyMask(e);
   const u = params(e, d, saved.scale, !!saved.keyMask);
   const delta = e.empty([d.B, d.H, d.T]);
-  e.dispatch(e.pipeline('attention', () => src, c, 'delta'), [u, dOut, saved.out, delta], [Math.ceil(d.T / WG), d.H, d.B]);
+  const km = kernelFor(d.D);
+  e.dispatch(e.pipeline(km.name, km.code, c, 'delta'), [u, dOut, saved.out, delta], [Math.ceil(d.T / WG), d.H, d.B]);
   const dq = e.empty(q.shape);
   const dk = e.empty(k.shape);
   const dv = e.empty(v.shape);
   const variant = d.D % 4 === 0 ? (saved.variant ?? '4') : '';
-  e.dispatch(e.pipeline('attention', () => src, c, `backward_dq${variant}`), [u, q, k, v, mask, dOut, saved.lse, delta, dq], [Math.ceil(d.T / WG), d.H, d.B]);
-  e.dispatch(e.pipeline('attention', () => src, c, `backward_dkdv${variant}`), [u, q, k, v, mask, dOut, saved.lse, delta, dk, dv], [
+  e.dispatch(e.pipeline(km.name, km.code, c, `backward_dq${variant}`), [u, q, k, v, mask, dOut, saved.lse, delta, dq], [Math.ceil(d.T / WG), d.H, d.B]);
+  e.dispatch(e.pipeline(km.name, km.code, c, `backward_dkdv${variant}`), [u, q, k, v, mask, dOut, saved.lse, delta, dk, dv], [
     Math.ceil(d.T / WG),
     d.HKV,
     d.B,
@@ -178,7 +202,8 @@ export function attentionDecode(
   const scale = opts.scale ?? 1 / Math.sqrt(D);
   const out = opts.out ?? e.empty([B, 1, H, D]);
   if (out.numel !== B * H * D) throw new ShapeError(`attentionDecode: out ${out}`);
-  const p = e.pipeline('attention', () => src, constants(WG_DECODE), 'decode');
+  const km = kernelFor(D);
+  const p = e.pipeline(km.name, km.code, constants(WG_DECODE), 'decode');
   const mask = opts.keyMask ?? dummyMask(e);
   const u = params(e, { B, T: maxT, H, HKV, D }, scale, !!opts.keyMask, pos);
   e.dispatch(p, [u, q, kCache, vCache, mask, out], [H, B]);
