@@ -13,6 +13,19 @@ fn add(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: 
   if (i < N) { out[i] = a[i] + b[i]; }
 }
 
+// out = a + b on vec4 (N4 = N/4, N % 4 == 0): on lavapipe every per-lane load is a scalar loop, so
+// moving 4 floats per load is ~4× fewer loop iterations. The size comes from arrayLength, so no size
+// costs a compile.
+@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;         // (N/4)
+@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;         // (N/4)
+@group(0) @binding(2) var<storage, read_write> out4: array<vec4<f32>>; // (N/4)
+
+@compute @workgroup_size(WG)
+fn add4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i < arrayLength(&out4)) { out4[i] = a4[i] + b4[i]; }
+}
+
 // out = a·b (elementwise product)
 @compute @workgroup_size(WG)
 fn mul(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {

@@ -5,6 +5,10 @@ import { grid1d } from './util.ts';
 /** out = a + b, same shapes (residual add). */
 export function add(e: Engine, a: Tensor, b: Tensor, out = e.empty(a.shape)): Tensor {
   if (a.numel !== b.numel || out.numel !== a.numel) throw new ShapeError(`add: ${a} + ${b} -> ${out}`);
+  if (a.numel % 4 === 0 && a.numel > 0) {
+    e.dispatch(e.pipeline('elementwise', () => src, {}, 'add4'), [a, b, out], grid1d(e, a.numel / 4, 256));
+    return out;
+  }
   const p = e.pipeline('elementwise', () => src, { N: a.numel }, 'add');
   e.dispatch(p, [a, b, out], grid1d(e, a.numel, 256));
   return out;
