@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks on a lent GPU machine (the workplace's `device` tool), in one run:
+# unpack the carried runtime (Bun, dawn.node and the few packages the code imports, the Vulkan
+# loader), then the GPU test files, bench/matmul beside PyTorch's f32 matmul on the same GPU,
+# bench/attention, bench/generate and bench/train. Results go to $OUT.
+# Prepare here: .device/rt.tar.xz (bin/bun + node_modules subset) and .gl/libvulkan1*.deb.
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+mkdir -p /tmp/rt && tar -C /tmp/rt -xJf .device/rt.tar.xz
+export PATH=/tmp/rt/bin:$PATH
+ln -sfn /tmp/rt/node_modules node_modules
+{ nvidia-smi -L; bun --version; } > "$OUT/env.txt" 2>&1
+bun -e "const {getGpu}=await import('./src/gpu/context.ts'); const c=await getGpu(); console.log(JSON.stringify({info:c.info, features:c.features, maxBinding:c.limits.maxStorageBufferBindingSize})); process.exit(0)" >> "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+SH=1024x1024x1024,512x768x768,512x768x3072,512x768x8,512x8x768,4096x4096x4096
+timeout 150 bun test --timeout 120000 test/gpu.*.test.ts test/model.golden.test.ts test/model.generate.test.ts test/cola.trainer.test.ts > "$OUT/tests.log" 2>&1
+echo "tests exit $?"; grep -E "^\(fail| pass$| fail$" "$OUT/tests.log"
+python3 bench/device/torch_matmul.py "$SH" > "$OUT/torch_matmul.json" 2>&1; cat "$OUT/torch_matmul.json"
+BENCH_SHAPES=$SH BENCH_TRIALS=3 BENCH_SECONDS=0.2 timeout 90 bun run bench/matmul.ts > "$OUT/matmul.txt" 2>&1; tail -12 "$OUT/matmul.txt"
+timeout 60 bun run bench/attention.ts > "$OUT/attention.txt" 2>&1; tail -8 "$OUT/attention.txt"
+timeout 90 bun run bench/generate.ts --tokens 128 --reps 3 > "$OUT/generate.txt" 2>&1; tail -7 "$OUT/generate.txt"
+timeout 60 bun run bench/train.ts --steps 20 > "$OUT/train.txt" 2>&1; tail -6 "$OUT/train.txt"
