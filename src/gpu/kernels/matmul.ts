@@ -297,3 +297,33 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   out[j] = s;
 }
 `;
+
+/**
+ * y = xᵀ for x (ROWS, COLS), both multiples of 4, one 4×4 block per invocation: four vec4 row loads,
+ * a register transpose, four vec4 stores. Lets x·Wᵀ run on the faster untransposed register tile
+ * (lavapipe: the vec4-along-N B loads of 'nVec' are lane-contiguous; vec4-along-K loads of Wᵀ are not).
+ */
+export const TRANSPOSE4_WGSL = `
+struct Dims { ROWS: u32, COLS: u32 }
+override WG: u32 = 64;
+@group(0) @binding(0) var<storage, read> x: array<vec4f>;        // (ROWS, COLS) as vec4 along COLS
+@group(0) @binding(1) var<storage, read_write> y: array<vec4f>;  // (COLS, ROWS) as vec4 along ROWS
+@group(0) @binding(2) var<uniform> d: Dims;
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let t = gid.x + gid.y * nwg.x * WG;
+  let bc = d.COLS / 4u;
+  let br = d.ROWS / 4u;
+  if (t >= br * bc) { return; }
+  let rb = t / bc; // block row (rows 4rb..4rb+3)
+  let cb = t % bc; // block column (cols 4cb..4cb+3)
+  let a0 = x[(4u * rb + 0u) * bc + cb];
+  let a1 = x[(4u * rb + 1u) * bc + cb];
+  let a2 = x[(4u * rb + 2u) * bc + cb];
+  let a3 = x[(4u * rb + 3u) * bc + cb];
+  y[(4u * cb + 0u) * br + rb] = vec4f(a0.x, a1.x, a2.x, a3.x);
+  y[(4u * cb + 1u) * br + rb] = vec4f(a0.y, a1.y, a2.y, a3.y);
+  y[(4u * cb + 2u) * br + rb] = vec4f(a0.z, a1.z, a2.z, a3.z);
+  y[(4u * cb + 3u) * br + rb] = vec4f(a0.w, a1.w, a2.w, a3.w);
+}
+`;
