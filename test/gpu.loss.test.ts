@@ -108,7 +108,12 @@ describe('cross-entropy GPU', () => {
     const e = await testEngine();
     // NB 8×128×32000 f32 is 131,072,000 B = 125 MiB, just under the limit: use 132 tokens.
     const [N, V] = [8 * 132, 32000];
-    expect(N * V * 4).toBeGreaterThan(e.limits.maxStorageBufferBindingSize);
+    // This is about lavapipe's 128 MiB binding limit; a GPU with a larger limit (an H200 allows
+    // 2 GiB) binds the whole tensor, and the forced-chunk tests above cover the chunking there.
+    if (N * V * 4 <= e.limits.maxStorageBufferBindingSize) {
+      console.log(`binding limit ${e.limits.maxStorageBufferBindingSize} B holds ${N * V * 4} B: natural chunking not exercised on this device`);
+      return;
+    }
     // Cheap seeded values (an LCG: 32M normals would dominate the test time); every row differs,
     // so binding a wrong chunk would be visible.
     const lh = new Float32Array(N * V);
