@@ -7,6 +7,7 @@
 // Options (env): BENCH_SHAPES="MxKxN,..."  BENCH_TRIALS=5  BENCH_SECONDS=0.4 (target time per trial)
 //                BENCH_SIZES=uniform|override (how our kernels receive sizes; default both for sg)
 import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { getGpu } from '../src/gpu/context.ts';
 import { Engine, type Tensor } from '../src/gpu/engine.ts';
 import { availableMatmulVariants, defaultMatmulVariant, matmul, type MatmulVariant, type SizeMode } from '../src/gpu/ops/matmul.ts';
@@ -21,8 +22,35 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 0.4);
 const flops = ([M, K, N]: Shape) => 2 * M * K * N;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
+/**
+ * CPU seconds used so far by this process's threads other than the main JS thread and Bun's own
+ * pools: on lavapipe these are the driver's worker threads that execute the kernels (ours and
+ * tfjs's alike). The build machines are shared, so wall-clock figures move with other people's load;
+ * flops per worker-CPU-second × cores is a contention-independent estimate of the idle figure.
+ */
+function workerCpuSeconds(): number {
+  let s = 0;
+  for (const t of readdirSync('/proc/self/task')) {
+    try {
+      const st = readFileSync(`/proc/self/task/${t}/stat`, 'utf8');
+      if (t === String(process.pid) || /\((JIT|Bun Pool|mi-scav|JSCWarm|bun:disk)/.test(st)) continue;
+      const f = st.slice(st.indexOf(')') + 2).split(' ');
+      s += (Number(f[11]) + Number(f[12])) / 100; // utime + stime, clock ticks (USER_HZ = 100)
+    } catch {
+      // thread exited
+    }
+  }
+  return s;
+}
+const CORES = navigator.hardwareConcurrency ?? 2;
+
+interface Timing {
+  wall: number; // median seconds per rep
+  cpu: number; // worker CPU seconds per rep over all trials
+}
+
 /** Median seconds per rep of `run(reps)` (which must wait for completion), after a warm-up. */
-async function timeIt(run: (reps: number) => Promise<void>): Promise<number> {
+async function timeIt(run: (reps: number) => Promise<void>): Promise<Timing> {
   let t = performance.now();
   await run(1); // warm-up + compile
   t = performance.now();
@@ -30,15 +58,19 @@ async function timeIt(run: (reps: number) => Promise<void>): Promise<number> {
   const once = (performance.now() - t) / 1000;
   const reps = Math.max(1, Math.min(200, Math.round(SECONDS / Math.max(once, 1e-5))));
   const per: number[] = [];
+  const c0 = workerCpuSeconds();
   for (let i = 0; i < TRIALS; i++) {
     t = performance.now();
     await run(reps);
     per.push((performance.now() - t) / 1000 / reps);
   }
-  return median(per);
+  return { wall: median(per), cpu: (workerCpuSeconds() - c0) / (TRIALS * reps) };
 }
 
-async function benchOurs(e: Engine, shape: Shape, variant: MatmulVariant, sizes: SizeMode, transB = false): Promise<number> {
+type Result = { wall: number; cpuEst: number } | null;
+const toResult = (shape: Shape, t: Timing): Result => ({ wall: flops(shape) / t.wall / 1e9, cpuEst: t.cpu > 0 ? (flops(shape) / t.cpu / 1e9) * CORES : NaN });
+
+async function benchOurs(e: Engine, shape: Shape, variant: MatmulVariant, sizes: SizeMode, transB = false): Promise<Result> {
   const [M, K, N] = shape;
   const rng = new Rng(1);
   const a = e.upload(rng.uniformArray(M * K), [M, K]);
@@ -49,10 +81,10 @@ async function benchOurs(e: Engine, shape: Shape, variant: MatmulVariant, sizes:
     await e.sync();
   });
   for (const t of [a, b, c] as Tensor[]) t.free();
-  return flops(shape) / s / 1e9;
+  return toResult(shape, s);
 }
 
-async function benchTfjs(shape: Shape): Promise<number | null> {
+async function benchTfjs(shape: Shape): Promise<Result> {
   try {
     const ctx = await getGpu();
     // tfjs-webgpu asks navigator.gpu for an adapter: hand it the process's Dawn GPU object.
@@ -78,7 +110,7 @@ async function benchTfjs(shape: Shape): Promise<number | null> {
     });
     a.dispose();
     b.dispose();
-    return flops(shape) / s / 1e9;
+    return toResult(shape, s);
   } catch (err) {
     console.error(`tfjs-webgpu unavailable: ${(err as Error).message}`);
     return null;
@@ -88,7 +120,7 @@ async function benchTfjs(shape: Shape): Promise<number | null> {
 const PY = `
 import json, sys, time
 import numpy as np
-shapes = json.loads(sys.argv[1]); trials = int(sys.argv[2]); target = float(sys.argv[3])
+shapes = json.loads(sys.argv[1]); trials = int(sys.argv[2]); target = float(sys.argv[3]); cores = int(sys.argv[4])
 out = []
 for M, K, N in shapes:
     rng = np.random.default_rng(1)
@@ -98,12 +130,14 @@ for M, K, N in shapes:
     t = time.perf_counter(); a @ b; once = time.perf_counter() - t
     reps = max(1, min(200, round(target / max(once, 1e-5))))
     per = []
+    c0 = time.process_time()
     for _ in range(trials):
         t = time.perf_counter()
         for _ in range(reps): a @ b
         per.append((time.perf_counter() - t) / reps)
+    cpu = (time.process_time() - c0) / (trials * reps)
     per.sort()
-    out.append(2 * M * K * N / per[len(per) // 2] / 1e9)
+    out.append([2 * M * K * N / per[len(per) // 2] / 1e9, 2 * M * K * N / cpu / 1e9 * cores])
 cfg = ''
 try:
     from threadpoolctl import threadpool_info
@@ -113,18 +147,18 @@ except Exception:
 print(json.dumps({'gflops': out, 'numpy': np.__version__, 'blas': cfg}))
 `;
 
-function benchOpenBlas(shapes: Shape[]): { gflops: number[]; note: string } | null {
+function benchOpenBlas(shapes: Shape[]): { res: Result[]; note: string } | null {
   const env = { ...process.env };
   // As ENVIRONMENT.md notes, these variables (set for other tools) mis-tune OpenBLAS: unset for this command only.
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
-  const r = spawnSync('/usr/bin/python3', ['-c', PY, JSON.stringify(shapes), String(TRIALS), String(SECONDS)], { env, encoding: 'utf8' });
+  const r = spawnSync('/usr/bin/python3', ['-c', PY, JSON.stringify(shapes), String(TRIALS), String(SECONDS), String(CORES)], { env, encoding: 'utf8' });
   if (r.status !== 0) {
     console.error(`numpy/OpenBLAS unavailable: ${r.error?.message ?? r.stderr.trim().split('\n').at(-1)}`);
     return null;
   }
   const j = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
-  return { gflops: j.gflops, note: `numpy ${j.numpy}${j.blas ? ` (${j.blas})` : ''}` };
+  return { res: j.gflops.map(([wall, cpuEst]: number[]) => ({ wall, cpuEst })), note: `numpy ${j.numpy}${j.blas ? ` (${j.blas})` : ''}` };
 }
 
 const e = await Engine.create();
@@ -133,7 +167,7 @@ const best0 = defaultMatmulVariant(e);
 const sizeModes = (process.env.BENCH_SIZES?.split(',') as SizeMode[] | undefined) ?? ['uniform', 'override'];
 console.error(`device: ${e.ctx.info.description} (software: ${e.ctx.info.isSoftware}); variants: ${variants.join(', ')}; default ${best0}`);
 
-type Col = { name: string; run: (s: Shape) => Promise<number | null> };
+type Col = { name: string; run: (s: Shape) => Promise<Result> };
 const cols: Col[] = [];
 for (const v of variants) {
   for (const sz of v === best0 ? sizeModes : sizeModes.slice(0, 1)) {
@@ -141,39 +175,44 @@ for (const v of variants) {
   }
 }
 cols.push({ name: `ours ${best0} x·Wᵀ`, run: (s) => benchOurs(e, s, best0, sizeModes[0]!, true) });
-const rows: Record<string, (number | null)[]> = {};
+const rows: Record<string, Result[]> = {};
 for (const c of cols) {
   rows[c.name] = [];
   for (const s of SHAPES) {
     const g = await c.run(s);
     rows[c.name]!.push(g);
-    console.error(`${c.name} ${s.join('x')}: ${g?.toFixed(2)} GFLOP/s`);
+    console.error(`${c.name} ${s.join('x')}: ${g?.wall.toFixed(2)} GFLOP/s wall, ${g?.cpuEst.toFixed(2)} cpu-est`);
   }
 }
 rows['tfjs-webgpu'] = [];
 for (const s of SHAPES) {
   const g = await benchTfjs(s);
   rows['tfjs-webgpu']!.push(g);
-  console.error(`tfjs-webgpu ${s.join('x')}: ${g?.toFixed(2)} GFLOP/s`);
+  console.error(`tfjs-webgpu ${s.join('x')}: ${g?.wall.toFixed(2)} GFLOP/s wall, ${g?.cpuEst.toFixed(2)} cpu-est`);
 }
 const blas = benchOpenBlas(SHAPES);
-rows[`OpenBLAS${blas ? ` (${blas.note})` : ''}`] = blas ? blas.gflops : SHAPES.map(() => null);
+const blasName = `OpenBLAS${blas ? ` (${blas.note})` : ''}`;
+rows[blasName] = blas ? blas.res : SHAPES.map(() => null);
 
-const fmt = (x: number | null | undefined) => (x == null ? 'n/a' : x.toFixed(2));
+const fmt = (x: number | null | undefined) => (x == null || Number.isNaN(x) ? 'n/a' : x.toFixed(1));
+// "Best" compares like with like: the untransposed product (tfjs and numpy run A·B too); x·Wᵀ is informative.
 const ourNames = cols.filter((c) => !c.name.includes('Wᵀ')).map((c) => c.name);
-const best = SHAPES.map((_, i) => Math.max(...ourNames.map((n) => rows[n]![i] ?? 0)));
-console.log(`\nGFLOP/s (f32, median of ${TRIALS} trials), ${e.ctx.info.description}\n`);
+const bestOf = (k: 'wall' | 'cpuEst') => SHAPES.map((_, i) => Math.max(...ourNames.map((n) => rows[n]![i]?.[k] ?? 0)));
+const best = { wall: bestOf('wall'), cpuEst: bestOf('cpuEst') };
+const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+console.log(`\nGFLOP/s (f32), median of ${TRIALS} trials; ${e.ctx.info.description}; ${CORES} cores; load average ${load}`);
+console.log('Each cell: wall-clock / CPU-normalised (flops per worker-CPU-second × cores; see workerCpuSeconds).\n');
 console.log(`| variant | ${SHAPES.map((s) => s.join('×')).join(' | ')} |`);
 console.log(`|---|${SHAPES.map(() => '---:').join('|')}|`);
-for (const [name, vals] of Object.entries(rows)) console.log(`| ${name} | ${vals.map(fmt).join(' | ')} |`);
-console.log(`| **ours best** | ${best.map(fmt).join(' | ')} |`);
+for (const [name, vals] of Object.entries(rows)) console.log(`| ${name} | ${vals.map((v) => `${fmt(v?.wall)} / ${fmt(v?.cpuEst)}`).join(' | ')} |`);
+console.log(`| **ours best** | ${SHAPES.map((_, i) => `${fmt(best.wall[i])} / ${fmt(best.cpuEst[i])}`).join(' | ')} |`);
 const tfjs = rows['tfjs-webgpu']!;
+const ratio = (a: number | undefined, b: number | undefined) => (a && b ? Number((a / b).toFixed(2)) : null);
 const ratios = SHAPES.map((s, i) => ({
   shape: s.join('x'),
-  best: best[i],
-  vsTfjs: tfjs[i] ? best[i]! / tfjs[i]! : null,
-  vsOpenBlas: blas ? best[i]! / blas.gflops[i]! : null,
+  vsTfjs: { wall: ratio(best.wall[i], tfjs[i]?.wall), cpu: ratio(best.cpuEst[i], tfjs[i]?.cpuEst) },
+  vsOpenBlas: { wall: ratio(best.wall[i], blas?.res[i]?.wall), cpu: ratio(best.cpuEst[i], blas?.res[i]?.cpuEst) },
 }));
 console.log('');
-console.log(JSON.stringify({ device: e.ctx.info.description, ratios }));
+console.log(JSON.stringify({ device: e.ctx.info.description, load, ratios }));
 process.exit(0);

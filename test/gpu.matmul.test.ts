@@ -61,7 +61,7 @@ describe('matmul vs f64 reference', () => {
     [127, 129, 5, [[false, false], [true, false]]],
     [40, 8, 8, [[false, true]]],
     [35, 1, 20, [[false, false]]],
-    [21, 36, 40, [[false, true], [true, true]]], // x·Wᵀ via transpose2d + the untransposed tile (N, K % 4 == 0)
+    [65, 36, 40, [[false, true], [true, true]]], // x·Wᵀ via transpose2d + the untransposed tile (M ≥ 64, N, K % 4 == 0)
   ];
   test('every variant, every transpose, odd shapes', async () => {
     const rng = new Rng(101);

@@ -166,9 +166,10 @@ export function matmul(e: Engine, a: Tensor, b: Tensor, opts: MatmulOptions = {}
   }
   const variant = opts.variant ?? forcedVariant ?? defaultMatmulVariant(e);
   const sizes = opts.sizes ?? defaultSizes;
-  // x·Wᵀ with a shared W on the register tiles: transpose W (one cheap pass) and run the untransposed
-  // kernel, whose lane-contiguous vec4 B loads measured ~1.6× faster on lavapipe than strided ones.
-  if (transB && !SB && variant !== 'tiled' && matmulTuning.transposeB && N % 4 === 0 && K % 4 === 0 && N >= 32) {
+  // x·Wᵀ with a shared W on the register tiles: transpose W (one pass over K·N elements) and run the
+  // untransposed kernel, whose lane-contiguous vec4 B loads measured ~1.5× faster on lavapipe than
+  // strided ones. Only worth it when the product (Mk·K·N MACs) dwarfs the pass: not for decode (M=1).
+  if (transB && !SB && variant !== 'tiled' && matmulTuning.transposeB && N % 4 === 0 && K % 4 === 0 && N >= 32 && Mk >= 64) {
     const bt = transpose2d(e, b.view([N, K]));
     const r = matmul(e, a, bt, { ...opts, transB: false, variant, sizes, out: c, accumulate });
     bt.free(); // later dispatches that reuse its buffer are ordered after this one
