@@ -198,8 +198,17 @@ function selectLr(runs: RunRecord[], task: TaskName, method: Method, o: Options)
   };
 }
 
+/** Test accuracy of always answering the training set's most frequent label (a floor for "learned the prior only"). */
+function majorityAcc(o: Options, task: TaskName, seed: number): number {
+  const sp = loadTask(task, { seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
+  const counts = new Map<number, number>();
+  for (const x of sp.train) counts.set(x.label, (counts.get(x.label) ?? 0) + 1);
+  const maj = [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0])[0]![0];
+  return sp.test.filter((x) => x.label === maj).length / sp.test.length;
+}
+
 function writeReport(o: Options, runs: RunRecord[], zs: ZeroShotRecord[], throughput: Throughput | null): void {
-  const header = ['task', 'zero-shot', ...o.methods.map((m) => METHOD_LABEL[m])];
+  const header = ['task', 'majority label', 'zero-shot', ...o.methods.map((m) => METHOD_LABEL[m])];
   const mdRows: string[][] = [];
   const csvRows: (string | number)[][] = [];
   const gridRows: string[][] = [];
@@ -207,8 +216,12 @@ function writeReport(o: Options, runs: RunRecord[], zs: ZeroShotRecord[], throug
   const chainPoints: Record<string, { M: number; mean: number; std: number }[]> = {};
   for (const task of o.tasks) {
     const z = zs.filter((r) => r.task === task && o.seeds.includes(r.seed)).map((r) => r.testAcc);
-    const row = [task, pm(z)];
+    const seedsWith = o.seeds.filter((sd) => zs.some((r) => r.task === task && r.seed === sd) || runs.some((r) => r.task === task && r.seed === sd));
+    const maj = seedsWith.map((sd) => majorityAcc(o, task, sd));
+    const row = [task, pm(maj), pm(z)];
+    (avg.maj ??= []).push(mean(maj));
     (avg.zero ??= []).push(mean(z));
+    csvRows.push([task, 'majority-label', '', maj.length, (100 * mean(maj)).toFixed(2), (100 * std(maj)).toFixed(2), '', '', '', '', maj.map((x) => (100 * x).toFixed(2)).join(' ')]);
     csvRows.push([task, 'zero-shot', '', z.length, (100 * mean(z)).toFixed(2), (100 * std(z)).toFixed(2), '', '', '', '', z.map((x) => (100 * x).toFixed(2)).join(' ')]);
     const lora = selectLr(runs, task, 'lora', o).sel;
     for (const m of o.methods) {
@@ -235,6 +248,7 @@ function writeReport(o: Options, runs: RunRecord[], zs: ZeroShotRecord[], throug
     const loraAvg = mean(avg.lora ?? []);
     mdRows.push([
       '**average**',
+      (100 * mean(avg.maj ?? [])).toFixed(1),
       (100 * mean(avg.zero ?? [])).toFixed(1),
       ...o.methods.map((m) => {
         const a = avg[m];
@@ -251,7 +265,8 @@ function writeReport(o: Options, runs: RunRecord[], zs: ZeroShotRecord[], throug
   md += `${runs.length} training runs over ${seedsDone} seed(s) in this report.\n\n`;
   md += `## Test accuracy (%), mean ± std over seeds, at the LR chosen on validation; (relative gain vs LoRA)\n\n`;
   md += mdTable(header, mdRows);
-  md += `\nLR choice per (task, method): highest validation accuracy averaged over the seeds (ties: lower validation NLL, then smaller LR).\n`;
+  md += `\nMajority label: always answering the most frequent label of the run's training set (same test sets).\n`;
+  md += `LR choice per (task, method): highest validation accuracy averaged over the seeds (ties: lower validation NLL, then smaller LR).\n`;
   const nTests = [...new Set(runs.map((r) => r.nTest))];
   if (nTests.length) {
     md += `Noise scale: one run's test accuracy on ${nTests.join('/')} examples has a binomial standard error of about `;
@@ -261,7 +276,7 @@ function writeReport(o: Options, runs: RunRecord[], zs: ZeroShotRecord[], throug
   md += `## Validation / test accuracy (%) per learning rate (mean over seeds)\n\n`;
   md += mdTable(['task', 'method', ...o.lrs.map((lr) => `lr ${lr}: val / test`), 'chosen'], gridRows);
   md += `\n## Training FLOPs relative to LoRA (chosen LR)\n\n`;
-  md += mdTable(['task', 'method', 'FLOPs', '× LoRA'], csvRows.filter((r) => r[1] !== 'zero-shot').map((r) => [String(r[0]), METHOD_LABEL[r[1] as Method], String(r[8]), String(r[9])]));
+  md += mdTable(['task', 'method', 'FLOPs', '× LoRA'], csvRows.filter((r) => r[1] !== 'zero-shot' && r[1] !== 'majority-label').map((r) => [String(r[0]), METHOD_LABEL[r[1] as Method], String(r[8]), String(r[9])]));
   if (throughput) md += `\n## Training throughput\n\n${throughputTable(throughput, runs)}`;
   writeFileSync(join(o.outDir, 'results.md'), md);
   writeFileSync(join(o.outDir, 'results.csv'), csv(['task', 'method', 'lr', 'seeds', 'test_acc_mean', 'test_acc_std', 'val_acc_mean', 'rel_gain_vs_lora_pct', 'train_flops', 'flops_vs_lora', 'test_acc_per_seed'], csvRows));
