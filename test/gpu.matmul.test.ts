@@ -155,6 +155,20 @@ describe('matmul vs f64 reference', () => {
     setMatmulTileCap({ R: 2, CN: 4 });
   }, T);
 
+  test("sizes as override constants (sizes: 'override'), with alpha, bias and accumulate", async () => {
+    const rng = new Rng(909);
+    const [M, K, N] = [33, 68, 36]; // vec4 loads along K and N, partial tiles
+    const A = rng.uniformArray(M * K);
+    const B = rng.uniformArray(K * N);
+    const bias = rng.uniformArray(N);
+    const C0 = rng.uniformArray(M * N);
+    const c = e.upload(C0, [M, N]);
+    matmul(e, e.upload(A, [M, K]), e.upload(B, [K, N]), { alpha: -1.5, bias: e.upload(bias, [N]), accumulate: c, sizes: 'override' });
+    const want = refMatmul(A, B, { batch: 1, M, K, N }, -1.5, C0);
+    for (let i = 0; i < want.length; i++) want[i] += bias[i % N]!;
+    expectClose(await read(c), want, tolK(K, 1.5) + 4 * EPS, 0, 'override sizes');
+  }, T);
+
   test('shape errors are thrown, not dispatched', () => {
     const a = e.zeros([4, 5]);
     const b = e.zeros([6, 7]);
