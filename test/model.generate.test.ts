@@ -68,6 +68,25 @@ describe('KV-cache decode agrees with a full forward', () => {
   });
 });
 
+describe('one-dispatch decoder (small Llama models)', () => {
+  test('gives the same greedy tokens and log-probs as the layer-by-layer path, in one dispatch per token', async () => {
+    const layered = new Generator(e, gen.model, m.tokenizer, false);
+    const ids = golden.cases[2]!.prompt_ids;
+    const o = { ...greedy, maxTokens: 40 };
+    const d0 = e.stats.dispatches;
+    const a = await gen.generate(ids, o);
+    const fusedDispatches = e.stats.dispatches - d0;
+    const d1 = e.stats.dispatches;
+    const b = await layered.generate(ids, o);
+    const layeredDispatches = e.stats.dispatches - d1;
+    expect(a.tokenIds).toEqual(b.tokenIds);
+    // Same f32 math, other summation orders: 1e-4 in log-prob.
+    for (let i = 0; i < a.logprobs.length; i++) expect(Math.abs(a.logprobs[i]! - b.logprobs[i]!)).toBeLessThan(1e-4);
+    // The prefill is shared; each later token is one dispatch instead of one per op.
+    expect(layeredDispatches - fusedDispatches).toBeGreaterThanOrEqual(39 * 50);
+  });
+});
+
 describe('sampling', () => {
   test('seeded sampling is reproducible and differs across seeds', async () => {
     const ids = golden.cases[0]!.prompt_ids;

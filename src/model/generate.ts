@@ -9,6 +9,7 @@ import { rmsnorm, layernorm } from '../gpu/ops/norm.ts';
 import { swiglu, relu, gelu } from '../gpu/ops/activation.ts';
 import { attention, attentionDecode } from '../gpu/ops/attention.ts';
 import { ropeAndCache, type Strided } from '../gpu/ops/kvcache.ts';
+import { canFuseDecode, fusedDecodeStep, packedLayout, type DecodeSpec, type PackedLayout } from '../gpu/ops/decode.ts';
 import { Rng } from '../util/rng.ts';
 import type { TextTokenizer } from './tokenizer.ts';
 import { bucketLen, type GpuNorm, type TransformerModel } from './transformer.ts';
@@ -53,9 +54,10 @@ export interface GenerateHooks {
 
 /** A KV cache for one sequence: per layer (1, maxT, Hkv, Dh). */
 interface KvCache {
-  k: Tensor[];
+  k: Tensor[]; // per layer (1, maxT, Hkv, Dh): views into `all` when the fused decoder is used
   v: Tensor[];
   maxT: number;
+  all: Tensor | null; // (L·2·maxT, Hkv·Dh): layer l's k rows then its v rows (fused decoder layout)
 }
 
 /** Index of the first maximum. */
@@ -109,29 +111,90 @@ export function sample(logits: ArrayLike<number>, o: Pick<SamplingOptions, 'temp
 }
 
 export class Generator {
+  /** Packed weights for the one-dispatch decoder (small Llama models), built on first use. */
+  private fused: { packed: Tensor; lay: PackedLayout } | null | undefined;
+
   constructor(
     readonly e: Engine,
     readonly model: TransformerModel,
     readonly tokenizer: TextTokenizer,
+    /** false forces the layer-by-layer decode path (tests compare the two). */
+    readonly allowFused = true,
   ) {}
+
+  private specFor(maxT: number): DecodeSpec {
+    const c = this.c;
+    return {
+      D: c.dim, L: c.nLayers, H: c.nHeads, HKV: c.nKvHeads, DH: c.headDim, F: c.hiddenDim, V: c.vocabSize, MAXT: maxT,
+      EPS: c.normEps, THETA: c.ropeTheta, INTERLEAVED: c.ropeInterleaved, WG: 64,
+    };
+  }
+
+  /** The fused decoder's packed weights when this model and cache length qualify, else null. */
+  private fusedFor(maxT: number): { packed: Tensor; lay: PackedLayout; spec: DecodeSpec } | null {
+    const c = this.c;
+    if (!this.allowFused || c.arch !== 'llama' || c.attnBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
+    const spec = this.specFor(maxT);
+    const lay = packedLayout(spec, c.tiedEmbeddings);
+    if (!canFuseDecode(this.e, spec, lay.total)) return null;
+    if (this.fused === undefined) this.fused = this.packWeights(lay);
+    return { ...this.fused!, spec };
+  }
+
+  /** Copies every weight into one buffer (the fused kernel binds it once). */
+  private packWeights(lay: PackedLayout): { packed: Tensor; lay: PackedLayout } {
+    const { e, model } = this;
+    const packed = e.empty([lay.total]);
+    const put = (t: Tensor, at: number) => e.copyBytes(t, 0, packed, at * 4, t.byteLength);
+    put(model.embedding, lay.emb);
+    model.layers.forEach((L, i) => {
+      const o = lay.layers[i]!;
+      put(L.attnNorm.w, o.attnNorm);
+      put(L.linears.get('q')!.w, o.wq);
+      put(L.linears.get('k')!.w, o.wk);
+      put(L.linears.get('v')!.w, o.wv);
+      put(L.linears.get('o')!.w, o.wo);
+      put(L.ffnNorm.w, o.ffnNorm);
+      put(L.linears.get('gate')!.w, o.wg);
+      put(L.linears.get('up')!.w, o.wu);
+      put(L.linears.get('down')!.w, o.wd);
+    });
+    put(model.finalNormWeights.w, lay.finalNorm);
+    if (lay.cls !== lay.emb) put(model.classifierWeight, lay.cls);
+    return { packed, lay };
+  }
+
+  /** Frees the fused decoder's packed weights (the model's own weights are not touched). */
+  free(): void {
+    this.fused?.packed.free();
+    this.fused = undefined;
+  }
 
   private get c() {
     return this.model.config;
   }
 
-  private newCache(maxT: number): KvCache {
+  private newCache(maxT: number, fused: boolean): KvCache {
     const c = this.c;
     const k: Tensor[] = [];
     const v: Tensor[] = [];
+    const rowW = c.nKvHeads * c.headDim;
+    const all = fused ? this.e.empty([c.nLayers * 2 * maxT, rowW]) : null;
     for (let i = 0; i < c.nLayers; i++) {
-      k.push(this.e.empty([1, maxT, c.nKvHeads, c.headDim]));
-      v.push(this.e.empty([1, maxT, c.nKvHeads, c.headDim]));
+      if (all) {
+        k.push(all.rows(2 * i * maxT, (2 * i + 1) * maxT).view([1, maxT, c.nKvHeads, c.headDim]));
+        v.push(all.rows((2 * i + 1) * maxT, (2 * i + 2) * maxT).view([1, maxT, c.nKvHeads, c.headDim]));
+      } else {
+        k.push(this.e.empty([1, maxT, c.nKvHeads, c.headDim]));
+        v.push(this.e.empty([1, maxT, c.nKvHeads, c.headDim]));
+      }
     }
-    return { k, v, maxT };
+    return { k, v, maxT, all };
   }
 
   private freeCache(kv: KvCache): void {
-    for (const t of [...kv.k, ...kv.v]) t.free();
+    if (kv.all) kv.all.free();
+    else for (const t of [...kv.k, ...kv.v]) t.free();
   }
 
   private norm(x: Tensor, n: GpuNorm): Tensor {
@@ -250,7 +313,7 @@ export class Generator {
   /** Logits (T, V) of every position of `ids` (no cache kept): for scoring and echo logprobs. */
   async promptLogits(ids: number[]): Promise<Float32Array> {
     if (ids.length === 0 || ids.length > this.c.maxSeqLen) throw new ShapeError(`prompt of ${ids.length} tokens (limit ${this.c.maxSeqLen})`);
-    const kv = this.newCache(bucketLen(ids.length, this.c.maxSeqLen));
+    const kv = this.newCache(bucketLen(ids.length, this.c.maxSeqLen), false);
     try {
       const logits = this.step(ids, 0, kv, true);
       const out = (await this.e.readF32(logits)).slice(0, ids.length * this.c.vocabSize);
@@ -267,7 +330,11 @@ export class Generator {
     if (promptIds.length === 0) throw new ShapeError('empty prompt');
     if (promptIds.length >= c.maxSeqLen) throw new ShapeError(`prompt of ${promptIds.length} tokens leaves no room in the model's context of ${c.maxSeqLen}`);
     const maxNew = Math.min(o.maxTokens, c.maxSeqLen - promptIds.length);
-    const kv = this.newCache(bucketLen(promptIds.length + maxNew, c.maxSeqLen));
+    const cacheT = bucketLen(promptIds.length + maxNew, c.maxSeqLen);
+    const fused = this.fusedFor(cacheT);
+    const kv = this.newCache(cacheT, !!fused);
+    // Cache rows must be 256-byte aligned for the per-layer views; otherwise use separate tensors.
+    const fusedLogits = fused ? this.e.empty([1, c.vocabSize]) : null;
     const rng = new Rng(o.seed >>> 0);
     const dec = this.tokenizer.createStreamDecoder({ context: promptIds });
     const eos = o.stopAtEos === false ? null : this.tokenizer.eos;
@@ -303,11 +370,17 @@ export class Generator {
         }
         await hooks.onToken?.({ id, text: piece });
         if (hooks.isAborted?.()) break;
-        if (n + 1 < maxNew) logitsT = this.step([id], promptIds.length + n, kv);
+        if (n + 1 < maxNew) {
+          if (fused) {
+            fusedDecodeStep(this.e, fused.spec, fused.lay, fused.packed, kv.all!, fusedLogits!, id, promptIds.length + n);
+            logitsT = fusedLogits!.rows(0, 1); // a non-owning view: freeing it after the read keeps the buffer
+          } else logitsT = this.step([id], promptIds.length + n, kv);
+        }
       }
       if (finish === 'length') text += dec.flush();
     } finally {
       this.freeCache(kv);
+      fusedLogits?.free();
     }
     const t1 = performance.now();
     const decodeMs = t1 - (tPrefill || t1);

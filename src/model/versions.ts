@@ -68,6 +68,7 @@ export class ModelCache {
     const loaded = loadVersion(this.repoRoot, v);
     while (this.live.size >= this.capacity) {
       const [k, old] = this.live.entries().next().value as [string, LiveModel];
+      old.generator.free();
       old.model.free();
       this.live.delete(k);
     }
@@ -78,7 +79,10 @@ export class ModelCache {
   }
 
   clear(): void {
-    for (const m of this.live.values()) m.model.free();
+    for (const m of this.live.values()) {
+      m.generator.free();
+      m.model.free();
+    }
     this.live.clear();
   }
 }

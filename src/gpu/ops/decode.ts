@@ -1,0 +1,38 @@
+// One-dispatch decode step for small Llama models (see ../kernels/decode_llama.ts for why).
+import { ShapeError, type Engine, type Tensor } from '../engine.ts';
+import { decodeLlamaWGSL, packedLayout, type DecodeSpec, type PackedLayout } from '../kernels/decode_llama.ts';
+
+export type { DecodeSpec, PackedLayout };
+export { packedLayout };
+
+/** Parameters (floats) up to which one workgroup decodes faster than the layer-by-layer path. */
+export const FUSED_DECODE_MAX_PARAMS = 2_000_000;
+
+/** Workgroup memory the fused kernel needs (bytes). */
+export function fusedDecodeWorkgroupBytes(s: DecodeSpec): number {
+  return 4 * (2 * s.D + 2 * s.H * s.DH + s.F + s.H * s.MAXT + Math.max(s.WG, s.H));
+}
+
+/** Whether this device and these sizes can run the fused kernel (vec4 rows need multiples of 4). */
+export function canFuseDecode(e: Engine, s: DecodeSpec, packedFloats: number): boolean {
+  const m4 = (x: number) => x % 4 === 0;
+  return (
+    packedFloats <= FUSED_DECODE_MAX_PARAMS &&
+    packedFloats * 4 <= e.limits.maxStorageBufferBindingSize &&
+    m4(s.D) && m4(s.F) && m4(s.H * s.DH) && m4(s.HKV * s.DH) && s.DH % 2 === 0 && s.H % s.HKV === 0 &&
+    fusedDecodeWorkgroupBytes(s) <= e.limits.maxComputeWorkgroupStorageSize &&
+    s.WG <= e.limits.maxComputeInvocationsPerWorkgroup
+  );
+}
+
+/**
+ * Records one decode step: token at position `pos` (its k/v are written at cache row pos), reading
+ * cache rows 0..pos; writes logits (V).
+ */
+export function fusedDecodeStep(e: Engine, s: DecodeSpec, lay: PackedLayout, packed: Tensor, kv: Tensor, logits: Tensor, token: number, pos: number): void {
+  if (!(pos >= 0 && pos < s.MAXT)) throw new ShapeError(`fusedDecodeStep: position ${pos} outside the cache (${s.MAXT})`);
+  if (kv.numel !== s.L * 2 * s.MAXT * s.HKV * s.DH || logits.numel !== s.V || packed.numel !== lay.total) throw new ShapeError('fusedDecodeStep: buffer sizes do not match the spec');
+  const key = `decode_llama.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.MAXT}.${s.EPS}.${s.THETA}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
+  const p = e.pipeline(key, () => decodeLlamaWGSL(s, lay));
+  e.dispatch(p, [packed, packed, kv, logits, e.uniform(new Uint32Array([token, pos, 0, 0]))], [1]);
+}
