@@ -37,6 +37,17 @@ import { scoreExamples } from './lib/score.ts';
 import { csv, mdTable, mean, pm, signed, smooth, std } from './lib/stats.ts';
 import { lineChart, PALETTE, type Series } from './lib/svg.ts';
 
+/** The code the numbers come from: HEAD, plus "+dirty" when src/ has uncommitted changes (a shared working tree). */
+function codeVersion(): string {
+  const run = (args: string[]) => new TextDecoder().decode(Bun.spawnSync(['git', ...args], { cwd: join(import.meta.dir, '..') }).stdout).trim();
+  try {
+    return `${run(['rev-parse', '--short', 'HEAD'])}${run(['status', '--porcelain', '--', 'src']) ? '+dirty' : ''}`;
+  } catch {
+    return 'unknown';
+  }
+}
+const CODE = codeVersion();
+
 /** PyTorch CPU reference (docs: ../shared/docs/ENVIRONMENT.md): stories260K, LoRA r=8 on q,v, AdamW, batch 8 × 128. */
 const PYTORCH_TOKENS_PER_S = 4100;
 
@@ -69,6 +80,8 @@ interface RunRecord {
   nVal: number;
   nTest: number;
   load: number;
+  /** codeVersion() of the process that ran it (absent in records written before it was recorded). */
+  code?: string;
 }
 
 interface ZeroShotRecord {
@@ -329,6 +342,7 @@ interface Throughput {
   knotSeconds: number[];
   linkSeconds: number[];
   load: number[];
+  code?: string;
 }
 
 /** COLA (M = 3) training of stories260K at batch 8 × 128 (every row full), r = 8 on q, v, AdamW. */
@@ -353,21 +367,28 @@ async function throughputBench(e: Engine, base: { weights: ModelWeights; tokeniz
     knotSeconds: t.links.map((l) => l.knotSeconds),
     linkSeconds: t.links.map((l) => l.linkSeconds),
     load: [l0, loadavg()[0]!],
+    code: CODE,
   };
 }
 
 function throughputTable(t: Throughput, runs: RunRecord[]): string {
-  const real = runs.reduce((a, r) => a + r.realTokens, 0);
-  const padded = runs.reduce((a, r) => a + r.paddedTokens, 0);
-  const secs = runs.reduce((a, r) => a + r.stepSeconds, 0);
   const f = (x: number) => Math.round(x).toLocaleString('en-US');
   const rows: string[][] = [
     ['PyTorch CPU (OpenBLAS), ENVIRONMENT.md', 'stories260K, LoRA r=8 q,v, AdamW, batch 8 × 128', f(PYTORCH_TOKENS_PER_S), '1.00×'],
     ['this engine, lavapipe (WebGPU)', `same, COLA M=3, ${t.measuredSteps} steps (real = padded)`, f(t.tokensPerSecond), `${(t.tokensPerSecond / PYTORCH_TOKENS_PER_S).toFixed(2)}×`],
   ];
-  if (secs > 0) {
-    rows.push(['this engine, protocol runs, real tokens', `all ${runs.length} runs, batch ${runs[0] ? '8' : '?'}, bucketed lengths`, f(real / secs), `${(real / secs / PYTORCH_TOKENS_PER_S).toFixed(2)}×`]);
-    rows.push(['this engine, protocol runs, padded tokens', 'B × bucketed T actually computed', f(padded / secs), `${(padded / secs / PYTORCH_TOKENS_PER_S).toFixed(2)}×`]);
+  rows[1]![1] += `, code ${t.code ?? 'unrecorded'}`;
+  // The protocol runs' own throughput, per code version (the engine changed while runs were made).
+  const groups = new Map<string, RunRecord[]>();
+  for (const r of runs) groups.set(r.code ?? 'unrecorded', [...(groups.get(r.code ?? 'unrecorded') ?? []), r]);
+  for (const [code, rs] of groups) {
+    const real = rs.reduce((a, r) => a + r.realTokens, 0);
+    const padded = rs.reduce((a, r) => a + r.paddedTokens, 0);
+    const secs = rs.reduce((a, r) => a + r.stepSeconds, 0);
+    if (!(secs > 0)) continue;
+    const what = `${rs.length} protocol runs (code ${code}, load ${mean(rs.map((r) => r.load)).toFixed(1)})`;
+    rows.push([`this engine, ${what}, real tokens`, 'batch 8, bucketed lengths', f(real / secs), `${(real / secs / PYTORCH_TOKENS_PER_S).toFixed(2)}×`]);
+    rows.push([`this engine, ${what}, padded tokens`, 'B × bucketed T actually computed', f(padded / secs), `${(padded / secs / PYTORCH_TOKENS_PER_S).toFixed(2)}×`]);
   }
   let s = mdTable(['implementation', 'setup', 'train tokens/s', 'vs PyTorch'], rows);
   const knotPct = t.knotSeconds.map((k, i) => (100 * k) / Math.max(1e-9, t.linkSeconds[i]!));
@@ -453,6 +474,7 @@ async function main(): Promise<void> {
               evalSeconds: va.seconds + te.seconds,
               nTrain: sp.train.length, nVal: sp.validation.length, nTest: sp.test.length,
               load,
+              code: CODE,
             };
             save(rec);
             log(`${task} seed ${seed} ${method} lr ${lr}: ${t.totalSteps} steps in ${t.seconds.toFixed(1)} s (${(t.tokens / t.stepSeconds).toFixed(0)} tok/s), loss ${t.losses[0]!.toFixed(2)} → ${mean(t.losses.slice(-5)).toFixed(2)}; val ${(100 * va.accuracy).toFixed(1)}% test ${(100 * te.accuracy).toFixed(1)}% (eval ${(va.seconds + te.seconds).toFixed(1)} s)`);
