@@ -122,19 +122,22 @@ export class Generator {
     readonly allowFused = true,
   ) {}
 
-  private specFor(maxT: number): DecodeSpec {
+  private specFor(): DecodeSpec {
     const c = this.c;
     return {
-      D: c.dim, L: c.nLayers, H: c.nHeads, HKV: c.nKvHeads, DH: c.headDim, F: c.hiddenDim, V: c.vocabSize, MAXT: maxT,
+      D: c.dim, L: c.nLayers, H: c.nHeads, HKV: c.nKvHeads, DH: c.headDim, F: c.hiddenDim, V: c.vocabSize, MAXT: c.maxSeqLen,
       EPS: c.normEps, THETA: c.ropeTheta, INTERLEAVED: c.ropeInterleaved, WG: 32, // one workgroup: 32 lanes measured best on lavapipe (8: 516, 32: 564, 64: 486, 128: 498 tokens/s, loaded machine)
     };
   }
 
   /** The fused decoder's packed weights when this model and cache length qualify, else null. */
-  private fusedFor(maxT: number): { packed: Tensor; lay: PackedLayout; spec: DecodeSpec } | null {
+  private fusedFor(): { packed: Tensor; lay: PackedLayout; spec: DecodeSpec } | null {
     const c = this.c;
-    if (!this.allowFused || c.arch !== 'llama' || c.attnBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
-    const spec = this.specFor(maxT);
+    // CPU drivers only: there one workgroup is one thread doing the whole step without dispatch
+    // overhead; on a GPU one workgroup would leave all but one multiprocessor idle.
+    if (!this.allowFused || !this.e.ctx.info.isSoftware) return null;
+    if (c.arch !== 'llama' || c.attnBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
+    const spec = this.specFor();
     const lay = packedLayout(spec, c.tiedEmbeddings);
     if (!canFuseDecode(this.e, spec, lay.total)) return null;
     if (this.fused === undefined) this.fused = this.packWeights(lay);
@@ -331,7 +334,7 @@ export class Generator {
     if (promptIds.length >= c.maxSeqLen) throw new ShapeError(`prompt of ${promptIds.length} tokens leaves no room in the model's context of ${c.maxSeqLen}`);
     const maxNew = Math.min(o.maxTokens, c.maxSeqLen - promptIds.length);
     const cacheT = bucketLen(promptIds.length + maxNew, c.maxSeqLen);
-    const fused = this.fusedFor(cacheT);
+    const fused = this.fusedFor();
     const kv = this.newCache(cacheT, !!fused);
     // Cache rows must be 256-byte aligned for the per-layer views; otherwise use separate tensors.
     const fusedLogits = fused ? this.e.empty([1, c.vocabSize]) : null;
@@ -372,7 +375,7 @@ export class Generator {
         if (hooks.isAborted?.()) break;
         if (n + 1 < maxNew) {
           if (fused) {
-            fusedDecodeStep(this.e, fused.spec, fused.lay, fused.packed, kv.all!, fusedLogits!, id, promptIds.length + n);
+            fusedDecodeStep(this.e, fused.spec, fused.lay, fused.packed, kv.all!, fusedLogits!, id, promptIds.length + n, kv.maxT);
             logitsT = fusedLogits!.rows(0, 1); // a non-owning view: freeing it after the read keeps the buffer
           } else logitsT = this.step([id], promptIds.length + n, kv);
         }

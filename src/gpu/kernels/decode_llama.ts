@@ -18,7 +18,7 @@ export interface DecodeSpec {
   DH: number; // head dim (even)
   F: number; // FFN width
   V: number; // vocabulary
-  MAXT: number; // cache length
+  MAXT: number; // capacity: the longest cache the kernel serves (workgroup arrays are sized by it)
   EPS: number; // RMSNorm epsilon
   THETA: number; // RoPE base
   INTERLEAVED: boolean; // RoPE pairs (2i, 2i+1) (llama2.c) or (i, i + DH/2) (HF)
@@ -71,7 +71,7 @@ export function decodeLlamaWGSL(s: DecodeSpec, lay: PackedLayout): string {
 fn dot_${vec}(row: u32, K: u32) -> f32 {
   var acc = vec4<f32>(0.0);
   let r4 = row / 4u;
-  for (var k = 0u; k < K / 4u; k++) {
+  for (var k = 0u; k < K / 4u; k++) { // K comes from the uniform: a constant bound would be fully unrolled at every call site
     acc += w[r4 + k] * vec4<f32>(${vec}[4u * k], ${vec}[4u * k + 1u], ${vec}[4u * k + 2u], ${vec}[4u * k + 3u]);
   }
   return (acc.x + acc.y) + (acc.z + acc.w);
@@ -96,18 +96,18 @@ fn dot_${vec}(row: u32, K: u32) -> f32 {
   }`;
   const pair = s.INTERLEAVED ? ['2u * i', '2u * i + 1u'] : ['i', 'i + ' + u(s.DH / 2)];
   const layer = `
-  for (var l = 0u; l < ${u(s.L)}; l++) {
+  for (var l = 0u; l < un.layers; l++) { // run-time bound: keeps LLVM from unrolling the layer stack
     let base = ${u(lay.layers[0]!.attnNorm)} + l * ${u(s.L > 1 ? lay.layers[1]!.attnNorm - lay.layers[0]!.attnNorm : 0)};
     ${norm('base')}
     // q, k, v rows with RoPE; k, v go to the cache at row pos. One lane per rotation pair.
-    let kvBase = l * ${u(2 * s.MAXT * Dkv)};
+    let kvBase = l * 2u * un.maxT * ${u(Dkv)};
     for (var pi = lid; pi < ${u((Dq + 2 * Dkv) / 2)}; pi += ${u(s.WG)}) {
       let hd = pi / ${u(s.DH / 2)};      // head slot: H q heads, then HKV k, then HKV v
       let i = pi % ${u(s.DH / 2)};
       let r0 = hd * ${u(s.DH)} + ${pair[0]};
       let r1 = hd * ${u(s.DH)} + ${pair[1]};
-      let a = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r0 * ${u(s.D)}, ${u(s.D)});
-      let b = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r1 * ${u(s.D)}, ${u(s.D)});
+      let a = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r0 * ${u(s.D)}, un.d);
+      let b = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r1 * ${u(s.D)}, un.d);
       let ang = f32(pos) / pow(${f(s.THETA)}, f32(2u * i) / ${f(s.DH)});
       let c = cos(ang);
       let sn = sin(ang);
@@ -122,8 +122,8 @@ fn dot_${vec}(row: u32, K: u32) -> f32 {
       } else {
         let vr0 = r0 - ${u(Dq + Dkv)};
         let vr1 = r1 - ${u(Dq + Dkv)};
-        kv[kvBase + ${u(s.MAXT * Dkv)} + pos * ${u(Dkv)} + vr0] = a;
-        kv[kvBase + ${u(s.MAXT * Dkv)} + pos * ${u(Dkv)} + vr1] = b;
+        kv[kvBase + un.maxT * ${u(Dkv)} + pos * ${u(Dkv)} + vr0] = a;
+        kv[kvBase + un.maxT * ${u(Dkv)} + pos * ${u(Dkv)} + vr1] = b;
       }
     }
     workgroupBarrier();
@@ -134,15 +134,15 @@ fn dot_${vec}(row: u32, K: u32) -> f32 {
       let kOff = kvBase + t * ${u(Dkv)} + (h / ${u(G)}) * ${u(s.DH)};
       var sc = 0.0;
       for (var d = 0u; d < ${u(s.DH)}; d++) { sc += q[h * ${u(s.DH)} + d] * kv[kOff + d]; }
-      att[h * ${u(s.MAXT)} + t] = sc * ${f(1 / Math.sqrt(s.DH))};
+      att[h * un.maxT + t] = sc * ${f(1 / Math.sqrt(s.DH))};
     }
     workgroupBarrier();
     // Softmax per head: one lane per head.
     for (var h = lid; h < ${u(s.H)}; h += ${u(s.WG)}) {
       var m = -3.0e38;
-      for (var t = 0u; t <= pos; t++) { m = max(m, att[h * ${u(s.MAXT)} + t]); }
+      for (var t = 0u; t <= pos; t++) { m = max(m, att[h * un.maxT + t]); }
       var z = 0.0;
-      for (var t = 0u; t <= pos; t++) { let e = exp(att[h * ${u(s.MAXT)} + t] - m); att[h * ${u(s.MAXT)} + t] = e; z += e; }
+      for (var t = 0u; t <= pos; t++) { let e = exp(att[h * un.maxT + t] - m); att[h * un.maxT + t] = e; z += e; }
       red[h] = 1.0 / z;
     }
     workgroupBarrier();
@@ -150,33 +150,35 @@ fn dot_${vec}(row: u32, K: u32) -> f32 {
     for (var hd = lid; hd < ${u(Dq)}; hd += ${u(s.WG)}) {
       let h = hd / ${u(s.DH)};
       let d = hd % ${u(s.DH)};
-      let vOff = kvBase + ${u(s.MAXT * Dkv)} + (h / ${u(G)}) * ${u(s.DH)} + d;
+      let vOff = kvBase + un.maxT * ${u(Dkv)} + (h / ${u(G)}) * ${u(s.DH)} + d;
       var acc = 0.0;
-      for (var t = 0u; t <= pos; t++) { acc += att[h * ${u(s.MAXT)} + t] * kv[vOff + t * ${u(Dkv)}]; }
+      for (var t = 0u; t <= pos; t++) { acc += att[h * un.maxT + t] * kv[vOff + t * ${u(Dkv)}]; }
       ao[hd] = acc * red[h];
     }
     workgroupBarrier();
     // x += ao · Woᵀ
     for (var r = lid; r < ${u(s.D)}; r += ${u(s.WG)}) {
-      x[r] += dot_ao(base + ${u(lay.layers[0]!.wo - lay.layers[0]!.attnNorm)} + r * ${u(Dq)}, ${u(Dq)});
+      x[r] += dot_ao(base + ${u(lay.layers[0]!.wo - lay.layers[0]!.attnNorm)} + r * ${u(Dq)}, un.dq);
     }
     workgroupBarrier();
     ${norm(`base + ${u(lay.layers[0]!.ffnNorm - lay.layers[0]!.attnNorm)}`)}
     // hb = silu(xn·Wgᵀ) ⊙ (xn·Wuᵀ)
     for (var r = lid; r < ${u(s.F)}; r += ${u(s.WG)}) {
-      let g = dot_xn(base + ${u(lay.layers[0]!.wg - lay.layers[0]!.attnNorm)} + r * ${u(s.D)}, ${u(s.D)});
-      let v = dot_xn(base + ${u(lay.layers[0]!.wu - lay.layers[0]!.attnNorm)} + r * ${u(s.D)}, ${u(s.D)});
+      let g = dot_xn(base + ${u(lay.layers[0]!.wg - lay.layers[0]!.attnNorm)} + r * ${u(s.D)}, un.d);
+      let v = dot_xn(base + ${u(lay.layers[0]!.wu - lay.layers[0]!.attnNorm)} + r * ${u(s.D)}, un.d);
       hb[r] = g / (1.0 + exp(-g)) * v;
     }
     workgroupBarrier();
     // x += hb · Wdᵀ
     for (var r = lid; r < ${u(s.D)}; r += ${u(s.WG)}) {
-      x[r] += dot_hb(base + ${u(lay.layers[0]!.wd - lay.layers[0]!.attnNorm)} + r * ${u(s.F)}, ${u(s.F)});
+      x[r] += dot_hb(base + ${u(lay.layers[0]!.wd - lay.layers[0]!.attnNorm)} + r * ${u(s.F)}, un.f);
     }
     workgroupBarrier();
   }`;
   return `// Generated by src/gpu/kernels/decode_llama.ts
-struct U { token: u32, pos: u32, _a: u32, _b: u32 }
+// Sizes that bound loops come from here, not from constants: with constant trip counts LLVM unrolled
+// the whole layer stack and every dot product, and one pipeline took minutes to compile on lavapipe.
+struct U { token: u32, pos: u32, layers: u32, maxT: u32, d: u32, dq: u32, f: u32, _a: u32 }
 @group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;    // packed weights (vec4 view)
 @group(0) @binding(1) var<storage, read> ws: array<f32>;         // the same buffer, scalar view
 @group(0) @binding(2) var<storage, read_write> kv: array<f32>;   // (L, 2, MAXT, HKV, DH)
@@ -188,7 +190,7 @@ var<workgroup> xn: array<f32, ${s.D}>;
 var<workgroup> q: array<f32, ${Dq}>;
 var<workgroup> ao: array<f32, ${Dq}>;
 var<workgroup> hb: array<f32, ${s.F}>;
-var<workgroup> att: array<f32, ${s.H * s.MAXT}>;
+var<workgroup> att: array<f32, ${s.H * s.MAXT}>; // (H, maxT): MAXT here is the capacity (model context)
 var<workgroup> red: array<f32, ${Math.max(s.WG, s.H)}>;
 ${dotFn('xn', s.D)}
 ${dotFn('ao', Dq)}
@@ -201,7 +203,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   workgroupBarrier();
 ${layer}
   ${norm(u(lay.finalNorm))}
-  for (var r = lid; r < ${u(s.V)}; r += ${u(s.WG)}) { logits[r] = dot_xn(${u(lay.cls)} + r * ${u(s.D)}, ${u(s.D)}); }
+  for (var r = lid; r < ${u(s.V)}; r += ${u(s.WG)}) { logits[r] = dot_xn(${u(lay.cls)} + r * ${u(s.D)}, un.d); }
 }
 `;
 }

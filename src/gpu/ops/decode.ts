@@ -29,10 +29,12 @@ export function canFuseDecode(e: Engine, s: DecodeSpec, packedFloats: number): b
  * Records one decode step: token at position `pos` (its k/v are written at cache row pos), reading
  * cache rows 0..pos; writes logits (V).
  */
-export function fusedDecodeStep(e: Engine, s: DecodeSpec, lay: PackedLayout, packed: Tensor, kv: Tensor, logits: Tensor, token: number, pos: number): void {
-  if (!(pos >= 0 && pos < s.MAXT)) throw new ShapeError(`fusedDecodeStep: position ${pos} outside the cache (${s.MAXT})`);
-  if (kv.numel !== s.L * 2 * s.MAXT * s.HKV * s.DH || logits.numel !== s.V || packed.numel !== lay.total) throw new ShapeError('fusedDecodeStep: buffer sizes do not match the spec');
+export function fusedDecodeStep(e: Engine, s: DecodeSpec, lay: PackedLayout, packed: Tensor, kv: Tensor, logits: Tensor, token: number, pos: number, cacheT: number): void {
+  if (!(cacheT >= 1 && cacheT <= s.MAXT)) throw new ShapeError(`fusedDecodeStep: cache length ${cacheT} over the kernel's capacity ${s.MAXT}`);
+  if (!(pos >= 0 && pos < cacheT)) throw new ShapeError(`fusedDecodeStep: position ${pos} outside the cache (${cacheT})`);
+  if (kv.numel !== s.L * 2 * cacheT * s.HKV * s.DH || logits.numel !== s.V || packed.numel !== lay.total) throw new ShapeError('fusedDecodeStep: buffer sizes do not match the spec');
+  // One pipeline per model: the cache length and positions are uniform values.
   const key = `decode_llama.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.MAXT}.${s.EPS}.${s.THETA}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
   const p = e.pipeline(key, () => decodeLlamaWGSL(s, lay));
-  e.dispatch(p, [packed, packed, kv, logits, e.uniform(new Uint32Array([token, pos, 0, 0]))], [1]);
+  e.dispatch(p, [packed, packed, kv, logits, e.uniform(new Uint32Array([token, pos, s.L, cacheT, s.D, s.H * s.DH, s.F, 0]))], [1]);
 }
