@@ -82,8 +82,10 @@ describe('one-dispatch decoder (small Llama models)', () => {
     expect(a.tokenIds).toEqual(b.tokenIds);
     // Same f32 math, other summation orders: 1e-4 in log-prob.
     for (let i = 0; i < a.logprobs.length; i++) expect(Math.abs(a.logprobs[i]! - b.logprobs[i]!)).toBeLessThan(1e-4);
-    // The prefill is shared; each later token is one dispatch instead of one per op.
-    expect(layeredDispatches - fusedDispatches).toBeGreaterThanOrEqual(39 * 50);
+    // The prefill is shared; each later token is one dispatch instead of one per op. The fused path is
+    // for CPU drivers only (on a GPU one workgroup would idle the chip), so elsewhere both are equal.
+    if (e.ctx.info.isSoftware) expect(layeredDispatches - fusedDispatches).toBeGreaterThanOrEqual(39 * 50);
+    else expect(layeredDispatches).toBe(fusedDispatches);
   });
 });
 
