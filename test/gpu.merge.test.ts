@@ -1,6 +1,6 @@
 import { describe, expect, setDefaultTimeout, test } from 'bun:test';
 import { Engine, ShapeError } from '../src/gpu/engine.ts';
-import { mergeLora, NonFiniteError } from '../src/gpu/ops/merge.ts';
+import { mergeLora, mergeLoraMany, NonFiniteError } from '../src/gpu/ops/merge.ts';
 import { mergeLoraRef } from '../src/gpu/ref/merge.ts';
 import { Rng } from '../src/util/rng.ts';
 import { expectClose } from './helpers/compare.ts';
@@ -86,5 +86,32 @@ describe('mergeLora', () => {
     await expect(mergeLora(e, tw, tb, ta, 1)).rejects.toThrow(ShapeError);
     await expect(mergeLora(e, tw, ta, tb, Infinity)).rejects.toThrow(NonFiniteError);
     await expect(mergeLora(e, tw, ta, tb, 1e39)).rejects.toThrow(NonFiniteError); // Inf once in f32
+  });
+});
+
+describe('mergeLoraMany (a whole knot, one wait)', () => {
+  test('merges every module; a non-finite result in any module of the group leaves all of them unchanged', async () => {
+    const e = await Engine.create();
+    const rng = new Rng(21);
+    const mk = (d: number, k: number, r: number) => ({ w: rng.uniformArray(d * k), a: rng.uniformArray(r * k), b: rng.uniformArray(d * r), d, k, r });
+    const mods = [mk(5, 7, 2), mk(9, 3, 4)];
+    const up = () => mods.map((m) => ({ w: e.upload(m.w, [m.d, m.k]), a: e.upload(m.a, [m.r, m.k]), b: e.upload(m.b, [m.d, m.r]), scale: 0.5 }));
+    const items = up();
+    await mergeLoraMany(e, items);
+    for (const [i, m] of mods.entries()) {
+      const got = await e.readF32(items[i]!.w);
+      for (let x = 0; x < m.d; x++) for (let y = 0; y < m.k; y++) {
+        let acc = 0;
+        for (let j = 0; j < m.r; j++) acc += m.b[x * m.r + j]! * m.a[j * m.k + y]!;
+        // f32 accumulation over r ≤ 4 terms of |x| ≤ 1: 1e-6 absolute.
+        expect(Math.abs(got[x * m.k + y]! - (m.w[x * m.k + y]! + 0.5 * acc))).toBeLessThan(1e-6);
+      }
+    }
+    const bad = up();
+    const nanA = mods[1]!.a.slice();
+    nanA[0] = NaN;
+    bad[1]!.a = e.upload(nanA, [mods[1]!.r, mods[1]!.k]);
+    await expect(mergeLoraMany(e, bad)).rejects.toThrow(NonFiniteError);
+    for (const [i, m] of mods.entries()) expect(Array.from(await e.readF32(bad[i]!.w))).toEqual(Array.from(m.w));
   });
 });

@@ -11,7 +11,7 @@
 // whole state (optimizer state is zero at a knot, A comes from (seed, link), the data order from
 // (seed, epoch)), so a run restarted from its last knot reproduces the uninterrupted run bit for bit.
 import type { Engine, Tensor } from '../gpu/engine.ts';
-import { mergeLora } from '../gpu/ops/merge.ts';
+import { mergeLoraMany, type MergeItem } from '../gpu/ops/merge.ts';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from './optimizer.ts';
 import type { ModelWeights } from '../model/weights.ts';
 import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type LoraWeights } from '../model/transformer.ts';
@@ -176,15 +176,19 @@ async function snapshotWeights(e: Engine, model: TransformerModel, base: ModelWe
 
 /** Ties the knot: W += s·B·A (and bias += LoRA bias) for every adapted module, refusing non-finite results. */
 async function tieKnot(e: Engine, model: TransformerModel, lora: LoraWeights): Promise<void> {
+  const items: MergeItem[] = [];
+  const biases: { b: Tensor; delta: Tensor; key: string }[] = [];
   for (const [key, m] of lora.modules) {
     const dot = key.indexOf('.');
     const lin = model.linearOf(Number(key.slice(0, dot)), key.slice(dot + 1));
-    await mergeLora(e, lin.w, m.a, m.b, lora.scale);
+    items.push({ w: lin.w, a: m.a, b: m.b, scale: lora.scale });
     if (m.bias) {
       if (!lin.b) throw new ColaConfigError('lora.bias', `module ${key} has no bias to merge the LoRA bias into`);
-      await mergeBias(e, lin.b, m.bias);
+      biases.push({ b: lin.b, delta: m.bias, key });
     }
   }
+  await mergeLoraMany(e, items); // one wait for the whole knot
+  for (const x of biases) await mergeBias(e, x.b, x.delta);
 }
 
 async function mergeBias(e: Engine, b: Tensor, delta: Tensor): Promise<void> {
