@@ -186,7 +186,7 @@ export class Engine {
     if (this.allocated + cls > this.budget) {
       throw new MemoryBudgetError(
         `GPU memory budget exceeded: allocating ${cls} bytes with ${this.allocated} of ${this.budget} bytes in use ` +
-          `(set COLA_GPU_MEMORY_BUDGET or use smaller batches/sequences)`,
+          `(raise COLA_GPU_MEMORY_BUDGET_BYTES or use smaller batches/sequences)`,
       );
     }
     const buf = this.device.createBuffer({
@@ -585,13 +585,8 @@ export class Engine {
   }
 }
 
+/** Budget when the caller gives none (the service passes COLA_GPU_MEMORY_BUDGET_BYTES from its config). */
 function defaultBudget(): number {
-  const env = process.env.COLA_GPU_MEMORY_BUDGET;
-  if (env) {
-    const n = Number(env);
-    if (!Number.isFinite(n) || n <= 0) throw new Error(`COLA_GPU_MEMORY_BUDGET must be a positive number of bytes, got ${env}`);
-    return n;
-  }
   return 4 * 1024 ** 3;
 }
 
