@@ -1,4 +1,5 @@
 // Matmul, linear and linear backward (f32). Kernel families and why: ../kernels/matmul.ts.
+import gemvSrc from '../kernels/gemv.wgsl' with { type: 'text' };
 import { ShapeError, type Binding, type Engine, type Tensor, type UniformBlock } from '../engine.ts';
 import { COLSUM_WGSL, TRANSPOSE4_WGSL, matmulKernelName, matmulWGSL, type MatmulSpec, type MatmulVariant, type SizeMode } from '../kernels/matmul.ts';
 import { grid1d } from './util.ts';
@@ -166,6 +167,17 @@ export function matmul(e: Engine, a: Tensor, b: Tensor, opts: MatmulOptions = {}
   }
   const variant = opts.variant ?? forcedVariant ?? defaultMatmulVariant(e);
   const sizes = opts.sizes ?? defaultSizes;
+  // One row against a shared (N, K) weight on a GPU (decode): the GEMV kernel.
+  if (variant === 'tiled' && Mk === 1 && batch === 1 && transB && !transA && !SB && K % 4 === 0) {
+    const params = new ArrayBuffer(32);
+    new Uint32Array(params, 0, 4).set([N, K / 4, accumulate ? 1 : 0, bias ? 1 : 0]);
+    new Float32Array(params, 16, 1)[0] = alpha;
+    const groups = ceil(N, 8);
+    const max = e.limits.maxComputeWorkgroupsPerDimension;
+    const gy = ceil(groups, max);
+    e.dispatch(e.pipeline('gemv', () => gemvSrc), [a, b, c, bias ?? dummy(e), e.uniform(new Uint8Array(params))], [ceil(groups, gy), gy]);
+    return c;
+  }
   // x·Wᵀ with a shared W on the register tiles: transpose W (one pass over K·N elements) and run the
   // untransposed kernel, whose lane-contiguous vec4 B loads measured ~1.5× faster on lavapipe than
   // strided ones. Only worth it when the product (Mk·K·N MACs) dwarfs the pass: not for decode (M=1).
