@@ -7,6 +7,7 @@
 // modules with fan_in_fan_out = true.
 
 import { ColaConfigError, checkInt } from './errors.ts';
+import { hfModulePath, layerPrefixOf } from '../model/names.ts';
 
 export type Architecture = 'llama' | 'opt' | 'gpt2';
 
@@ -65,9 +66,10 @@ export function layerModules(cfg: ArchConfig): LinearModule[] {
   const c = checkArch(cfg);
   const q = c.nHeads * c.headDim;
   const kv = c.nKvHeads * c.headDim;
-  const m = (short: string, hfPath: string, inF: number, outF: number, fanInFanOut = false): LinearModule => ({
+  // HF module paths come from the model's table (src/model/names.ts).
+  const m = (short: string, inF: number, outF: number, fanInFanOut = false): LinearModule => ({
     short,
-    hfPath,
+    hfPath: hfModulePath(c.architecture, short),
     in: inF,
     out: outF,
     fanInFanOut,
@@ -75,43 +77,36 @@ export function layerModules(cfg: ArchConfig): LinearModule[] {
   switch (c.architecture) {
     case 'llama':
       return [
-        m('q', 'self_attn.q_proj', c.dim, q),
-        m('k', 'self_attn.k_proj', c.dim, kv),
-        m('v', 'self_attn.v_proj', c.dim, kv),
-        m('o', 'self_attn.o_proj', q, c.dim),
-        m('gate', 'mlp.gate_proj', c.dim, c.hiddenDim),
-        m('up', 'mlp.up_proj', c.dim, c.hiddenDim),
-        m('down', 'mlp.down_proj', c.hiddenDim, c.dim),
+        m('q', c.dim, q),
+        m('k', c.dim, kv),
+        m('v', c.dim, kv),
+        m('o', q, c.dim),
+        m('gate', c.dim, c.hiddenDim),
+        m('up', c.dim, c.hiddenDim),
+        m('down', c.hiddenDim, c.dim),
       ];
     case 'opt':
       return [
-        m('q', 'self_attn.q_proj', c.dim, q),
-        m('k', 'self_attn.k_proj', c.dim, q),
-        m('v', 'self_attn.v_proj', c.dim, q),
-        m('o', 'self_attn.out_proj', q, c.dim),
-        m('fc1', 'fc1', c.dim, c.hiddenDim),
-        m('fc2', 'fc2', c.hiddenDim, c.dim),
+        m('q', c.dim, q),
+        m('k', c.dim, q),
+        m('v', c.dim, q),
+        m('o', q, c.dim),
+        m('fc1', c.dim, c.hiddenDim),
+        m('fc2', c.hiddenDim, c.dim),
       ];
     case 'gpt2':
       return [
-        m('c_attn', 'attn.c_attn', c.dim, 3 * q, true),
-        m('attn.c_proj', 'attn.c_proj', q, c.dim, true),
-        m('c_fc', 'mlp.c_fc', c.dim, c.hiddenDim, true),
-        m('mlp.c_proj', 'mlp.c_proj', c.hiddenDim, c.dim, true),
+        m('c_attn', c.dim, 3 * q, true),
+        m('attn.c_proj', q, c.dim, true),
+        m('c_fc', c.dim, c.hiddenDim, true),
+        m('mlp.c_proj', c.hiddenDim, c.dim, true),
       ];
   }
 }
 
 /** Prefix of layer i's modules inside the HF model (without the PEFT "base_model.model." prefix). */
 export function layerPrefix(arch: Architecture, i: number): string {
-  switch (arch) {
-    case 'llama':
-      return `model.layers.${i}`;
-    case 'opt':
-      return `model.decoder.layers.${i}`;
-    case 'gpt2':
-      return `transformer.h.${i}`;
-  }
+  return layerPrefixOf(arch, i).slice(0, -1); // without the trailing dot
 }
 
 // Accepted aliases per architecture: the HF leaf names and the names other families use.

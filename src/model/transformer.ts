@@ -18,6 +18,9 @@ import { attention, attentionBackward, type AttentionSaved } from '../gpu/ops/at
 import { crossEntropy } from '../gpu/ops/loss.ts';
 import { sliceCols, scatterCols } from '../gpu/ops/layout.ts';
 import type { ModelConfig } from './config.ts';
+import { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName } from './names.ts';
+
+export { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName };
 import { type ModelWeights, classifierWeight, getTensor, linearWeight } from './weights.ts';
 
 /** A linear layer on the GPU: w (out, in), optional bias (out). */
@@ -80,37 +83,6 @@ export function bucketLen(T: number, max: number): number {
   return Math.max(T, Math.min(b, max));
 }
 
-const attnModules = { llama: ['q', 'k', 'v', 'o'], opt: ['q', 'k', 'v', 'o'], gpt2: ['c_attn', 'attn.c_proj'] } as const;
-
-/** HF module path of a short name, per architecture (without the layer prefix). */
-function hfModulePath(arch: ModelConfig['arch'], short: string): string {
-  const m: Record<ModelConfig['arch'], Record<string, string>> = {
-    llama: { q: 'self_attn.q_proj', k: 'self_attn.k_proj', v: 'self_attn.v_proj', o: 'self_attn.o_proj', gate: 'mlp.gate_proj', up: 'mlp.up_proj', down: 'mlp.down_proj' },
-    opt: { q: 'self_attn.q_proj', k: 'self_attn.k_proj', v: 'self_attn.v_proj', o: 'self_attn.out_proj', fc1: 'fc1', fc2: 'fc2' },
-    gpt2: { c_attn: 'attn.c_attn', 'attn.c_proj': 'attn.c_proj', c_fc: 'mlp.c_fc', 'mlp.c_proj': 'mlp.c_proj' },
-  };
-  const p = m[arch][short];
-  if (!p) throw new ShapeError(`no linear module ${short} in ${arch}`);
-  return p;
-}
-
-export function layerPrefixOf(arch: ModelConfig['arch'], i: number): string {
-  return arch === 'llama' ? `model.layers.${i}.` : arch === 'opt' ? `model.decoder.layers.${i}.` : `transformer.h.${i}.`;
-}
-
-/** HF tensor name of a module's weight (and bias). */
-export function moduleWeightName(arch: ModelConfig['arch'], layer: number, short: string): string {
-  return `${layerPrefixOf(arch, layer)}${hfModulePath(arch, short)}.weight`;
-}
-
-/** Short names of the linear modules of one layer, in forward order. */
-export function moduleShorts(arch: ModelConfig['arch']): string[] {
-  return arch === 'llama'
-    ? ['q', 'k', 'v', 'o', 'gate', 'up', 'down']
-    : arch === 'opt'
-      ? ['q', 'k', 'v', 'o', 'fc1', 'fc2']
-      : ['c_attn', 'attn.c_proj', 'c_fc', 'mlp.c_proj'];
-}
 
 // What the backward needs from one layer's forward.
 interface LayerSaved {
