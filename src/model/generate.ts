@@ -5,14 +5,13 @@ import { ShapeError, type Engine, type Tensor } from '../gpu/engine.ts';
 import { add } from '../gpu/ops/elementwise.ts';
 import { embedding } from '../gpu/ops/embedding.ts';
 import { linear, matmul } from '../gpu/ops/matmul.ts';
-import { rmsnorm, layernorm } from '../gpu/ops/norm.ts';
 import { swiglu, relu, gelu } from '../gpu/ops/activation.ts';
 import { attention, attentionDecode } from '../gpu/ops/attention.ts';
 import { ropeAndCache, type Strided } from '../gpu/ops/kvcache.ts';
 import { canFuseDecode, fusedDecodeStep, packedLayout, type DecodeSpec, type PackedLayout } from '../gpu/ops/decode.ts';
 import { Rng } from '../util/rng.ts';
 import type { TextTokenizer } from './tokenizer.ts';
-import { bucketLen, type GpuNorm, type TransformerModel } from './transformer.ts';
+import { bucketLen, type TransformerModel } from './transformer.ts';
 
 export const MAX_GENERATE_TOKENS = 4096;
 export const MAX_STOP_SEQUENCES = 8;
@@ -200,18 +199,6 @@ export class Generator {
     else for (const t of [...kv.k, ...kv.v]) t.free();
   }
 
-  private norm(x: Tensor, n: GpuNorm): Tensor {
-    if (this.c.norm === 'rmsnorm') {
-      const r = rmsnorm(this.e, x, n.w, this.c.normEps);
-      r.rstd.free();
-      return r.y;
-    }
-    const r = layernorm(this.e, x, n.w, n.b!, this.c.normEps);
-    r.mean.free();
-    r.rstd.free();
-    return r.y;
-  }
-
   /**
    * Runs T new tokens (positions start..start+T-1) through the model, filling the cache, and
    * returns the logits of the last position (1, V). Nothing is read back.
@@ -236,7 +223,7 @@ export class Generator {
     const rope = c.positions === 'rope' ? { theta: c.ropeTheta, interleaved: c.ropeInterleaved } : null;
     for (let i = 0; i < c.nLayers; i++) {
       const L = model.layers[i]!;
-      const n1 = this.norm(x, L.attnNorm);
+      const n1 = model.applyNorm(x, L.attnNorm);
       let q: Strided, k: Strided, v: Strided;
       const owned: Tensor[] = [];
       if (c.arch === 'gpt2') {
@@ -275,7 +262,7 @@ export class Generator {
       const o = L.linears.get(c.arch === 'gpt2' ? 'attn.c_proj' : 'o')!;
       matmul(e, att.view([T, c.nHeads * Dh]), o.w, { transB: true, accumulate: x, bias: o.b ?? undefined }); // x += att·Woᵀ + b
       att.free();
-      const n2 = this.norm(x, L.ffnNorm);
+      const n2 = model.applyNorm(x, L.ffnNorm);
       let act: Tensor;
       let down;
       if (c.gatedFfn) {
@@ -306,7 +293,7 @@ export class Generator {
       e.copyBytes(x, (Treal - 1) * c.dim * 4, last, 0, c.dim * 4);
       x.free();
     }
-    const h = this.norm(last, model.finalNormWeights);
+    const h = model.applyNorm(last, model.finalNormWeights);
     last.free();
     const logits = model.logits(h);
     h.free();

@@ -217,6 +217,13 @@ export class TransformerModel {
     return { y: r.y, stats: [r.mean, r.rstd] };
   }
 
+  /** The model's norm (RMSNorm or LayerNorm) for inference: the statistics are not kept. */
+  applyNorm(x: Tensor, n: GpuNorm): Tensor {
+    const r = this.norm(x, n);
+    for (const t of r.stats) t.free();
+    return r.y;
+  }
+
   private normBackward(dy: Tensor, x: Tensor, n: GpuNorm, stats: Tensor[]): Tensor {
     if (this.config.norm === 'rmsnorm') {
       const r = rmsnormBackward(this.e, dy, x, n.w, stats[0]!);
