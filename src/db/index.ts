@@ -33,6 +33,25 @@ export async function openDatabase(opts: DatabaseOptions): Promise<Database> {
   return openPglite(path.join(opts.dataDir, 'pgdata'));
 }
 
+async function ping(db: Db): Promise<boolean> {
+  try {
+    await db.execute(sql`select 1`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A close() that runs `end` once, however often it is called. */
+function closeOnce(end: () => Promise<void>): () => Promise<void> {
+  let closed = false;
+  return async () => {
+    if (closed) return;
+    closed = true;
+    await end();
+  };
+}
+
 async function openPglite(dir: string): Promise<Database> {
   fs.mkdirSync(dir, { recursive: true });
   const { PGlite } = await import('@electric-sql/pglite');
@@ -40,7 +59,6 @@ async function openPglite(dir: string): Promise<Database> {
   const client = new PGlite(dir);
   await client.waitReady;
   const db = drizzle(client, { schema });
-  let closed = false;
   return {
     db: db as unknown as Db,
     kind: 'pglite',
@@ -52,19 +70,8 @@ async function openPglite(dir: string): Promise<Database> {
       const { migrate } = await import('drizzle-orm/pglite/migrator');
       await migrate(db, { migrationsFolder: MIGRATIONS_DIR });
     },
-    async ping() {
-      try {
-        await db.execute(sql`select 1`);
-        return true;
-      } catch {
-        return false;
-      }
-    },
-    async close() {
-      if (closed) return;
-      closed = true;
-      await client.close();
-    },
+    ping: () => ping(db as unknown as Db),
+    close: closeOnce(() => client.close()),
   };
 }
 
@@ -74,7 +81,6 @@ async function openPostgres(url: string, max: number): Promise<Database> {
   const pool = new pg.Pool({ connectionString: url, max });
   pool.on('error', (err) => console.error(`postgres pool error: ${err.message}`));
   const db = drizzle(pool, { schema });
-  let closed = false;
   return {
     db: db as unknown as Db,
     kind: 'postgres',
@@ -94,19 +100,8 @@ async function openPostgres(url: string, max: number): Promise<Database> {
         c.release();
       }
     },
-    async ping() {
-      try {
-        await db.execute(sql`select 1`);
-        return true;
-      } catch {
-        return false;
-      }
-    },
-    async close() {
-      if (closed) return;
-      closed = true;
-      await pool.end();
-    },
+    ping: () => ping(db as unknown as Db),
+    close: closeOnce(() => pool.end()),
   };
 }
 

@@ -32,20 +32,19 @@ export async function findSharedModel(db: Db, name: string): Promise<Model | nul
   return m ?? null;
 }
 
+type NewModel = { tenantId: string | null; name: string; architecture: string; params?: number; config?: Record<string, unknown> };
+
+function modelRow(input: NewModel) {
+  return { id: newId('mdl'), tenantId: input.tenantId, name: input.name, architecture: input.architecture, params: input.params ?? 0, config: input.config ?? {} };
+}
+
 export async function createModel(
   db: Db,
   input: { tenantId: string | null; name: string; architecture: string; params?: number; config?: Record<string, unknown> },
 ): Promise<Model> {
   const [m] = await db
     .insert(models)
-    .values({
-      id: newId('mdl'),
-      tenantId: input.tenantId,
-      name: input.name,
-      architecture: input.architecture,
-      params: input.params ?? 0,
-      config: input.config ?? {},
-    })
+    .values(modelRow(input))
     .returning();
   return m!;
 }
@@ -57,14 +56,7 @@ export async function ensureTenantModel(
 ): Promise<Model> {
   await db
     .insert(models)
-    .values({
-      id: newId('mdl'),
-      tenantId: input.tenantId,
-      name: input.name,
-      architecture: input.architecture,
-      params: input.params ?? 0,
-      config: input.config ?? {},
-    })
+    .values(modelRow(input))
     .onConflictDoNothing();
   const [m] = await db
     .select()
