@@ -515,14 +515,24 @@ export class Engine {
 
   /** Reads several f32 tensors with one submit and one wait. */
   async readManyF32(ts: Tensor[]): Promise<Float32Array[]> {
-    const sizes = ts.map((t) => Math.ceil(t.byteLength / 4) * 4);
+    for (const t of ts) if (t.dtype !== 'f32') throw new Error(`readManyF32 of ${t}`);
+    const parts = await this.readRanges(ts.map((t) => ({ buffer: t.buffer, offset: t.byteOffset, byteLength: t.byteLength })));
+    return parts.map((p) => new Float32Array(p));
+  }
+
+  async readBytes(buffer: GPUBuffer, offset: number, byteLength: number): Promise<ArrayBuffer> {
+    return (await this.readRanges([{ buffer, offset, byteLength }]))[0]!;
+  }
+
+  /** Copies byte ranges into one staging buffer with one submit and one wait. */
+  private async readRanges(ranges: { buffer: GPUBuffer; offset: number; byteLength: number }[]): Promise<ArrayBuffer[]> {
+    const sizes = ranges.map((r) => Math.ceil(r.byteLength / 4) * 4);
     const total = sizes.reduce((a, b) => a + b, 0);
     const staging = this.device.createBuffer({ size: Math.max(4, total), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     this.endPass();
     let off = 0;
-    ts.forEach((t, i) => {
-      if (t.dtype !== 'f32') throw new Error(`readManyF32 of ${t}`);
-      if (sizes[i]) this.enc().copyBufferToBuffer(t.buffer, t.byteOffset, staging, off, sizes[i]!);
+    ranges.forEach((r, i) => {
+      if (sizes[i]) this.enc().copyBufferToBuffer(r.buffer, r.offset, staging, off, sizes[i]!);
       off += sizes[i]!;
     });
     this.flush();
@@ -533,31 +543,13 @@ export class Engine {
       checkDevice(this.ctx);
       throw e;
     }
-    const all = staging.getMappedRange().slice(0);
-    staging.unmap();
-    staging.destroy();
+    const mapped = staging.getMappedRange();
     off = 0;
-    return ts.map((t, i) => {
-      const out = new Float32Array(all, off, t.byteLength / 4);
+    const out = ranges.map((r, i) => {
+      const part = mapped.slice(off, off + r.byteLength);
       off += sizes[i]!;
-      return out;
+      return part;
     });
-  }
-
-  async readBytes(buffer: GPUBuffer, offset: number, byteLength: number): Promise<ArrayBuffer> {
-    const size = Math.ceil(byteLength / 4) * 4;
-    const staging = this.device.createBuffer({ size: Math.max(4, size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    this.endPass();
-    this.enc().copyBufferToBuffer(buffer, offset, staging, 0, size);
-    this.flush();
-    this.stats.readbacks++;
-    try {
-      await staging.mapAsync(GPUMapMode.READ);
-    } catch (e) {
-      checkDevice(this.ctx);
-      throw e;
-    }
-    const out = staging.getMappedRange().slice(0, byteLength);
     staging.unmap();
     staging.destroy();
     return out;
