@@ -126,7 +126,13 @@ export class Engine {
   readonly budget: number;
   private allocated = 0; // bytes in live + pooled buffers
   private peak = 0;
+  // Free buffers per size class, each list sorted by creation order (newest first, so pop() hands
+  // out the oldest). Handing out buffers in a canonical order makes a repeated step (training, decode)
+  // bind the same buffers every time, so its bind groups hit the cache: with a LIFO list the same
+  // step drew permuted buffers and created ~130 new bind groups per training step (issue 8).
   private pool = new Map<number, GPUBuffer[]>();
+  private bufferSerial = new WeakMap<GPUBuffer, number>();
+  private nextBufferSerial = 1;
   private pipelines = new Map<PipelineKey, GPUComputePipeline>();
   private modules = new Map<string, GPUShaderModule>();
   private encoder: GPUCommandEncoder | null = null;
@@ -193,6 +199,7 @@ export class Engine {
       size: cls,
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
     });
+    this.bufferSerial.set(buf, this.nextBufferSerial++);
     this.allocated += cls;
     if (this.allocated > this.peak) this.peak = this.allocated;
     return buf;
@@ -203,12 +210,21 @@ export class Engine {
     const cls = buf.size;
     let list = this.pool.get(cls);
     if (!list) this.pool.set(cls, (list = []));
-    list.push(buf);
+    const serial = this.bufferSerial.get(buf) ?? 0;
+    // Binary search for the first entry older than `buf` (lists are sorted newest first).
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((this.bufferSerial.get(list[mid]!) ?? 0) > serial) lo = mid + 1;
+      else hi = mid;
+    }
+    list.splice(lo, 0, buf);
   }
 
   /** Destroys every pooled (unused) buffer. */
   trimPool(): void {
-    this.bindGroups.clear(); // cached bind groups may reference the buffers destroyed here
+    this.dropBindGroups(this.bindGroups.size); // cached bind groups may reference the buffers destroyed here
     // Pending commands may still reference pooled buffers; destroy is deferred by Dawn until done.
     for (const [cls, list] of this.pool) {
       for (const b of list) {
@@ -380,14 +396,19 @@ export class Engine {
     if (++this.dispatchesInBatch >= 4096) this.flush();
   }
 
-  // Bind groups cached by (pipeline, buffers, offsets, sizes): a training step or a decode step binds
-  // the same pooled buffers in the same order every time, and createBindGroup is the largest host
-  // cost of a dispatch (~12 µs on lavapipe, more on GPUs through dawn.node).
+  // Bind groups cached by (pipeline, buffers, offsets, sizes), least recently used first out: a
+  // training step or a decode step binds the same pooled buffers in the same order every time, and
+  // createBindGroup is the largest host cost of a dispatch (~12 µs on lavapipe, more on GPUs).
+  // Driver memory: on lavapipe every live bind group holds one memfd mapping, and a dropped one is
+  // only released when its JS wrapper is collected, which the GC does not do on its own (it cannot
+  // see the native memory): a process that kept creating them died at vm.max_map_count. So the cache
+  // is bounded, and after every MAX_BIND_GROUPS / 4 evictions the engine asks for a collection.
   private bindGroups = new Map<string, GPUBindGroup>();
   private objectIds = new WeakMap<object, number>();
   private nextObjectId = 1;
-  private static readonly MAX_BIND_GROUPS = 16384;
-  readonly bindGroupStats = { hits: 0, misses: 0 };
+  private static readonly MAX_BIND_GROUPS = 4096;
+  private droppedSinceCollect = 0;
+  readonly bindGroupStats = { hits: 0, misses: 0, evicted: 0, collections: 0 };
 
   private idOf(o: object): number {
     let id = this.objectIds.get(o);
@@ -404,13 +425,37 @@ export class Engine {
     let bg = this.bindGroups.get(key);
     if (bg) {
       this.bindGroupStats.hits++;
+      this.bindGroups.delete(key); // most recently used last
+      this.bindGroups.set(key, bg);
       return bg;
     }
     this.bindGroupStats.misses++;
-    if (this.bindGroups.size >= Engine.MAX_BIND_GROUPS) this.bindGroups.clear();
+    if (this.bindGroups.size >= Engine.MAX_BIND_GROUPS) this.dropBindGroups(Engine.MAX_BIND_GROUPS / 8);
     bg = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
     this.bindGroups.set(key, bg);
     return bg;
+  }
+
+  /** Drops the `n` least recently used bind groups; collects their wrappers once enough are dropped. */
+  private dropBindGroups(n: number): void {
+    let dropped = 0;
+    for (const key of this.bindGroups.keys()) {
+      if (dropped >= n) break;
+      this.bindGroups.delete(key);
+      dropped++;
+    }
+    this.bindGroupStats.evicted += dropped;
+    this.droppedSinceCollect += dropped;
+    if (this.droppedSinceCollect >= Engine.MAX_BIND_GROUPS / 4) {
+      this.droppedSinceCollect = 0;
+      this.bindGroupStats.collections++;
+      collectGarbage();
+    }
+  }
+
+  /** Driver objects this engine keeps alive: cached bind groups and pipelines. */
+  driverObjects(): { bindGroups: number; pipelines: number } {
+    return { bindGroups: this.bindGroups.size, pipelines: this.pipelines.size };
   }
 
   /** Submits everything recorded so far (does not wait). */
@@ -540,6 +585,7 @@ export class Engine {
     try {
       await staging.mapAsync(GPUMapMode.READ);
     } catch (e) {
+      staging.destroy();
       checkDevice(this.ctx);
       throw e;
     }
@@ -575,6 +621,16 @@ export class Engine {
     }
     return result!;
   }
+}
+
+/**
+ * A full garbage collection, where the runtime offers one (Bun; Node with --expose-gc): releases
+ * the driver objects behind dropped WebGPU wrappers (see Engine.dropBindGroups).
+ */
+function collectGarbage(): void {
+  const g = globalThis as { Bun?: { gc(full: boolean): void }; gc?: () => void };
+  if (g.Bun) g.Bun.gc(true);
+  else g.gc?.();
 }
 
 /** Budget when the caller gives none (the service passes COLA_GPU_MEMORY_BUDGET_BYTES from its config). */
