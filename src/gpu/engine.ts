@@ -138,6 +138,9 @@ export class Engine {
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
   private dispatchesInBatch = 0;
+  // Submits so far, and the last submit known complete (a read-back or sync issued after it returned).
+  private submitSerial = 0;
+  private doneSerial = 0;
   /** Counters for benchmarks and tests. */
   readonly stats = { dispatches: 0, submits: 0, readbacks: 0, pipelinesCreated: 0 };
   // Uniform arena: small per-dispatch parameter blocks written once per submit.
@@ -497,6 +500,7 @@ export class Engine {
       this.uniformUsed = 0;
     }
     this.device.queue.submit([this.encoder.finish()]);
+    this.submitSerial++;
     this.encoder = null;
     this.dispatchesInBatch = 0;
     this.stats.submits++;
@@ -531,8 +535,15 @@ export class Engine {
   /** Waits until all submitted work is done (flushes first). */
   async sync(): Promise<void> {
     this.flush();
+    const serial = this.submitSerial;
     await this.device.queue.onSubmittedWorkDone();
+    this.doneSerial = Math.max(this.doneSerial, serial);
     checkDevice(this.ctx);
+  }
+
+  /** Whether work has been recorded or submitted that no read-back or sync has waited for yet. */
+  get hasUnwaitedWork(): boolean {
+    return this.encoder !== null || this.submitSerial > this.doneSerial;
   }
 
   /** Reads a tensor back to the host. Flushes pending work; the only place the CPU waits. */
@@ -581,6 +592,7 @@ export class Engine {
       off += sizes[i]!;
     });
     this.flush();
+    const serial = this.submitSerial;
     this.stats.readbacks++;
     try {
       await staging.mapAsync(GPUMapMode.READ);
@@ -589,6 +601,7 @@ export class Engine {
       checkDevice(this.ctx);
       throw e;
     }
+    this.doneSerial = Math.max(this.doneSerial, serial); // the map waited for every earlier submit
     const mapped = staging.getMappedRange();
     off = 0;
     const out = ranges.map((r, i) => {

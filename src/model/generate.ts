@@ -314,74 +314,125 @@ export class Generator {
     }
   }
 
-  /** Generates a completion of `promptIds`. */
+  /** Generates a completion of `promptIds` alone (batch 1, contiguous cache). */
   async generate(promptIds: number[], o: SamplingOptions, hooks: GenerateHooks = {}): Promise<GenerateResult> {
     const c = this.c;
-    if (promptIds.length === 0) throw new ShapeError('empty prompt');
-    if (promptIds.length >= c.maxSeqLen) throw new ShapeError(`prompt of ${promptIds.length} tokens leaves no room in the model's context of ${c.maxSeqLen}`);
-    const maxNew = Math.min(o.maxTokens, c.maxSeqLen - promptIds.length);
-    const cacheT = bucketLen(promptIds.length + maxNew, c.maxSeqLen);
+    const stream = new TokenStream(this.tokenizer, promptIds, o, hooks, c.maxSeqLen);
+    const cacheT = bucketLen(promptIds.length + stream.maxNew, c.maxSeqLen);
     const fused = this.fusedFor();
     const kv = this.newCache(cacheT, !!fused);
     // Cache rows must be 256-byte aligned for the per-layer views; otherwise use separate tensors.
     const fusedLogits = fused ? this.e.empty([1, c.vocabSize]) : null;
-    const rng = new Rng(o.seed >>> 0);
-    const dec = this.tokenizer.createStreamDecoder({ context: promptIds });
-    const eos = o.stopAtEos === false ? null : this.tokenizer.eos;
-    const tokenIds: number[] = [];
-    const logprobs: number[] = [];
-    const top: { id: number; logprob: number }[][] = [];
-    let text = '';
-    let finish: 'stop' | 'length' = 'length';
-    const t0 = performance.now();
-    let tPrefill = 0;
     try {
       let logitsT = this.step(promptIds, 0, kv);
-      for (let n = 0; n < maxNew; n++) {
+      for (;;) {
         const logits = await this.e.readF32(logitsT);
         logitsT.free();
-        if (n === 0) tPrefill = performance.now();
-        const id = sample(logits, o, rng);
-        const lsm = logSoftmax(logits);
-        if (eos !== null && id === eos) {
-          finish = 'stop';
-          break;
-        }
-        tokenIds.push(id);
-        logprobs.push(lsm[id]!);
-        if (hooks.topLogprobs) top.push(topK(lsm, hooks.topLogprobs));
-        const piece = dec.decodeToken(id);
-        text += piece;
-        const hit = firstStop(text, o.stop);
-        if (hit >= 0) {
-          text = text.slice(0, hit);
-          finish = 'stop';
-          break;
-        }
-        await hooks.onToken?.({ id, text: piece });
-        if (hooks.isAborted?.()) break;
-        if (n + 1 < maxNew) {
-          if (fused) {
-            fusedDecodeStep(this.e, fused.spec, fused.lay, fused.packed, kv.all!, fusedLogits!, id, promptIds.length + n, kv.maxT);
-            logitsT = fusedLogits!.rows(0, 1); // a non-owning view: freeing it after the read keeps the buffer
-          } else logitsT = this.step([id], promptIds.length + n, kv);
-        }
+        const id = await stream.push(logits);
+        if (id === null) break;
+        const pos = promptIds.length + stream.tokenIds.length - 1;
+        if (fused) {
+          fusedDecodeStep(this.e, fused.spec, fused.lay, fused.packed, kv.all!, fusedLogits!, id, pos, kv.maxT);
+          logitsT = fusedLogits!.rows(0, 1); // a non-owning view: freeing it after the read keeps the buffer
+        } else logitsT = this.step([id], pos, kv);
       }
-      if (finish === 'length') text += dec.flush();
     } finally {
       this.freeCache(kv);
       fusedLogits?.free();
     }
+    return stream.result();
+  }
+}
+
+/**
+ * One sequence's side of generation: sampling from each position's logits (seeded RNG), EOS and
+ * stop sequences, streaming text, logprobs and timing. Shared by the batch-1 path above and the
+ * continuous batcher (batcher.ts), so both give the same tokens for the same logits.
+ */
+export class TokenStream {
+  readonly maxNew: number;
+  readonly tokenIds: number[] = [];
+  private readonly logprobs: number[] = [];
+  private readonly top: { id: number; logprob: number }[][] = [];
+  private text = '';
+  private finish: 'stop' | 'length' = 'length';
+  private readonly rng: Rng;
+  private readonly dec: ReturnType<TextTokenizer['createStreamDecoder']>;
+  private readonly eos: number | null;
+  private readonly t0 = performance.now();
+  private tFirst = 0;
+  private done = false;
+
+  constructor(
+    readonly tokenizer: TextTokenizer,
+    readonly promptIds: number[],
+    readonly o: SamplingOptions,
+    readonly hooks: GenerateHooks,
+    maxSeqLen: number,
+  ) {
+    if (promptIds.length === 0) throw new ShapeError('empty prompt');
+    if (promptIds.length >= maxSeqLen) throw new ShapeError(`prompt of ${promptIds.length} tokens leaves no room in the model's context of ${maxSeqLen}`);
+    this.maxNew = Math.min(o.maxTokens, maxSeqLen - promptIds.length);
+    this.rng = new Rng(o.seed >>> 0);
+    this.dec = tokenizer.createStreamDecoder({ context: promptIds });
+    this.eos = o.stopAtEos === false ? null : tokenizer.eos;
+  }
+
+  get finished(): boolean {
+    return this.done;
+  }
+
+  /**
+   * Consumes the logits (V) of the next position: samples, streams the token, checks EOS, stop
+   * sequences and the length. Returns the token to feed next, or null when the sequence is done.
+   */
+  async push(logits: Float32Array): Promise<number | null> {
+    if (this.done) return null;
+    if (this.tokenIds.length === 0) this.tFirst = performance.now();
+    if (this.maxNew <= 0) return this.end('length');
+    const id = sample(logits, this.o, this.rng);
+    const lsm = logSoftmax(logits);
+    if (this.eos !== null && id === this.eos) return this.end('stop');
+    this.tokenIds.push(id);
+    this.logprobs.push(lsm[id]!);
+    if (this.hooks.topLogprobs) this.top.push(topK(lsm, this.hooks.topLogprobs));
+    const piece = this.dec.decodeToken(id);
+    this.text += piece;
+    const hit = firstStop(this.text, this.o.stop);
+    if (hit >= 0) {
+      this.text = this.text.slice(0, hit);
+      return this.end('stop');
+    }
+    await this.hooks.onToken?.({ id, text: piece });
+    if (this.hooks.isAborted?.()) return this.end('length');
+    if (this.tokenIds.length >= this.maxNew) return this.end('length');
+    return id;
+  }
+
+  /** Ends the sequence early (e.g. the client went away). */
+  abort(): void {
+    if (!this.done) this.end('length');
+  }
+
+  private end(reason: 'stop' | 'length'): null {
+    this.done = true;
+    this.finish = reason;
+    if (reason === 'length') this.text += this.dec.flush();
+    return null;
+  }
+
+  result(): GenerateResult {
     const t1 = performance.now();
-    const decodeMs = t1 - (tPrefill || t1);
+    const decodeMs = t1 - (this.tFirst || t1);
+    const n = this.tokenIds.length;
     return {
-      promptIds,
-      tokenIds,
-      text,
-      finishReason: finish,
-      logprobs,
-      topLogprobs: hooks.topLogprobs ? top : undefined,
-      timing: { prefillMs: (tPrefill || t1) - t0, decodeMs, tokensPerS: tokenIds.length > 1 && decodeMs > 0 ? ((tokenIds.length - 1) * 1000) / decodeMs : 0 },
+      promptIds: this.promptIds,
+      tokenIds: this.tokenIds,
+      text: this.text,
+      finishReason: this.finish,
+      logprobs: this.logprobs,
+      topLogprobs: this.hooks.topLogprobs ? this.top : undefined,
+      timing: { prefillMs: (this.tFirst || t1) - this.t0, decodeMs, tokensPerS: n > 1 && decodeMs > 0 ? ((n - 1) * 1000) / decodeMs : 0 },
     };
   }
 }
