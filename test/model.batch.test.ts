@@ -37,11 +37,11 @@ beforeAll(async () => {
 const greedy: SamplingOptions = { maxTokens: 24, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [], stopAtEos: false };
 
 /** Runs `prompts` through one DecodeBatch, each joining after `joinAfter[i]` iterations of the batch. */
-async function batched(model: TransformerModel, tok: TextTokenizer, prompts: number[][], opts: SamplingOptions[], joinAfter: number[], prefillChunk: number) {
+async function batched(model: TransformerModel, tok: TextTokenizer, prompts: number[][], opts: SamplingOptions[], joinAfter: number[], prefillChunk: number, fused: Generator | null = null) {
   const c = model.config;
   const sched = new GpuScheduler(e, { trainShare: 0 });
   const pool = new KvPool(e, { L: c.nLayers, HKV: c.nKvHeads, D: c.headDim }, 4 << 20);
-  const batch = new DecodeBatch(e, sched, model, pool, 'test', { prefillChunk }, () => {});
+  const batch = new DecodeBatch(e, sched, model, pool, 'test', { prefillChunk, fused: fused?.batchDecoder() }, () => {});
   const results: Promise<GenerateResult>[] = [];
   const order = prompts.map((_, i) => i).sort((a, b) => joinAfter[a]! - joinAfter[b]!);
   for (const i of order) {
@@ -60,7 +60,8 @@ async function batched(model: TransformerModel, tok: TextTokenizer, prompts: num
 }
 
 describe('continuous batching = batch-1 generation', () => {
-  test('stories260K: 8 sequences, different prompt lengths, joining at different iterations', async () => {
+  for (const path of ['layered', 'fused'] as const)
+  test(`stories260K (${path} decode): 8 sequences, different prompt lengths, joining at different iterations`, async () => {
     const model = TransformerModel.upload(e, m.weights);
     const texts = ['Once upon a time', 'The cat', 'Lily and Ben went to the park to play with a big red ball', 'One day',
       'Tom had a dog', 'The sun was hot and the children', 'A', 'Mom said'];
@@ -71,7 +72,9 @@ describe('continuous batching = batch-1 generation', () => {
     const alone: GenerateResult[] = [];
     for (let i = 0; i < prompts.length; i++) alone.push(await gen.generate(prompts[i]!, opts[i]!, { topLogprobs: 2 }));
     // Prefill chunk of 5 tokens: the long prompt is split over several iterations.
-    const { out, stats, freeBlocks, totalBlocks } = await batched(model, m.tokenizer, prompts, opts, joinAfter, 5);
+    const fused = path === 'fused' ? gen : null;
+    if (fused && !fused.batchDecoder()) return void console.warn('no batched one-dispatch decoder on this device: only the layered path is tested');
+    const { out, stats, freeBlocks, totalBlocks } = await batched(model, m.tokenizer, prompts, opts, joinAfter, 5, fused);
     for (let i = 0; i < prompts.length; i++) {
       expect(out[i]!.tokenIds).toEqual(alone[i]!.tokenIds); // greedy and seeded sampling: the same ids
       expect(out[i]!.text).toBe(alone[i]!.text);

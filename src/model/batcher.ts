@@ -6,9 +6,10 @@
 // more than one chunk). Sequences join at the next iteration and leave as soon as they finish.
 // Each iteration is one unit on the GPU scheduler. Sampling, stop sequences, logprobs and streaming
 // are per sequence (TokenStream), so a sequence's tokens do not depend on its neighbours.
-import type { Engine } from '../gpu/engine.ts';
+import type { Engine, Tensor } from '../gpu/engine.ts';
 import type { GpuScheduler } from '../gpu/scheduler.ts';
 import { forwardRows, type BatchRow } from './batch-forward.ts';
+import { fusedDecodeBatch, type DecodeSpec, type PackedLayout } from '../gpu/ops/decode.ts';
 import type { TokenStream, GenerateResult } from './generate.ts';
 import type { KvPool } from './kvpool.ts';
 import type { TransformerModel } from './transformer.ts';
@@ -29,6 +30,11 @@ export interface BatchSequence {
 export interface BatchOptions {
   /** Prompt tokens per iteration (chunked prefill). */
   prefillChunk: number;
+  /**
+   * The one-dispatch batched decoder (small Llama models on CPU drivers, see
+   * kernels/decode_llama_batch.ts): decode rows go through it, prompt chunks through the layers.
+   */
+  fused?: { packed: Tensor; lay: PackedLayout; spec: DecodeSpec } | null;
 }
 
 export interface BatchStats {
@@ -103,19 +109,25 @@ export class DecodeBatch {
       }
     }
     if (!this.seqs.length) return null;
+    const fused = this.opts.fused ?? null;
     const rows: BatchRow[] = [];
-    const owners: BatchSequence[] = []; // the sequence of each logits row, in row order
+    const owners: BatchSequence[] = []; // the sequence of each layered logits row, in row order
     const tables: number[][] = [];
+    const decoders: BatchSequence[] = []; // fused path: decode sequences
     let decodeRows = 0;
     let budget = this.opts.prefillChunk;
     for (const s of this.seqs) {
       const prompt = s.stream.promptIds;
       if (s.prefilled === prompt.length) {
         if (s.next === null) continue;
+        decodeRows++;
+        if (fused) {
+          decoders.push(s);
+          continue;
+        }
         const table = tables.push(s.blocks) - 1;
         rows.push({ table, pos: prompt.length + s.stream.tokenIds.length - 1, token: s.next, logits: true });
         owners.push(s);
-        decodeRows++;
       } else if (budget > 0) {
         const table = tables.push(s.blocks) - 1;
         const n = Math.min(budget, prompt.length - s.prefilled);
@@ -129,16 +141,40 @@ export class DecodeBatch {
         budget -= n;
       }
     }
-    if (!rows.length) return null;
+    if (!rows.length && !decoders.length) return null;
+    const outs: Tensor[] = [];
+    if (decoders.length && fused) outs.push(this.fusedDecode(fused, decoders));
     // Rows are recorded in order: a prefill chunk's later rows see the keys its earlier rows write
     // because the cache write of every row happens before the attention of any row in each layer.
-    const logitsT = forwardRows(this.e, this.model, this.pool, rows, tables);
-    const all = logitsT ? await this.e.readF32(logitsT) : new Float32Array(0);
-    logitsT?.free();
+    const layered = rows.length ? forwardRows(this.e, this.model, this.pool, rows, tables) : null;
+    if (layered) outs.push(layered);
+    const parts = outs.length ? await this.e.readManyF32(outs) : [];
+    for (const t of outs) t.free();
+    const all = parts.length === 2 ? concat(parts[0]!, parts[1]!) : (parts[0] ?? new Float32Array(0));
+    owners.unshift(...decoders);
     this.stats.iterations++;
-    this.stats.rows += rows.length;
+    this.stats.rows += rows.length + decoders.length;
     this.stats.maxDecodeRows = Math.max(this.stats.maxDecodeRows, decodeRows);
     return { owners, logits: all };
+  }
+
+  /** Decode rows of `seqs` through the batched one-dispatch kernel; returns their logits (M, V). */
+  private fusedDecode(f: NonNullable<BatchOptions['fused']>, seqs: BatchSequence[]): Tensor {
+    const M = seqs.length;
+    const MAXB = Math.ceil(this.model.config.maxSeqLen / this.pool.blockSize);
+    const sq = new Uint32Array(4 * M);
+    const tb = new Uint32Array(M * MAXB);
+    seqs.forEach((s, i) => {
+      sq.set([s.next!, s.stream.promptIds.length + s.stream.tokenIds.length - 1, i, 0], 4 * i);
+      tb.set(s.blocks.slice(0, MAXB), i * MAXB);
+    });
+    const seqT = this.e.upload(sq, [M, 4], 'u32');
+    const tabT = this.e.upload(tb, [M, MAXB], 'u32');
+    const logits = this.e.empty([M, this.model.config.vocabSize]);
+    fusedDecodeBatch(this.e, f.spec, f.lay, f.packed, this.pool.tensor, this.pool.blocks, this.pool.blockSize, MAXB, seqT, tabT, logits, M);
+    seqT.free();
+    tabT.free();
+    return logits;
   }
 
   private async consume(owners: BatchSequence[], all: Float32Array): Promise<void> {
@@ -156,4 +192,11 @@ export class DecodeBatch {
       }),
     );
   }
+}
+
+function concat(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }

@@ -8,7 +8,7 @@ import { linear, matmul } from '../gpu/ops/matmul.ts';
 import { swiglu, relu, gelu } from '../gpu/ops/activation.ts';
 import { attention, attentionDecode } from '../gpu/ops/attention.ts';
 import { ropeAndCache, type Strided } from '../gpu/ops/kvcache.ts';
-import { canFuseDecode, fusedDecodeStep, packedLayout, type DecodeSpec, type PackedLayout } from '../gpu/ops/decode.ts';
+import { canFuseDecode, canFuseDecodeBatch, fusedDecodeStep, packedLayout, type DecodeSpec, type PackedLayout } from '../gpu/ops/decode.ts';
 import { Rng } from '../util/rng.ts';
 import type { TextTokenizer } from './tokenizer.ts';
 import { bucketLen, type TransformerModel } from './transformer.ts';
@@ -130,7 +130,7 @@ export class Generator {
   }
 
   /** The fused decoder's packed weights when this model and cache length qualify, else null. */
-  private fusedFor(): { packed: Tensor; lay: PackedLayout; spec: DecodeSpec } | null {
+  private fusedFor(batch = false): { packed: Tensor; lay: PackedLayout; spec: DecodeSpec } | null {
     const c = this.c;
     // CPU drivers only: there one workgroup is one thread doing the whole step without dispatch
     // overhead; on a GPU one workgroup would leave all but one multiprocessor idle.
@@ -139,8 +139,17 @@ export class Generator {
     const spec = this.specFor();
     const lay = packedLayout(spec, c.tiedEmbeddings);
     if (!canFuseDecode(this.e, spec, lay.total)) return null;
+    if (batch && !canFuseDecodeBatch(this.e, spec, lay.total)) return null;
     if (this.fused === undefined) this.fused = this.packWeights(lay);
     return { ...this.fused!, spec };
+  }
+
+  /**
+   * The batched one-dispatch decoder's inputs (packed weights, spec) for the continuous batcher, or
+   * null where it does not apply (GPUs, other architectures, larger models). Valid until free().
+   */
+  batchDecoder(): { packed: Tensor; lay: PackedLayout; spec: DecodeSpec } | null {
+    return this.fusedFor(true);
   }
 
   /** Copies every weight into one buffer (the fused kernel binds it once). */

@@ -1,6 +1,7 @@
 // One-dispatch decode step for small Llama models (see ../kernels/decode_llama.ts for why).
 import { ShapeError, type Engine, type Tensor } from '../engine.ts';
 import { decodeLlamaWGSL, packedLayout, type DecodeSpec, type PackedLayout } from '../kernels/decode_llama.ts';
+import { decodeLlamaBatchWGSL } from '../kernels/decode_llama_batch.ts';
 
 export type { DecodeSpec, PackedLayout };
 export { packedLayout };
@@ -37,4 +38,44 @@ export function fusedDecodeStep(e: Engine, s: DecodeSpec, lay: PackedLayout, pac
   const key = `decode_llama.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.MAXT}.${s.EPS}.${s.THETA}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
   const p = e.pipeline(key, () => decodeLlamaWGSL(s, lay));
   e.dispatch(p, [packed, packed, kv, logits, e.uniform(new Uint32Array([token, pos, s.L, cacheT, s.D, s.H * s.DH, s.F, 0]))], [1]);
+}
+
+// ---------------------------------------------------------------- batched (continuous batching)
+
+/**
+ * Sequences per workgroup for M decode rows. Two variants only: compiling one costs seconds on
+ * lavapipe with a cold shader cache (measured under load: G = 1 7 s, 2 11–18 s, 4 39 s, 8 49–67 s),
+ * and G = 4 already pays the weight loads once per 4 tokens. M ≤ 2 runs one workgroup (one CPU
+ * thread) per sequence.
+ */
+export function batchGroupSize(M: number): 1 | 4 {
+  return M <= 2 ? 1 : 4;
+}
+
+/** Workgroup memory of the batched kernel for G sequences (bytes). */
+export function fusedBatchWorkgroupBytes(s: DecodeSpec, G: number): number {
+  return 4 * G * (2 * s.D + 2 * s.H * s.DH + s.F + s.WG + 1 + 4);
+}
+
+/** Whether the batched kernel can serve this model with groups of up to 8 sequences. */
+export function canFuseDecodeBatch(e: Engine, s: DecodeSpec, packedFloats: number): boolean {
+  return canFuseDecode(e, s, packedFloats) && s.DH <= 128 && fusedBatchWorkgroupBytes(s, 8) <= e.limits.maxComputeWorkgroupStorageSize;
+}
+
+/**
+ * Records one decode iteration of M sequences over the paged cache: `seqs` (M, 4) u32 = (token,
+ * position, table row, 0); k/v of each token are written at its position; logits (M, V).
+ */
+export function fusedDecodeBatch(
+  e: Engine, s: DecodeSpec, lay: PackedLayout, packed: Tensor,
+  pool: Tensor /* (L·NB·2·BS, HKV·DH) */, nb: number, BS: number, MAXB: number,
+  seqs: Tensor, tables: Tensor, logits: Tensor, M: number,
+): void {
+  if (pool.numel !== s.L * nb * 2 * BS * s.HKV * s.DH) throw new ShapeError(`fusedDecodeBatch: pool ${pool} is not (L·${nb}·2·${BS}, ${s.HKV * s.DH})`);
+  if (seqs.numel < 4 * M || logits.numel < M * s.V || packed.numel !== lay.total) throw new ShapeError('fusedDecodeBatch: buffer sizes do not match');
+  const G = batchGroupSize(M);
+  const key = `decode_llama_batch.${G}.${BS}.${MAXB}.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.EPS}.${s.THETA}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
+  const p = e.pipeline(key, () => decodeLlamaBatchWGSL(s, lay, G, BS, MAXB));
+  const u = new Uint32Array([0, M, s.L, nb, s.D / 4, (s.H * s.DH) / 4, s.F / 4, G]);
+  e.dispatch(p, [packed, packed, pool, seqs, tables, logits, e.uniform(u)], [Math.ceil(M / G)]);
 }
