@@ -62,8 +62,7 @@ import { loadVersion, resolvePath } from '../model/versions.ts';
 import { saveSafetensorsWeights, WeightsError, type ModelWeights } from '../model/weights.ts';
 import { ColaConfigError } from './errors.ts';
 import { layerModules, layerPrefix, MAX_LAYERS, type ArchConfig } from './modules.ts';
-import { CONFIG_FILE, MAX_ALPHA, packAdapter, parsePeftAdapter, PeftError, unpackAdapter, WEIGHTS_FILE } from './peft.ts';
-import { MAX_RANK } from './schedule.ts';
+import { CONFIG_FILE, packAdapter, parsePeftAdapter, parsePeftConfig, PeftError, storedPeftConfig, unpackAdapter, WEIGHTS_FILE } from './peft.ts';
 import { SnapshotStore } from './snapshot-store.ts';
 
 const GiB = 1024 ** 3;
@@ -285,62 +284,10 @@ function readAdapterWeights(p: string, maxBytes: number): { weights: Uint8Array;
  * Returns the normalised PEFT config (defaults filled in, unknown keys dropped).
  */
 export function validateAdapterStandalone(configJson: unknown, weights: Uint8Array): Record<string, unknown> {
-  const P = CONFIG_FILE;
-  if (typeof configJson !== 'object' || configJson === null || Array.isArray(configJson)) throw new PeftError('must be a JSON object', P);
-  const j = configJson as Record<string, unknown>;
-  if (j.peft_type !== 'LORA') throw new PeftError(`peft_type must be "LORA", got ${JSON.stringify(j.peft_type)}`, `${P}.peft_type`);
-  if (j.task_type != null && j.task_type !== 'CAUSAL_LM') throw new PeftError(`must be "CAUSAL_LM", got ${JSON.stringify(j.task_type)}`, `${P}.task_type`);
-  const r = j.r;
-  if (typeof r !== 'number' || !Number.isInteger(r) || r < 1 || r > MAX_RANK) throw new PeftError(`must be an integer in [1, ${MAX_RANK}], got ${JSON.stringify(r)}`, `${P}.r`);
-  const alpha = j.lora_alpha ?? 8;
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha) || alpha <= 0 || alpha > MAX_ALPHA) {
-    throw new PeftError(`must be a number in (0, ${MAX_ALPHA}], got ${JSON.stringify(alpha)}`, `${P}.lora_alpha`);
-  }
-  const dropout = j.lora_dropout ?? 0;
-  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) throw new PeftError('must be a number in [0, 1)', `${P}.lora_dropout`);
-  const rslora = j.use_rslora ?? false;
-  if (typeof rslora !== 'boolean') throw new PeftError('must be a boolean', `${P}.use_rslora`);
-  const fanInFanOut = j.fan_in_fan_out ?? false;
-  if (typeof fanInFanOut !== 'boolean') throw new PeftError('must be a boolean', `${P}.fan_in_fan_out`);
-  const bias = j.bias ?? 'none';
-  if (bias !== 'none' && bias !== 'lora_only') throw new PeftError(`must be "none" or "lora_only", got ${JSON.stringify(bias)}`, `${P}.bias`);
-  for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
-    const v = j[k];
-    if (v != null && (typeof v !== 'object' || Object.keys(v as object).length > 0)) throw new PeftError('per-module ranks/alphas are not supported', `${P}.${k}`);
-  }
-  if (j.modules_to_save != null && !(Array.isArray(j.modules_to_save) && j.modules_to_save.length === 0)) {
-    throw new PeftError('full-module copies (modules_to_save) are not supported', `${P}.modules_to_save`);
-  }
-  for (const k of ['use_dora', 'use_qalora'] as const) {
-    if (j[k] === true) throw new PeftError(`${k} adapters are not plain LoRA and are not supported`, `${P}.${k}`);
-  }
-  let layersAllowed: Set<number> | null = null;
-  const lt = j.layers_to_transform;
-  if (lt != null) {
-    const list = typeof lt === 'number' ? [lt] : lt;
-    if (!Array.isArray(list) || list.length === 0 || list.length > MAX_LAYERS) throw new PeftError('must be null, a layer index or a non-empty list of them', `${P}.layers_to_transform`);
-    for (const x of list) {
-      if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= MAX_LAYERS) throw new PeftError(`bad layer ${JSON.stringify(x)}`, `${P}.layers_to_transform`);
-    }
-    layersAllowed = new Set(list as number[]);
-  }
-  const tm = j.target_modules;
-  let matches: (name: string) => boolean;
-  if (typeof tm === 'string') {
-    if (tm.length > 1000) throw new PeftError('regex longer than 1000 characters', `${P}.target_modules`);
-    let re: RegExp;
-    try {
-      re = new RegExp(`^(?:${tm})$`);
-    } catch (e) {
-      throw new PeftError(`invalid regex (${(e as Error).message})`, `${P}.target_modules`);
-    }
-    matches = (n) => re.test(n);
-  } else if (Array.isArray(tm) && tm.length > 0 && tm.length <= 64 && tm.every((x) => typeof x === 'string' && x.length > 0 && x.length <= 200)) {
-    const entries = tm as string[];
-    matches = (n) => entries.some((e) => n === e || n.endsWith(`.${e}`));
-  } else {
-    throw new PeftError('must be a non-empty list of module names (at most 64) or a regex string', `${P}.target_modules`);
-  }
+  const pc = parsePeftConfig(configJson);
+  const { r, bias } = pc;
+  const layersAllowed = pc.layers_to_transform ? new Set(pc.layers_to_transform) : null;
+  const matches = pc.selects;
 
   let parsed;
   try {
@@ -395,24 +342,7 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
     if (prev && (prev.in !== inF || prev.out !== outF)) throw new PeftError(`${e.short} is (${outF}, ${inF}) here but (${prev.out}, ${prev.in}) in another layer`, where);
     shapesByShort.set(e.short, { in: inF, out: outF });
   }
-  return {
-    peft_type: 'LORA',
-    task_type: 'CAUSAL_LM',
-    r,
-    lora_alpha: alpha,
-    lora_dropout: dropout,
-    target_modules: typeof tm === 'string' ? tm : [...(tm as string[])],
-    bias,
-    fan_in_fan_out: arch === 'gpt2' ? true : fanInFanOut,
-    base_model_name_or_path: typeof j.base_model_name_or_path === 'string' ? j.base_model_name_or_path.slice(0, 1000) : null,
-    inference_mode: true,
-    init_lora_weights: true,
-    use_rslora: rslora,
-    modules_to_save: null,
-    layers_to_transform: layersAllowed ? [...layersAllowed].sort((a, b) => a - b) : null,
-    rank_pattern: {},
-    alpha_pattern: {},
-  };
+  return { ...storedPeftConfig(pc, { fanInFanOut: arch === 'gpt2' ? true : pc.fan_in_fan_out }) };
 }
 
 // ------------------------------------------------------------------------------------- merge
