@@ -348,8 +348,19 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
 // ------------------------------------------------------------------------------------- merge
 
 /**
+ * Safe merge (PEFT's safe_merge refuses non-finite results; finite but absurd ones are refused
+ * too): an adapter whose update dwarfs the weights it changes, or pushes a weight past float16's
+ * range, yields a model that answers only <unk> with null logprobs. Real LoRA updates are a small
+ * fraction of their module's weights.
+ */
+export const MAX_MERGED_ABS = 65504;
+export const MAX_UPDATE_RATIO = 1000;
+
+/**
  * Merges a parsed adapter into the weights in place: W ← W + scale·s·B·A per module (rows in f64,
- * one rounding to f32), LoRA bias deltas times `scale`. Throws UserInputError on a non-finite result.
+ * one rounding to f32), LoRA bias deltas times `scale`. Throws UserInputError on a non-finite
+ * result, a merged value beyond ±MAX_MERGED_ABS, or an update larger than MAX_UPDATE_RATIO × the
+ * module's largest weight (at least 1). The caller discards `w` on error (it may be half merged).
  */
 export function mergeAdapterInto(w: ModelWeights, adapter: ReturnType<typeof parsePeftAdapter>, scale: number): void {
   const cfg = w.config;
@@ -373,6 +384,13 @@ export function mergeAdapterInto(w: ModelWeights, adapter: ReturnType<typeof par
     }
     const row = new Float64Array(inF);
     const data = W.data;
+    let wMax = 1;
+    for (let i = 0; i < data.length; i++) wMax = Math.max(wMax, Math.abs(data[i]!));
+    const maxUpdate = MAX_UPDATE_RATIO * wMax;
+    const absurd = (what: string, where: string, v: number) =>
+      new UserInputError(
+        `refusing the merge: the adapter's ${what} in ${where} is ${v.toExponential(3)}, beyond ${what === 'update' ? `${MAX_UPDATE_RATIO}× the module's largest weight (${maxUpdate.toExponential(3)})` : `±${MAX_MERGED_ABS}`}; lower the scale or fix the adapter`,
+      );
     for (let o = 0; o < outF; o++) {
       row.fill(0);
       for (let k = 0; k < r; k++) {
@@ -383,19 +401,28 @@ export function mergeAdapterInto(w: ModelWeights, adapter: ReturnType<typeof par
       }
       for (let i = 0; i < inF; i++) {
         const idx = conv1d ? i * outF + o : o * inF + i;
-        const v = Math.fround(data[idx]! + coef * row[i]!);
+        const u = coef * row[i]!;
+        const v = Math.fround(data[idx]! + u);
         if (!Number.isFinite(v)) {
           throw new UserInputError(`merging the adapter gives a non-finite value in ${base}.weight (row ${o}, column ${i}); lower the scale or fix the adapter`);
         }
+        if (Math.abs(u) > maxUpdate) throw absurd('update', `${base}.weight (row ${o}, column ${i})`, u);
+        if (Math.abs(v) > MAX_MERGED_ABS) throw absurd('merged value', `${base}.weight (row ${o}, column ${i})`, v);
         data[idx] = v;
       }
     }
     if (m.bias) {
       const B = w.tensors.get(`${base}.bias`);
       if (!B || B.data.length !== m.out) throw new UserInputError(`adapter module ${key} has a bias but ${base}.bias is missing or mis-shaped`);
+      let bMax = 1;
+      for (let i = 0; i < m.out; i++) bMax = Math.max(bMax, Math.abs(B.data[i]!));
       for (let i = 0; i < m.out; i++) {
-        const v = Math.fround(B.data[i]! + scale * m.bias[i]!);
+        const u = scale * m.bias[i]!;
+        const v = Math.fround(B.data[i]! + u);
         if (!Number.isFinite(v)) throw new UserInputError(`merging the adapter gives a non-finite value in ${base}.bias (index ${i})`);
+        if (Math.abs(u) > MAX_UPDATE_RATIO * bMax || Math.abs(v) > MAX_MERGED_ABS) {
+          throw new UserInputError(`refusing the merge: the adapter changes ${base}.bias[${i}] by ${u.toExponential(3)} to ${v.toExponential(3)}, an absurd magnitude; lower the scale or fix the adapter`);
+        }
         B.data[i] = v;
       }
     }
