@@ -126,6 +126,34 @@ describe('models, adapters and merge over HTTP', () => {
     expect((await fetch(`${url}/models/absurd`, { headers: h() })).status).toBe(404);
   });
 
+  test("a tenant's model may not take a shared model's name (merge output, import)", async () => {
+    const a = stories260kAdapter();
+    const form = new FormData();
+    form.append('adapter_config.json', a.config);
+    form.append('adapter_model.safetensors', new Blob([a.weights]), 'adapter_model.safetensors');
+    const { id } = (await (await fetch(`${url}/adapters`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: form })).json()) as any;
+    const m = await fetch(`${url}/merge`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'stories260K', version: 0, adapter: id, output_model: 'stories260K' }) });
+    expect(m.status).toBe(409);
+    expect(((await m.json()) as any).errors).toEqual([{ path: 'output_model', message: 'names a shared model' }]);
+    const i = await fetch(`${url}/models`, { method: 'POST', headers: h(), body: JSON.stringify({ name: 'stories260K', source: { path: 'models/stories260K' } }) });
+    expect(i.status).toBe(409);
+    const info = (await (await fetch(`${url}/models/stories260K`, { headers: h() })).json()) as any;
+    expect(info.owner).toBe('shared');
+    expect(info.versions.map((v: any) => v.version)).toEqual([0]);
+  });
+
+  test('a version in a path is a canonical decimal number', async () => {
+    for (const v of ['%20', '0x0', '0e0', '00', '+0', '-0', '0.0', '1e0', '0b0', '%200', '1000001']) {
+      const r = await fetch(`${url}/models/stories260K/versions/${v}/weights`, { headers: h() });
+      if (r.status !== 400) throw new Error(`version "${v}" answered ${r.status}`);
+      expect(((await r.json()) as any).errors[0].path).toBe('v');
+    }
+    const ok = await fetch(`${url}/models/stories260K/versions/0/weights`, { headers: h() });
+    expect(ok.status).toBe(200);
+    await ok.arrayBuffer();
+    expect((await fetch(`${url}/models/stories260K/versions/7/weights`, { headers: h() })).status).toBe(404);
+  });
+
   test('SSE on a running job: disconnect, resume with Last-Event-ID, no gap and no duplicate until done', async () => {
     const r = await fetch(`${url}/finetune`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'stories260K', train: [{ text: 'x' }], output_model: 'sse' }) });
     const { id } = (await r.json()) as any;

@@ -6,7 +6,7 @@ import { eq, sql } from 'drizzle-orm';
 import type { Context } from 'hono';
 import type { App, AppDeps, AppEnv } from './deps.ts';
 import { problems, ProblemError, notImplemented } from './problem.ts';
-import { IdParam, iso, ModelName, quotasOf, resolveVersion, tenantOf, VersionNumber } from './common.ts';
+import { IdParam, iso, ModelName, quotasOf, refuseSharedName, resolveVersion, tenantOf, VersionNumber } from './common.ts';
 import { getJob } from '../db/repos/jobs.ts';
 import { createAdapter, getAdapter, tenantStoredBytes } from '../db/repos/files.ts';
 import { ensureTenantModel, insertVersion } from '../db/repos/models.ts';
@@ -101,6 +101,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
       if (!adapter) throw new ProblemError(404, `adapter ${b.adapter} not found`);
       const outName = b.output_model ?? (target.model.tenantId === t.id ? target.model.name : null);
       if (!outName) throw new ProblemError(409, `"${b.model}" is a shared model: name your own model in "output_model" for the merged version`);
+      if (b.output_model) await refuseSharedName(d, b.output_model, 'output_model');
       if (!d.services.merge) throw notImplemented('adapter merge');
       const q = quotasOf(d, t);
       if ((await tenantStoredBytes(d.db, t.id)) >= q.stored_bytes) {
