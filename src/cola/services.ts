@@ -268,8 +268,14 @@ const LORA_LAYER_PATTERNS: { arch: ArchConfig['architecture']; re: RegExp }[] = 
   { arch: 'gpt2', re: /^transformer\.h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)$/ },
 ];
 
-/** Reads adapter_model.safetensors bytes from a file, a folder holding it, or a ZIP. */
-function readAdapterWeights(p: string, maxBytes: number): { weights: Uint8Array; zipConfig?: unknown } {
+/** Default bound on an adapter's weights file (or ZIP). */
+export const MAX_ADAPTER_BYTES = 2 * GiB;
+
+/**
+ * Reads adapter_model.safetensors bytes from a file, a folder holding it (POST /adapters stores
+ * one), or a ZIP (knot adapters; the ZIP's own config is returned too).
+ */
+export function readAdapterWeights(p: string, maxBytes: number): { weights: Uint8Array; zipConfig?: unknown } {
   if (isDir(p)) return { weights: readFileBounded(join(p, WEIGHTS_FILE), maxBytes, 'adapter weights') };
   if (p.endsWith('.zip')) {
     const u = unpackAdapter(readFileBounded(p, maxBytes, 'adapter archive'), maxBytes);
@@ -439,7 +445,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
   const repoRoot = resolve(opts.repoRoot);
   const exportDir = resolve(opts.exportDir ?? join(repoRoot, 'data', 'exports'));
   const maxModelFileBytes = opts.maxModelFileBytes ?? 16 * GiB;
-  const maxAdapterBytes = opts.maxAdapterBytes ?? 2 * GiB;
+  const maxAdapterBytes = opts.maxAdapterBytes ?? MAX_ADAPTER_BYTES;
 
   const importer: ModelImporter = {
     async import(req) {
@@ -595,7 +601,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
 }
 
 /** The base model's bias of an adapted module (needed for bias = "lora_only" adapters). */
-function baseBiasOf(w: ModelWeights, layer: number, short: string): Float32Array | null {
+export function baseBiasOf(w: ModelWeights, layer: number, short: string): Float32Array | null {
   const m = layerModules(archConfigOf(w.config)).find((x) => x.short === short);
   if (!m) return null;
   return w.tensors.get(`${layerPrefix(w.config.arch, layer)}.${m.hfPath}.bias`)?.data ?? null;
