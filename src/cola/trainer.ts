@@ -234,8 +234,8 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
       const lora = uploadLora(e, host);
       const params = loraParams(lora);
       const opt: Optimizer = createOptimizer(e, cfg.optimizer, params.map((p) => p.t));
-      await cb.onLinkStart?.({ link: j, rank: link.rank, step: done, lora, optimizer: opt });
       try {
+        await cb.onLinkStart?.({ link: j, rank: link.rank, step: done, lora, optimizer: opt });
         for (; done < link.endStep; done++) {
           if (await cb.isCancelled?.()) return { status: 'cancelled', steps: done, plan, tokens, seconds: (performance.now() - t0) / 1000 };
           if (done > link.startStep && cb.takeMergeRequest?.()) {
