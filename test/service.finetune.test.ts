@@ -3,7 +3,9 @@
 // - admission refuses what the runner cannot do with 400 and the field's path (no job, no model);
 // - a job that fails before its first knot leaves no empty output model;
 // - init_adapter from an uploaded adapter (stored as a folder) starts the first link from its A, B
-//   with the adapter's own scale (lora_alpha/√r with use_rslora), not the request's alpha.
+//   with the adapter's own scale (lora_alpha/√r with use_rslora), not the request's alpha;
+// - a crash after a requested knot (POST /merge {job}) resumes with the same link numbers and the
+//   same sha256 for every version as an uninterrupted run.
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { sql } from 'drizzle-orm';
@@ -225,4 +227,38 @@ describe('init_adapter', () => {
     expect(pj.status).toBe('succeeded');
     expect(Math.abs(j.losses[0].loss - pj.losses[0].loss)).toBeGreaterThan(1e-3);
   }, 180_000);
+});
+
+describe('resume after a requested knot', () => {
+  test('a crash after the knot that follows POST /merge {job} resumes with the same links and versions', async () => {
+    // 3 examples, batch 1, 3 epochs: 9 steps in 3 links; a knot is requested at step 1.
+    const body = { model: 'stories260K', train: STORIES, epochs: 3, batch_size: 1, max_seq_len: 32, chain: { links: 3 }, seed: 4 };
+    mode = { mergeAtStart: true, dieAfterKnots: 2 };
+    const c = await post({ ...body, output_model: 'crashy' });
+    expect(c.status).toBe(202);
+    const id = ((await c.json()) as any).id;
+    await waitJob(id, (j) => j.knots.length >= 2);
+    await lastRun; // the "dead" run has stopped writing
+    const mid = await waitJob(id, () => true);
+    expect(mid.status).toBe('running');
+    expect(mid.knots.map((k: any) => [k.link, k.step])).toEqual([[0, 1], [1, 3]]);
+    // Its lease runs out; another worker takes the job over and resumes from the last knot.
+    mode = {};
+    await T.database.db.update(jobs).set({ leaseExpiresAt: sql`now() - interval '1 second'` }).where(sql`${jobs.id} = ${id}`);
+    expect(await worker.reclaimOnce()).toBe(1);
+    const a = await waitJob(id, finished);
+    expect(a.status).toBe('succeeded');
+    expect(a.attempts).toBe(2);
+    // The same request with the same knot request, uninterrupted.
+    mode = { mergeAtStart: true };
+    const u = await post({ ...body, output_model: 'calm' });
+    const b = await waitJob(((await u.json()) as any).id, finished);
+    expect(b.status).toBe('succeeded');
+    expect(b.knots.map((k: any) => [k.link, k.step])).toEqual([[0, 1], [1, 3], [2, 6], [3, 9]]);
+    expect(a.knots.map((k: any) => [k.link, k.step, k.version])).toEqual(b.knots.map((k: any) => [k.link, k.step, k.version]));
+    const shas = async (m: string) => (((await (await fetch(`${url}/models/${m}`, { headers: h() })).json()) as any).versions as any[]).map((v) => v.sha256);
+    const sa = await shas('crashy');
+    expect(sa).toEqual(await shas('calm'));
+    expect(new Set(sa).size).toBe(4);
+  }, 240_000);
 });

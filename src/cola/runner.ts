@@ -157,11 +157,12 @@ export function createJobRunner(e: Engine, repoRoot: string, gpu: Mutex): JobRun
       }
       const arch = archConfigOf(mc);
       let weights = base.weights;
-      let resume: { step: number } | undefined;
+      let resume: { step: number; knotSteps: number[] } | undefined;
       if (ctx.resumeFrom) {
-        // Resume from the last persisted knot: its merged weights plus (seed, link, step) are the whole state.
+        // Resume from the last persisted knot: its merged weights plus (seed, link, step) are the
+        // whole state; the earlier knots' steps re-create requested splits (replayKnots).
         weights = loadModelFromPath(resolvePath(repoRoot, ctx.resumeFrom.path), { tokenizerPath: tokenizerPathOf(repoRoot, job.base.config) }).weights;
-        resume = { step: ctx.resumeFrom.step };
+        resume = { step: ctx.resumeFrom.step, knotSteps: ctx.resumeFrom.knotSteps };
       }
       const store = new SnapshotStore(job.storeDir);
       let lastEpoch = 0;

@@ -168,6 +168,7 @@ export class JobWorker {
           resumeFrom = {
             link: last.link,
             step: last.step,
+            knotSteps: job.knots.map((k) => k.step),
             version: last.version,
             path: absPath(this.o.config.repoRoot, v.path),
             sha256: v.sha256,
