@@ -153,6 +153,8 @@ export interface KnotInput {
 export interface ResumePoint {
   link: number;
   step: number;
+  /** Steps of all the job's persisted knots, in order (requested knots included; the last is `step`). */
+  knotSteps: number[];
   /** Output model version of that knot. */
   version: number;
   path: string;

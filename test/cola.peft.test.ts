@@ -253,6 +253,19 @@ describe('import validation', () => {
     expect([...parsePeftAdapter(llama, c3, sub).modules.keys()]).toEqual(['1.q']);
   });
 
+  test('a catastrophic target_modules pattern selects in milliseconds (no backtracking RegExp)', () => {
+    const c = cfg();
+    // On Bun's RegExp each module name it does not match costs ~1 s here (10 of the 14).
+    c.target_modules = '(.*.*)*(q|v)_proj';
+    const t0 = performance.now();
+    expect(parsePeftAdapter(llama, c, weights).targets).toEqual(['q', 'v']);
+    expect(performance.now() - t0).toBeLessThan(500);
+    c.target_modules = '(?!.*k_proj).*_proj';
+    const e = peftError(() => parsePeftAdapter(llama, c, weights));
+    expect(e.path).toBe('adapter_config.json.target_modules');
+    expect(e.message).toMatch(/lookahead and lookbehind are not supported/);
+  });
+
   test('a bias in the file needs a base bias on the model', () => {
     const wb = makeAdapter(opt, { q: [8, 8] }, 2, 9, true);
     const zip = exportPeftAdapter(opt, wb, { baseModel: null, baseBias: () => new Float32Array(8) });

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import { ColaConfigError } from '../src/cola/errors.ts';
-import { actionAt, knotSteps, linkForStep, planChain, splitAt, type ChainConfig, type ChainPlan } from '../src/cola/schedule.ts';
+import { actionAt, knotSteps, linkForStep, planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan } from '../src/cola/schedule.ts';
 
 const spans = (p: ChainPlan) => p.links.map((l) => [l.startStep, l.endStep, l.rank]);
 
@@ -178,4 +178,24 @@ describe('splitAt (tie a knot now)', () => {
     expect(() => splitAt(plan, 0)).toThrow(ColaConfigError);
     expect(() => splitAt(plan, 10)).toThrow(ColaConfigError);
   });
+});
+
+describe('replayKnots (resume after requested knots)', () => {
+  const planned = planChain({ totalSteps: 9, chain: { links: 3 }, rank: 8 }); // [0,3) [3,6) [6,9)
+  const cases: [string, number[], number[][]][] = [
+    ['only planned knots: unchanged', [3, 6], [[0, 3, 8], [3, 6, 8], [6, 9, 8]]],
+    ['a requested knot at 1, then the planned one at 3', [1, 3], [[0, 1, 8], [1, 3, 8], [3, 6, 8], [6, 9, 8]]],
+    ['two requested knots in different links', [2, 3, 4], [[0, 2, 8], [2, 3, 8], [3, 4, 8], [4, 6, 8], [6, 9, 8]]],
+    ['a requested knot as the last one persisted', [3, 5], [[0, 3, 8], [3, 5, 8], [5, 6, 8], [6, 9, 8]]],
+  ];
+  for (const [name, steps, want] of cases) {
+    test(name, () => {
+      const p = replayKnots(planned, steps);
+      expect(spans(p)).toEqual(want);
+      // the same plan the uninterrupted run built by splitting as the requests came
+      let live = planned;
+      for (const s of steps) if (!live.links.some((l) => l.endStep === s)) live = splitAt(live, s);
+      expect(p).toEqual(live);
+    });
+  }
 });

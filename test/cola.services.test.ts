@@ -214,6 +214,17 @@ describe('adapters and merge', () => {
     await userError(svc.merge.mergeAdapter({ target: base, adapter: { config: huge.config, path: huge.dir }, scale: Number.NaN, storeDir }));
   });
 
+  test('a catastrophic target_modules pattern is checked in milliseconds', async () => {
+    const cfg = archConfigOf(loadBundledModel().weights.config);
+    const ad = writeAdapter(cfg, ['q'], 2, 4, 5);
+    // The first alternative never matches and backtracks exponentially in RegExp (~1 s per tensor).
+    const config = { ...ad.config, target_modules: '(.*.*)*x|.*q_proj' };
+    const t0 = performance.now();
+    expect((await svc.adapterValidator.validate({ config, safetensorsPath: ad.st })).config.target_modules).toBe(config.target_modules);
+    await svc.merge.mergeAdapter({ target: base, adapter: { config, path: ad.dir }, scale: 1, storeDir });
+    expect(performance.now() - t0).toBeLessThan(2000); // the merge itself is ~100 ms of f64 on the CPU
+  });
+
   test('malformed adapter config or tensors → UserInputError', async () => {
     const cfg = archConfigOf(loadBundledModel().weights.config);
     const ad = writeAdapter(cfg, ['q', 'k'], 2, 4, 5);

@@ -110,6 +110,20 @@ for (const tier of tiers) {
       expect(await claim(db, job.id, 'w3', 60_000)).toBeNull();
     });
 
+    test('the first knot creates the output model in its transaction; one of another architecture is refused, nothing written', async () => {
+      const { t, base, job } = await seed(db, 'lazy');
+      const w = (await claim(db, job.id, 'w', 60_000))!;
+      const want = { tenantId: t.tenant.id, name: 'made-at-knot', architecture: 'llama', params: 7, config: {} };
+      expect(await findModel(db, t.tenant.id, 'made-at-knot')).toBeNull();
+      const v = await recordKnot(db, w.lease, { link: 0, step: 1, rank: 8, flops: 1 }, { ...knotVersion(base.id, base.id, job.id), modelId: want });
+      const m = (await findModel(db, t.tenant.id, 'made-at-knot'))!;
+      expect([m.tenantId, m.architecture, m.params, v.modelId, v.version]).toEqual([t.tenant.id, 'llama', 7, m.id, 1]);
+      const other = await ensureTenantModel(db, { tenantId: t.tenant.id, name: 'gpt2-out', architecture: 'gpt2' });
+      await expect(recordKnot(db, w.lease, { link: 1, step: 2, rank: 8, flops: 1 }, { ...knotVersion(base.id, base.id, job.id), modelId: { ...want, name: 'gpt2-out' } })).rejects.toThrow(/architecture gpt2, not llama/);
+      expect(await getVersion(db, other.id, 1)).toBeNull();
+      expect((await getJobById(db, job.id))!.knots.map((k) => k.step)).toEqual([1]);
+    });
+
     test('cancel: queued → cancelled at once; running → flag seen by the heartbeat; finished → conflict', async () => {
       const q = await seed(db, 'cq');
       expect(await requestCancel(db, q.t.tenant.id, q.job.id)).toBe('cancelled');

@@ -45,7 +45,7 @@ afterAll(async () => {
 });
 
 const VALID: Record<string, unknown> = {
-  '/finetune': { model: 'stories260K', train: [{ prompt: 'a', completion: 'b' }], chain: { links: 2 }, lora: { rank: 4 }, optimizer: { lr: 0.001 }, epochs: 1 },
+  '/finetune': { model: 'stories260K', train: [{ prompt: 'a', completion: 'b' }], chain: { links: 2 }, lora: { rank: 4 }, optimizer: { lr: 0.001 }, epochs: 2 },
   '/generate': { model: 'stories260K', prompt: 'Once', max_tokens: 4, temperature: 0.5, stop: ['\n'] },
   '/v1/completions': { model: 'stories260K@0', prompt: 'Once', max_tokens: 4, logprobs: 2, echo: true },
   '/merge': { model: 'stories260K', version: 0, adapter: 'adp_x', scale: 1 },

@@ -163,7 +163,7 @@ describe('server with an admin key (serving only)', () => {
   });
 
   test("tenant isolation: another tenant's job, file, adapter and model ids answer 404", async () => {
-    // A creates a file, an adapter, and a job (which creates A's output model)
+    // A creates a file, an adapter, a job, and a model (by merging the adapter)
     const f = await fetch(`${s.url}/files`, { method: 'POST', headers: { ...as(A, false), 'content-type': 'application/jsonl' }, body: '{"prompt":"a","completion":"b"}\n{"text":"t"}\n' });
     expect(f.status).toBe(201);
     const file = (await f.json()) as any;
@@ -175,9 +175,15 @@ describe('server with an admin key (serving only)', () => {
     const ad = await fetch(`${s.url}/adapters`, { method: 'POST', headers: as(A, false), body: form });
     expect(ad.status).toBe(201);
     const adapter = (await ad.json()) as any;
-    const jr = await fetch(`${s.url}/finetune`, { method: 'POST', headers: as(A), body: JSON.stringify({ model: 'stories260K', output_model: 'alpha-out', training_file: file.id, init_adapter: adapter.id }) });
+    const jr = await fetch(`${s.url}/finetune`, {
+      method: 'POST',
+      headers: as(A),
+      body: JSON.stringify({ model: 'stories260K', output_model: 'alpha-job', training_file: file.id, init_adapter: adapter.id, lora: { rank: 1 } }),
+    });
     expect(jr.status).toBe(202);
     const job = (await jr.json()) as any;
+    const mr = await fetch(`${s.url}/merge`, { method: 'POST', headers: as(A), body: JSON.stringify({ model: 'stories260K', version: 0, adapter: adapter.id, output_model: 'alpha-out' }) });
+    expect(mr.status).toBe(200);
     // A sees them
     expect((await fetch(`${s.url}/finetune/${job.id}`, { headers: as(A) })).status).toBe(200);
     expect((await fetch(`${s.url}/files/${file.id}`, { headers: as(A) })).status).toBe(200);
@@ -192,7 +198,7 @@ describe('server with an admin key (serving only)', () => {
       [`/files/${file.id}`, { headers: b }],
       [`/adapters/${adapter.id}`, { headers: b }],
       [`/models/alpha-out`, { headers: b }],
-      [`/models/alpha-out/versions/0/weights`, { headers: b }],
+      [`/models/alpha-out/versions/1/weights`, { headers: b }],
       [`/models/alpha-out/versions/1/adapter`, { headers: b }],
       [`/merge`, { method: 'POST', headers: b, body: JSON.stringify({ job: job.id }) }],
       [`/merge`, { method: 'POST', headers: b, body: JSON.stringify({ model: 'stories260K', version: 0, adapter: adapter.id, output_model: 'x' }) }],
@@ -218,7 +224,7 @@ describe('server with an admin key (serving only)', () => {
 
   test('SSE events resume after Last-Event-ID; cancel of a queued job; cancel twice → 409', async () => {
     const h = as(A);
-    const jr = await fetch(`${s.url}/finetune`, { method: 'POST', headers: h, body: JSON.stringify({ model: 'stories260K', train: [{ text: 'x' }], chain: { links: [{ steps: 10, rank: 8 }, { steps: 5, rank: 4 }] } }) });
+    const jr = await fetch(`${s.url}/finetune`, { method: 'POST', headers: h, body: JSON.stringify({ model: 'stories260K', train: [{ text: 'x' }], epochs: 15, chain: { links: [{ steps: 10, rank: 8 }, { steps: 5, rank: 4 }] } }) });
     expect(jr.status).toBe(202);
     const { id } = (await jr.json()) as any;
     const c = await fetch(`${s.url}/finetune/${id}/cancel`, { method: 'POST', headers: { authorization: h.authorization } });

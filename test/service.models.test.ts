@@ -7,7 +7,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { makePglite, type TestDb } from './db.fixtures.ts';
-import { readSSE, stories260kAdapter } from './service.fixtures.ts';
+import { readSSE, safetensorsOf, stories260kAdapter } from './service.fixtures.ts';
 import { loadConfig } from '../src/config.ts';
 import { createApp } from '../src/app.ts';
 import { createTenant } from '../src/db/repos/tenants.ts';
@@ -104,6 +104,54 @@ describe('models, adapters and merge over HTTP', () => {
     expect(ad.headers.get('content-type')).toBe('application/zip');
     const zip = new Uint8Array(await ad.arrayBuffer());
     expect([zip[0], zip[1]]).toEqual([0x50, 0x4b]); // a ZIP archive
+  });
+
+  test('an adapter with finite but absurd values (1e18) is refused at merge with a clear 400', async () => {
+    const huge = new Float32Array(64).fill(1e18);
+    const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (let l = 0; l < 5; l++) {
+      tensors[`base_model.model.model.layers.${l}.self_attn.q_proj.lora_A.weight`] = { shape: [1, 64], data: huge };
+      tensors[`base_model.model.model.layers.${l}.self_attn.q_proj.lora_B.weight`] = { shape: [64, 1], data: huge };
+    }
+    const form = new FormData();
+    form.append('adapter_config.json', stories260kAdapter().config);
+    form.append('adapter_model.safetensors', new Blob([safetensorsOf(tensors)]), 'adapter_model.safetensors');
+    const up = await fetch(`${url}/adapters`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: form });
+    expect(up.status).toBe(201);
+    const { id } = (await up.json()) as any;
+    // W + 2·1e36 is finite in f32, and a model that answers only <unk>.
+    const m = await fetch(`${url}/merge`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'stories260K', version: 0, adapter: id, output_model: 'absurd' }) });
+    expect(m.status).toBe(400);
+    expect(((await m.json()) as any).detail).toMatch(/refusing the merge: the adapter's update in model\.layers\.0\.self_attn\.q_proj\.weight .* is 2\.000e\+36/);
+    expect((await fetch(`${url}/models/absurd`, { headers: h() })).status).toBe(404);
+  });
+
+  test("a tenant's model may not take a shared model's name (merge output, import)", async () => {
+    const a = stories260kAdapter();
+    const form = new FormData();
+    form.append('adapter_config.json', a.config);
+    form.append('adapter_model.safetensors', new Blob([a.weights]), 'adapter_model.safetensors');
+    const { id } = (await (await fetch(`${url}/adapters`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: form })).json()) as any;
+    const m = await fetch(`${url}/merge`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'stories260K', version: 0, adapter: id, output_model: 'stories260K' }) });
+    expect(m.status).toBe(409);
+    expect(((await m.json()) as any).errors).toEqual([{ path: 'output_model', message: 'names a shared model' }]);
+    const i = await fetch(`${url}/models`, { method: 'POST', headers: h(), body: JSON.stringify({ name: 'stories260K', source: { path: 'models/stories260K' } }) });
+    expect(i.status).toBe(409);
+    const info = (await (await fetch(`${url}/models/stories260K`, { headers: h() })).json()) as any;
+    expect(info.owner).toBe('shared');
+    expect(info.versions.map((v: any) => v.version)).toEqual([0]);
+  });
+
+  test('a version in a path is a canonical decimal number', async () => {
+    for (const v of ['%20', '0x0', '0e0', '00', '+0', '-0', '0.0', '1e0', '0b0', '%200', '1000001']) {
+      const r = await fetch(`${url}/models/stories260K/versions/${v}/weights`, { headers: h() });
+      if (r.status !== 400) throw new Error(`version "${v}" answered ${r.status}`);
+      expect(((await r.json()) as any).errors[0].path).toBe('v');
+    }
+    const ok = await fetch(`${url}/models/stories260K/versions/0/weights`, { headers: h() });
+    expect(ok.status).toBe(200);
+    await ok.arrayBuffer();
+    expect((await fetch(`${url}/models/stories260K/versions/7/weights`, { headers: h() })).status).toBe(404);
   });
 
   test('SSE on a running job: disconnect, resume with Last-Event-ID, no gap and no duplicate until done', async () => {

@@ -27,6 +27,8 @@ export interface LoraHost {
   rank: number;
   alpha: number;
   scale: number;
+  /** scale = alpha/√r (rsLoRA), as an init_adapter may ask; its knot's PEFT export says so. */
+  rslora?: boolean;
   modules: Map<string, { in: number; out: number; a: Float32Array /* (r,in) */; b: Float32Array /* (out,r) */; bias?: Float32Array /* (out) */ }>;
 }
 

@@ -18,8 +18,11 @@
 // always packs to the same bytes. Tensors are written as F32; F32/F16/BF16/F64 are accepted.
 
 import { unzipSync, zipSync } from 'fflate';
+import { z } from 'zod';
 import { encodeSafetensors, parseSafetensors, SafetensorsError, toFloat32, type TensorToWrite } from '../model/safetensors.ts';
-import { checkArch, layerModules, layerPrefix, type ArchConfig, type LinearModule } from './modules.ts';
+import { describe } from './errors.ts';
+import { compileModulePattern, MAX_PATTERN_LENGTH, PatternError } from './module-pattern.ts';
+import { checkArch, layerModules, layerPrefix, MAX_LAYERS, type ArchConfig, type LinearModule } from './modules.ts';
 import { MAX_RANK } from './schedule.ts';
 
 export class PeftError extends Error {
@@ -48,7 +51,7 @@ export interface PeftConfig {
   r: number;
   lora_alpha: number;
   lora_dropout: number;
-  target_modules: string[];
+  target_modules: string | string[];
   bias: 'none' | 'lora_only';
   fan_in_fan_out: boolean;
   base_model_name_or_path: string | null;
@@ -56,7 +59,7 @@ export interface PeftConfig {
   init_lora_weights: boolean;
   use_rslora: boolean;
   modules_to_save: null;
-  layers_to_transform: null;
+  layers_to_transform: number[] | null;
   rank_pattern: Record<string, never>;
   alpha_pattern: Record<string, never>;
 }
@@ -65,6 +68,138 @@ export const MAX_ALPHA = 1e6;
 export const MAX_ARCHIVE_BYTES = 4 * 1024 ** 3;
 export const CONFIG_FILE = 'adapter_config.json';
 export const WEIGHTS_FILE = 'adapter_model.safetensors';
+export const MAX_TARGET_ENTRIES = 64;
+const MAX_TARGET_NAME = 200;
+
+// ------------------------------------------------------------------ adapter_config.json
+
+const int = (lo: number, hi: number) => {
+  const error = `must be an integer in [${lo}, ${hi}]`;
+  return z.number({ error }).int({ error }).min(lo, { error }).max(hi, { error });
+};
+const bool = () => z.boolean({ error: 'must be a boolean' });
+const unsupported = (what: string) => ({ error: `${what} are not supported` });
+const emptyOr = (what: string) =>
+  z.record(z.string(), z.unknown(), unsupported(what)).refine((v) => Object.keys(v).length === 0, unsupported(what));
+const alphaError = `must be a number in (0, ${MAX_ALPHA}]`;
+const targetsError = `must be a non-empty list of module names (at most ${MAX_TARGET_ENTRIES}, each at most ${MAX_TARGET_NAME} characters) or a regex string of at most ${MAX_PATTERN_LENGTH} characters`;
+
+/**
+ * The one schema of a PEFT LoRA adapter_config.json (upload, merge, init_adapter). Unknown keys
+ * (revision, loftq_config, …) are dropped; null means "PEFT's default", as in PEFT.
+ */
+const LoraConfigSchema = z.object({
+  peft_type: z.literal('LORA', { error: (i) => `must be "LORA", got ${describe(i.input)}` }),
+  task_type: z.literal('CAUSAL_LM', { error: (i) => `must be "CAUSAL_LM", got ${describe(i.input)}` }).optional(),
+  r: int(1, MAX_RANK),
+  lora_alpha: z.number({ error: alphaError }).gt(0, { error: alphaError }).max(MAX_ALPHA, { error: alphaError }).default(8), // PEFT's default
+  lora_dropout: z.number({ error: 'must be a number in [0, 1)' }).min(0, { error: 'must be a number in [0, 1)' }).lt(1, { error: 'must be a number in [0, 1)' }).default(0),
+  use_rslora: bool().default(false),
+  fan_in_fan_out: bool().default(false),
+  bias: z
+    .enum(['none', 'lora_only'], { error: (i) => `must be "none" or "lora_only" (training every bias, "all", is not supported), got ${describe(i.input)}` })
+    .default('none'),
+  target_modules: z.union(
+    [
+      z.string().min(1, { error: targetsError }).max(MAX_PATTERN_LENGTH, { error: targetsError }),
+      z
+        .array(z.string({ error: targetsError }).min(1, { error: targetsError }).max(MAX_TARGET_NAME, { error: targetsError }))
+        .min(1, { error: targetsError })
+        .max(MAX_TARGET_ENTRIES, { error: targetsError }),
+    ],
+    { error: targetsError },
+  ),
+  layers_to_transform: z
+    .union([int(0, MAX_LAYERS - 1), z.array(int(0, MAX_LAYERS - 1)).min(1).max(MAX_LAYERS)], { error: 'must be null, a layer index or a non-empty list of them' })
+    .optional(),
+  rank_pattern: emptyOr('per-module ranks/alphas').optional(),
+  alpha_pattern: emptyOr('per-module ranks/alphas').optional(),
+  modules_to_save: z.array(z.unknown(), unsupported('full-module copies (modules_to_save)')).max(0, unsupported('full-module copies (modules_to_save)')).optional(),
+  use_dora: z.literal(false, unsupported('use_dora adapters (not plain LoRA)')).optional(),
+  use_qalora: z.literal(false, unsupported('use_qalora adapters (not plain LoRA)')).optional(),
+  base_model_name_or_path: z.string().max(1024).optional(),
+});
+
+/** A validated PEFT LoRA config (defaults filled in) with its module selection. */
+export interface ParsedPeftConfig {
+  r: number;
+  lora_alpha: number;
+  lora_dropout: number;
+  use_rslora: boolean;
+  fan_in_fan_out: boolean;
+  bias: 'none' | 'lora_only';
+  target_modules: string | string[];
+  /** Sorted layer indices, or null for every layer. */
+  layers_to_transform: number[] | null;
+  base_model_name_or_path: string | null;
+  /**
+   * PEFT's selection of a module by its full name without "base_model.model."
+   * (e.g. "model.layers.3.self_attn.q_proj"): a list entry matches the name or a dotted suffix of
+   * it; a string must match the whole name (re.fullmatch), run by module-pattern.ts, not RegExp.
+   */
+  selects(moduleName: string): boolean;
+}
+
+/** Parses adapter_config.json; throws PeftError with the field's path (adapter_config.json.<field>). */
+export function parsePeftConfig(json: unknown): ParsedPeftConfig {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new PeftError('must be a JSON object', CONFIG_FILE);
+  const present = Object.fromEntries(Object.entries(json).filter(([, v]) => v !== null));
+  const r = LoraConfigSchema.safeParse(present);
+  if (!r.success) {
+    const i = r.error.issues[0]!;
+    throw new PeftError(i.message, [CONFIG_FILE, ...i.path.map(String)].join('.'));
+  }
+  const c = r.data;
+  const tm = c.target_modules;
+  let selects: (name: string) => boolean;
+  if (typeof tm === 'string') {
+    let pattern: ReturnType<typeof compileModulePattern>;
+    try {
+      pattern = compileModulePattern(tm);
+    } catch (e) {
+      if (e instanceof PatternError) throw new PeftError(e.message, `${CONFIG_FILE}.target_modules`);
+      throw e;
+    }
+    selects = (name) => pattern.test(name);
+  } else {
+    selects = (name) => tm.some((e) => name === e || name.endsWith(`.${e}`));
+  }
+  const lt = c.layers_to_transform;
+  return {
+    r: c.r,
+    lora_alpha: c.lora_alpha,
+    lora_dropout: c.lora_dropout,
+    use_rslora: c.use_rslora,
+    fan_in_fan_out: c.fan_in_fan_out,
+    bias: c.bias,
+    target_modules: typeof tm === 'string' ? tm : [...tm],
+    layers_to_transform: lt === undefined ? null : [...new Set(typeof lt === 'number' ? [lt] : lt)].sort((a, b) => a - b),
+    base_model_name_or_path: c.base_model_name_or_path ?? null,
+    selects,
+  };
+}
+
+/** The normalised adapter_config.json stored with an adapter (PEFT field names, defaults explicit). */
+export function storedPeftConfig(c: ParsedPeftConfig, opts: { fanInFanOut?: boolean } = {}): PeftConfig {
+  return {
+    peft_type: 'LORA',
+    task_type: 'CAUSAL_LM',
+    r: c.r,
+    lora_alpha: c.lora_alpha,
+    lora_dropout: c.lora_dropout,
+    target_modules: c.target_modules,
+    bias: c.bias,
+    fan_in_fan_out: opts.fanInFanOut ?? c.fan_in_fan_out,
+    base_model_name_or_path: c.base_model_name_or_path,
+    inference_mode: true,
+    init_lora_weights: true,
+    use_rslora: c.use_rslora,
+    modules_to_save: null,
+    layers_to_transform: c.layers_to_transform,
+    rank_pattern: {},
+    alpha_pattern: {},
+  };
+}
 
 export function scaleOf(rank: number, alpha: number, rslora = false): number {
   return rslora ? alpha / Math.sqrt(rank) : alpha / rank;
@@ -225,36 +360,12 @@ export interface ImportedAdapter extends AdapterWeights {
 export function parsePeftAdapter(cfg: ArchConfig, configJson: unknown, weights: Uint8Array, baseBias?: BiasLookup): ImportedAdapter {
   const c = checkArch(cfg);
   const P = CONFIG_FILE;
-  if (typeof configJson !== 'object' || configJson === null || Array.isArray(configJson)) throw new PeftError('must be a JSON object', P);
-  const j = configJson as Record<string, unknown>;
-  if (j.peft_type !== 'LORA') throw new PeftError(`peft_type must be "LORA", got ${JSON.stringify(j.peft_type)}`, `${P}.peft_type`);
-  if (j.task_type != null && j.task_type !== 'CAUSAL_LM') {
-    throw new PeftError(`task_type must be "CAUSAL_LM", got ${JSON.stringify(j.task_type)}`, `${P}.task_type`);
-  }
-  const r = j.r;
-  if (typeof r !== 'number' || !Number.isInteger(r) || r < 1 || r > MAX_RANK) throw new PeftError(`must be an integer in [1, ${MAX_RANK}], got ${JSON.stringify(r)}`, `${P}.r`);
-  const alpha = j.lora_alpha ?? 8; // PEFT's default lora_alpha
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha) || alpha <= 0 || alpha > MAX_ALPHA) {
-    throw new PeftError(`must be a number in (0, ${MAX_ALPHA}], got ${JSON.stringify(alpha)}`, `${P}.lora_alpha`);
-  }
-  const rslora = j.use_rslora ?? false;
-  if (typeof rslora !== 'boolean') throw new PeftError('must be a boolean', `${P}.use_rslora`);
-  const bias = j.bias ?? 'none';
-  if (bias !== 'none' && bias !== 'lora_only') {
-    throw new PeftError(`must be "none" or "lora_only" (training every bias, "all", is not supported), got ${JSON.stringify(bias)}`, `${P}.bias`);
-  }
-  for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
-    const v = j[k];
-    if (v != null && (typeof v !== 'object' || Object.keys(v as object).length > 0)) throw new PeftError('per-module ranks/alphas are not supported', `${P}.${k}`);
-  }
-  if (j.modules_to_save != null && !(Array.isArray(j.modules_to_save) && j.modules_to_save.length === 0)) {
-    throw new PeftError('full-module copies (modules_to_save) are not supported', `${P}.modules_to_save`);
-  }
-  for (const k of ['use_dora', 'use_qalora'] as const) {
-    if (j[k] === true) throw new PeftError(`${k} adapters are not plain LoRA and are not supported`, `${P}.${k}`);
-  }
-  const layers = selectLayers(j.layers_to_transform, c.nLayers, `${P}.layers_to_transform`);
-  const pairs = selectModules(cfg, j.target_modules, layers, `${P}.target_modules`);
+  const pc = parsePeftConfig(configJson);
+  const { r, bias } = pc;
+  const alpha = pc.lora_alpha;
+  const rslora = pc.use_rslora;
+  const layers = selectLayers(pc.layers_to_transform, c.nLayers, `${P}.layers_to_transform`);
+  const pairs = selectModules(cfg, pc, layers, `${P}.target_modules`);
   const mods = layerModules(cfg).filter((m) => pairs.some((p) => p.m.short === m.short));
   for (const m of mods) {
     if (r > Math.min(m.in, m.out)) throw new PeftError(`rank ${r} exceeds min(in, out) = ${Math.min(m.in, m.out)} of ${m.hfPath}`, `${P}.r`);
@@ -318,55 +429,36 @@ export function parsePeftAdapter(cfg: ArchConfig, configJson: unknown, weights: 
       WEIGHTS_FILE,
     );
   }
-  const baseModel = typeof j.base_model_name_or_path === 'string' ? j.base_model_name_or_path : null;
-  return { rank: r, alpha, rslora, scale: scaleOf(r, alpha, rslora), modules, targets: mods.map((m) => m.short), baseModel };
+  return { rank: r, alpha, rslora, scale: scaleOf(r, alpha, rslora), modules, targets: mods.map((m) => m.short), baseModel: pc.base_model_name_or_path };
 }
 
-function selectLayers(v: unknown, nLayers: number, path: string): number[] {
-  const all = Array.from({ length: nLayers }, (_, i) => i);
-  if (v == null) return all;
-  const list = typeof v === 'number' ? [v] : v;
-  if (!Array.isArray(list) || list.length === 0) throw new PeftError('must be null, a layer index or a non-empty list of them', path);
-  const seen = new Set<number>();
-  for (const x of list) {
-    if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= nLayers) throw new PeftError(`layer ${JSON.stringify(x)} outside [0, ${nLayers})`, path);
-    seen.add(x);
-  }
-  return all.filter((i) => seen.has(i));
+function selectLayers(list: number[] | null, nLayers: number, path: string): number[] {
+  if (list === null) return Array.from({ length: nLayers }, (_, i) => i);
+  const out = list.find((x) => x >= nLayers);
+  if (out !== undefined) throw new PeftError(`layer ${out} outside [0, ${nLayers})`, path);
+  return list;
 }
 
 /**
- * PEFT matching over every (layer, module) of the chosen layers: a list entry matches a module
- * when the module's full name (e.g. "model.layers.3.self_attn.q_proj") equals it or ends with
- * "." + entry; a string is a regex that must match the full name entirely (re.fullmatch).
+ * PEFT matching (ParsedPeftConfig.selects) over every (layer, module) of the chosen layers, by
+ * the module's full name, e.g. "model.layers.3.self_attn.q_proj". A list entry that matches no
+ * module is refused (a typo would otherwise silently train or merge less than asked).
  */
-function selectModules(cfg: ArchConfig, v: unknown, layers: number[], path: string): { layer: number; m: LinearModule }[] {
+function selectModules(cfg: ArchConfig, pc: ParsedPeftConfig, layers: number[], path: string): { layer: number; m: LinearModule }[] {
   const mods = layerModules(cfg);
   const all = layers.flatMap((layer) => mods.map((m) => ({ layer, m, name: `${layerPrefix(cfg.architecture, layer)}.${m.hfPath}` })));
-  let chosen: typeof all;
-  if (typeof v === 'string') {
-    if (v.length > 1000) throw new PeftError('regex longer than 1000 characters', path);
-    let re: RegExp;
-    try {
-      re = new RegExp(`^(?:${v})$`);
-    } catch (e) {
-      throw new PeftError(`invalid regex (${(e as Error).message})`, path);
-    }
-    chosen = all.filter((x) => re.test(x.name));
-  } else if (Array.isArray(v) && v.length > 0 && v.length <= 64 && v.every((x) => typeof x === 'string')) {
-    const entries = v as string[];
+  const tm = pc.target_modules;
+  if (Array.isArray(tm)) {
     const hit = (name: string, e: string) => name === e || name.endsWith(`.${e}`);
-    const unknown = entries.filter((e) => !all.some((x) => hit(x.name, e)));
+    const unknown = tm.filter((e) => !all.some((x) => hit(x.name, e)));
     if (unknown.length > 0) {
       throw new PeftError(
         `${unknown.map((u) => JSON.stringify(u)).join(', ')} match no linear layer of ${cfg.architecture}; its layers: ${mods.map((m) => m.hfPath).join(', ')}`,
         path,
       );
     }
-    chosen = all.filter((x) => entries.some((e) => hit(x.name, e)));
-  } else {
-    throw new PeftError('must be a non-empty list of module names (at most 64) or a regex string', path);
   }
+  const chosen = all.filter((x) => pc.selects(x.name));
   if (chosen.length === 0) throw new PeftError('matches no linear layer', path);
   return chosen.map(({ layer, m }) => ({ layer, m }));
 }

@@ -1,27 +1,32 @@
 // The fine-tune job runner: turns a validated POST /finetune request into a COLA training run and
 // persists every knot (merged weights + the link's PEFT adapter) through the job context, which
-// fences each write against the job's lease.
-import { readFileSync } from 'node:fs';
+// fences each write against the job's lease. `admitFinetune` runs the same checks when the request
+// arrives, so what the runner would refuse is refused with 400 before a job exists.
 import type { Engine } from '../gpu/engine.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner } from '../services.ts';
 import { loadVersion, resolvePath, tokenizerPathOf, type Mutex } from '../model/versions.ts';
 import { loadModelFromPath } from '../model/registry.ts';
+import type { ModelConfig } from '../model/config.ts';
 import { saveSafetensorsWeights } from '../model/weights.ts';
 import type { Tokenizer, Example } from './data.ts';
 import { ColaConfigError } from './errors.ts';
-import { exportPeftAdapter, importPeftAdapter } from './peft.ts';
+import { layerModules } from './modules.ts';
+import { exportPeftAdapter, parsePeftAdapter, PeftError, type ImportedAdapter } from './peft.ts';
+import { baseBiasOf, MAX_ADAPTER_BYTES, readAdapterWeights } from './services.ts';
 import { SnapshotStore } from './snapshot-store.ts';
-import { archConfigOf, resolveLoraSpec, type LoraHost } from './lora.ts';
+import { archConfigOf, initLoraHost, resolveLoraSpec, type LoraHost } from './lora.ts';
 import { planFor, trainCola, type TrainConfig } from './trainer.ts';
-import type { ChainConfig } from './schedule.ts';
+import type { ChainConfig, ChainPlan } from './schedule.ts';
 
 type Req = Record<string, any>;
 
-/** The trainer's config from the validated request body (snake_case, defaults applied by zod). */
-export function trainConfigFromRequest(req: Req, modelConfig: Parameters<typeof resolveLoraSpec>[0]): TrainConfig {
+/** The trainer's config from the validated request body (snake_case, defaults applied by zod). Throws ColaConfigError. */
+export function trainConfigFromRequest(req: Req, modelConfig: ModelConfig): TrainConfig {
   const lora = req.lora ?? {};
-  if ((lora.dropout ?? 0) > 0) throw new UserInputError('lora.dropout > 0 is not implemented: this trainer has no dropout');
-  if (req.max_steps !== undefined) throw new UserInputError('max_steps is not implemented: the run length is epochs × ceil(examples / batch_size)');
+  if ((lora.dropout ?? 0) > 0) throw new ColaConfigError('lora.dropout', 'dropout > 0 is not implemented: this trainer has no dropout; leave it at 0');
+  if (req.max_steps !== undefined) {
+    throw new ColaConfigError('max_steps', 'is not implemented: the run length is epochs × ceil(examples / batch_size); set epochs (or chain.links steps) instead');
+  }
   const spec = resolveLoraSpec(modelConfig, { targets: lora.targets ?? ['q', 'v'], rank: lora.rank ?? 8, alpha: lora.alpha ?? 16, bias: !!lora.bias });
   const chain: ChainConfig = req.method === 'lora' ? { links: 1 } : (req.chain ?? { links: 3 });
   const o = req.optimizer ?? {};
@@ -39,6 +44,77 @@ export function trainConfigFromRequest(req: Req, modelConfig: Parameters<typeof 
     maxGradNorm: o.max_grad_norm ?? 0,
     evalEveryKnot: req.eval?.every_knot ?? true,
   };
+}
+
+/** An uploaded adapter (a folder with the two PEFT files) or a knot's ZIP, parsed against the model. */
+export function loadInitAdapter(
+  modelConfig: ModelConfig,
+  a: { config: Record<string, unknown>; path: string },
+  baseBias: (layer: number, short: string) => Float32Array | null,
+): ImportedAdapter {
+  const files = readAdapterWeights(a.path, MAX_ADAPTER_BYTES);
+  // The config stored at upload is the normalised one; a ZIP carries its own.
+  const config = Object.keys(a.config).length > 0 ? a.config : files.zipConfig;
+  return parsePeftAdapter(archConfigOf(modelConfig), config, files.weights, baseBias);
+}
+
+/** init_adapter against the run: the first link's rank, modules within lora.targets, a LoRA bias only with lora.bias. */
+function checkInitAdapter(imp: ImportedAdapter, config: TrainConfig, plan: ChainPlan): void {
+  const first = plan.links[0]!.rank;
+  if (imp.rank !== first) {
+    throw new ColaConfigError('init_adapter', `has rank ${imp.rank} but the first link has rank ${first}; set lora.rank (or chain.links[0].rank) to ${imp.rank}`);
+  }
+  const outside = imp.targets.filter((t) => !config.lora.targets.includes(t));
+  if (outside.length > 0) {
+    throw new ColaConfigError('init_adapter', `adapts ${outside.join(', ')}, outside lora.targets (${config.lora.targets.join(', ')}); add them to lora.targets`);
+  }
+  if (!config.lora.bias && [...imp.modules.values()].some((m) => m.bias)) {
+    throw new ColaConfigError('init_adapter', 'has a LoRA bias (bias = "lora_only"); set lora.bias to true to train it');
+  }
+}
+
+/**
+ * The first link's adapters from init_adapter: its A, B (and bias) where it has them, a fresh link
+ * (A Gaussian, B zero) on the other targeted modules, and the adapter's own scale (lora_alpha / r,
+ * or / √r with use_rslora), not the request's alpha.
+ */
+function initHost(imp: ImportedAdapter, modelConfig: ModelConfig, config: TrainConfig): LoraHost {
+  const host = initLoraHost(modelConfig, config.lora, imp.rank, config.seed, 0);
+  for (const [key, m] of imp.modules) host.modules.set(key, { ...m, bias: m.bias ?? (config.lora.bias ? new Float32Array(m.out) : undefined) });
+  return { rank: imp.rank, alpha: imp.alpha, scale: imp.scale, rslora: imp.rslora, modules: host.modules };
+}
+
+/**
+ * Admission: every check the runner makes that needs no weights — the request against the base
+ * model's config (targets, LoRA bias, max_seq_len), the chain plan for `nTrain` examples (links
+ * vs steps, per-link steps vs the run), unsupported options, and init_adapter against the model
+ * and the first link. Throws UserInputError with `errors: [{path, message}]` (→ 400).
+ */
+export function admitFinetune(req: Req, modelConfig: ModelConfig, nTrain: number, initAdapter?: { config: Record<string, unknown>; path: string }): void {
+  try {
+    const config = trainConfigFromRequest(req, modelConfig);
+    const plan = planFor(config, nTrain);
+    if (initAdapter) {
+      let imp: ImportedAdapter;
+      try {
+        // Only the base biases' shapes matter here (the runner uses the real ones).
+        imp = loadInitAdapter(modelConfig, initAdapter, zeroBiases(modelConfig));
+      } catch (e) {
+        if (e instanceof PeftError) throw new ColaConfigError('init_adapter', `does not fit ${modelConfig.arch}: ${e.message}`);
+        throw e;
+      }
+      checkInitAdapter(imp, config, plan);
+    }
+  } catch (e) {
+    if (e instanceof ColaConfigError) throw new UserInputError(e.message, [{ path: e.path, message: e.message }]);
+    throw e;
+  }
+}
+
+function zeroBiases(c: ModelConfig): (layer: number, short: string) => Float32Array | null {
+  const attn = new Set(['q', 'k', 'v', 'o', 'c_attn', 'attn.c_proj']);
+  const out = new Map(layerModules(archConfigOf(c)).map((m) => [m.short, m.out]));
+  return (_layer, short) => ((attn.has(short) ? c.attnBias : c.mlpBias) ? new Float32Array(out.get(short) ?? 0) : null);
 }
 
 function asTrainExamples(xs: FinetuneJobSpec['train'], what: string): Example[] {
@@ -59,31 +135,34 @@ export function createJobRunner(e: Engine, repoRoot: string, gpu: Mutex): JobRun
       const base = loadVersion(repoRoot, job.base);
       const tokenizer = base.tokenizer as unknown as Tokenizer;
       if (base.tokenizer.bos === null || base.tokenizer.eos === null) throw new UserInputError('the base model has no BOS/EOS tokens; fine-tuning needs both');
-      let config: TrainConfig;
-      try {
-        config = trainConfigFromRequest(job.request, base.weights.config);
-      } catch (err) {
-        if (err instanceof ColaConfigError) throw new UserInputError(err.message);
-        throw err;
-      }
       const train = asTrainExamples(job.train, 'train');
       const validation = asTrainExamples(job.validation, 'validation');
-      const plan = planFor(config, train.length);
-      const arch = archConfigOf(base.weights.config);
-      let weights = base.weights;
-      let resume: { step: number } | undefined;
-      if (ctx.resumeFrom) {
-        // Resume from the last persisted knot: its merged weights plus (seed, link, step) are the whole state.
-        weights = loadModelFromPath(resolvePath(repoRoot, ctx.resumeFrom.path), { tokenizerPath: tokenizerPathOf(repoRoot, job.base.config) }).weights;
-        resume = { step: ctx.resumeFrom.step };
-      }
+      let config: TrainConfig;
+      let plan: ChainPlan;
       let initAdapter: LoraHost | undefined;
-      if (job.initAdapter && !ctx.resumeFrom) {
-        const imp = importPeftAdapter(arch, readFileSync(resolvePath(repoRoot, job.initAdapter.path)));
-        if (imp.rank !== plan.links[0]!.rank) throw new UserInputError(`init_adapter has rank ${imp.rank}, the first link ${plan.links[0]!.rank}`);
-        const keys = [...imp.modules.keys()].map((k) => k.split('.').slice(1).join('.'));
-        if (keys.some((k) => !config.lora.targets.includes(k))) throw new UserInputError(`init_adapter adapts modules outside lora.targets (${config.lora.targets.join(', ')})`);
-        initAdapter = { rank: imp.rank, alpha: config.lora.alpha, scale: config.lora.alpha / imp.rank, modules: imp.modules };
+      const mc = base.weights.config;
+      try {
+        config = trainConfigFromRequest(job.request, mc);
+        plan = planFor(config, train.length);
+        if (job.initAdapter && !ctx.resumeFrom) {
+          const w = base.weights;
+          const stored = { config: job.initAdapter.config, path: resolvePath(repoRoot, job.initAdapter.path) };
+          const imp = loadInitAdapter(mc, stored, (layer, short) => baseBiasOf(w, layer, short));
+          checkInitAdapter(imp, config, plan);
+          initAdapter = initHost(imp, mc, config);
+        }
+      } catch (err) {
+        if (err instanceof ColaConfigError || err instanceof PeftError) throw new UserInputError(err.message);
+        throw err;
+      }
+      const arch = archConfigOf(mc);
+      let weights = base.weights;
+      let resume: { step: number; knotSteps: number[] } | undefined;
+      if (ctx.resumeFrom) {
+        // Resume from the last persisted knot: its merged weights plus (seed, link, step) are the
+        // whole state; the earlier knots' steps re-create requested splits (replayKnots).
+        weights = loadModelFromPath(resolvePath(repoRoot, ctx.resumeFrom.path), { tokenizerPath: tokenizerPathOf(repoRoot, job.base.config) }).weights;
+        resume = { step: ctx.resumeFrom.step, knotSteps: ctx.resumeFrom.knotSteps };
       }
       const store = new SnapshotStore(job.storeDir);
       let lastEpoch = 0;
@@ -99,7 +178,7 @@ export function createJobRunner(e: Engine, repoRoot: string, gpu: Mutex): JobRun
             onKnot: async (k) => {
               // No job id in the file: the same request must give the same bytes (same sha256) on any run.
               const snap = await store.put(saveSafetensorsWeights(k.weights));
-              const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, modules: k.adapter.modules }, { baseModel: job.base.model });
+              const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model });
               const adapterObj = await store.put(adapterZip, { ext: 'zip' });
               await ctx.onKnot({
                 link: k.link,
@@ -122,3 +201,4 @@ export function createJobRunner(e: Engine, repoRoot: string, gpu: Mutex): JobRun
     },
   };
 }
+

@@ -222,3 +222,17 @@ export function splitAt(plan: ChainPlan, done: number, rank?: number): ChainPlan
   if (lengths.length > MAX_LINKS) throw new ColaConfigError('step', `a chain has at most ${MAX_LINKS} links`);
   return build(lengths, ranks);
 }
+
+/**
+ * The plan of a run resumed after `knotSteps` (the steps of the knots it persisted, in order):
+ * knots tied on request (POST /merge {job}) are not in the planned schedule, so the plan is split
+ * at each of them again, as the interrupted run did. Link numbers, each link's A (seeded by link)
+ * and the knots' versions then match an uninterrupted run.
+ */
+export function replayKnots(plan: ChainPlan, knotSteps: readonly number[]): ChainPlan {
+  let p = plan;
+  for (const s of knotSteps) {
+    if (s < p.totalSteps && !p.links.some((l) => l.endStep === s)) p = splitAt(p, s);
+  }
+  return p;
+}

@@ -62,8 +62,7 @@ import { loadVersion, resolvePath } from '../model/versions.ts';
 import { saveSafetensorsWeights, WeightsError, type ModelWeights } from '../model/weights.ts';
 import { ColaConfigError } from './errors.ts';
 import { layerModules, layerPrefix, MAX_LAYERS, type ArchConfig } from './modules.ts';
-import { CONFIG_FILE, MAX_ALPHA, packAdapter, parsePeftAdapter, PeftError, unpackAdapter, WEIGHTS_FILE } from './peft.ts';
-import { MAX_RANK } from './schedule.ts';
+import { CONFIG_FILE, packAdapter, parsePeftAdapter, parsePeftConfig, PeftError, storedPeftConfig, unpackAdapter, WEIGHTS_FILE } from './peft.ts';
 import { SnapshotStore } from './snapshot-store.ts';
 
 const GiB = 1024 ** 3;
@@ -269,8 +268,14 @@ const LORA_LAYER_PATTERNS: { arch: ArchConfig['architecture']; re: RegExp }[] = 
   { arch: 'gpt2', re: /^transformer\.h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)$/ },
 ];
 
-/** Reads adapter_model.safetensors bytes from a file, a folder holding it, or a ZIP. */
-function readAdapterWeights(p: string, maxBytes: number): { weights: Uint8Array; zipConfig?: unknown } {
+/** Default bound on an adapter's weights file (or ZIP). */
+export const MAX_ADAPTER_BYTES = 2 * GiB;
+
+/**
+ * Reads adapter_model.safetensors bytes from a file, a folder holding it (POST /adapters stores
+ * one), or a ZIP (knot adapters; the ZIP's own config is returned too).
+ */
+export function readAdapterWeights(p: string, maxBytes: number): { weights: Uint8Array; zipConfig?: unknown } {
   if (isDir(p)) return { weights: readFileBounded(join(p, WEIGHTS_FILE), maxBytes, 'adapter weights') };
   if (p.endsWith('.zip')) {
     const u = unpackAdapter(readFileBounded(p, maxBytes, 'adapter archive'), maxBytes);
@@ -285,62 +290,10 @@ function readAdapterWeights(p: string, maxBytes: number): { weights: Uint8Array;
  * Returns the normalised PEFT config (defaults filled in, unknown keys dropped).
  */
 export function validateAdapterStandalone(configJson: unknown, weights: Uint8Array): Record<string, unknown> {
-  const P = CONFIG_FILE;
-  if (typeof configJson !== 'object' || configJson === null || Array.isArray(configJson)) throw new PeftError('must be a JSON object', P);
-  const j = configJson as Record<string, unknown>;
-  if (j.peft_type !== 'LORA') throw new PeftError(`peft_type must be "LORA", got ${JSON.stringify(j.peft_type)}`, `${P}.peft_type`);
-  if (j.task_type != null && j.task_type !== 'CAUSAL_LM') throw new PeftError(`must be "CAUSAL_LM", got ${JSON.stringify(j.task_type)}`, `${P}.task_type`);
-  const r = j.r;
-  if (typeof r !== 'number' || !Number.isInteger(r) || r < 1 || r > MAX_RANK) throw new PeftError(`must be an integer in [1, ${MAX_RANK}], got ${JSON.stringify(r)}`, `${P}.r`);
-  const alpha = j.lora_alpha ?? 8;
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha) || alpha <= 0 || alpha > MAX_ALPHA) {
-    throw new PeftError(`must be a number in (0, ${MAX_ALPHA}], got ${JSON.stringify(alpha)}`, `${P}.lora_alpha`);
-  }
-  const dropout = j.lora_dropout ?? 0;
-  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) throw new PeftError('must be a number in [0, 1)', `${P}.lora_dropout`);
-  const rslora = j.use_rslora ?? false;
-  if (typeof rslora !== 'boolean') throw new PeftError('must be a boolean', `${P}.use_rslora`);
-  const fanInFanOut = j.fan_in_fan_out ?? false;
-  if (typeof fanInFanOut !== 'boolean') throw new PeftError('must be a boolean', `${P}.fan_in_fan_out`);
-  const bias = j.bias ?? 'none';
-  if (bias !== 'none' && bias !== 'lora_only') throw new PeftError(`must be "none" or "lora_only", got ${JSON.stringify(bias)}`, `${P}.bias`);
-  for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
-    const v = j[k];
-    if (v != null && (typeof v !== 'object' || Object.keys(v as object).length > 0)) throw new PeftError('per-module ranks/alphas are not supported', `${P}.${k}`);
-  }
-  if (j.modules_to_save != null && !(Array.isArray(j.modules_to_save) && j.modules_to_save.length === 0)) {
-    throw new PeftError('full-module copies (modules_to_save) are not supported', `${P}.modules_to_save`);
-  }
-  for (const k of ['use_dora', 'use_qalora'] as const) {
-    if (j[k] === true) throw new PeftError(`${k} adapters are not plain LoRA and are not supported`, `${P}.${k}`);
-  }
-  let layersAllowed: Set<number> | null = null;
-  const lt = j.layers_to_transform;
-  if (lt != null) {
-    const list = typeof lt === 'number' ? [lt] : lt;
-    if (!Array.isArray(list) || list.length === 0 || list.length > MAX_LAYERS) throw new PeftError('must be null, a layer index or a non-empty list of them', `${P}.layers_to_transform`);
-    for (const x of list) {
-      if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= MAX_LAYERS) throw new PeftError(`bad layer ${JSON.stringify(x)}`, `${P}.layers_to_transform`);
-    }
-    layersAllowed = new Set(list as number[]);
-  }
-  const tm = j.target_modules;
-  let matches: (name: string) => boolean;
-  if (typeof tm === 'string') {
-    if (tm.length > 1000) throw new PeftError('regex longer than 1000 characters', `${P}.target_modules`);
-    let re: RegExp;
-    try {
-      re = new RegExp(`^(?:${tm})$`);
-    } catch (e) {
-      throw new PeftError(`invalid regex (${(e as Error).message})`, `${P}.target_modules`);
-    }
-    matches = (n) => re.test(n);
-  } else if (Array.isArray(tm) && tm.length > 0 && tm.length <= 64 && tm.every((x) => typeof x === 'string' && x.length > 0 && x.length <= 200)) {
-    const entries = tm as string[];
-    matches = (n) => entries.some((e) => n === e || n.endsWith(`.${e}`));
-  } else {
-    throw new PeftError('must be a non-empty list of module names (at most 64) or a regex string', `${P}.target_modules`);
-  }
+  const pc = parsePeftConfig(configJson);
+  const { r, bias } = pc;
+  const layersAllowed = pc.layers_to_transform ? new Set(pc.layers_to_transform) : null;
+  const matches = pc.selects;
 
   let parsed;
   try {
@@ -395,31 +348,25 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
     if (prev && (prev.in !== inF || prev.out !== outF)) throw new PeftError(`${e.short} is (${outF}, ${inF}) here but (${prev.out}, ${prev.in}) in another layer`, where);
     shapesByShort.set(e.short, { in: inF, out: outF });
   }
-  return {
-    peft_type: 'LORA',
-    task_type: 'CAUSAL_LM',
-    r,
-    lora_alpha: alpha,
-    lora_dropout: dropout,
-    target_modules: typeof tm === 'string' ? tm : [...(tm as string[])],
-    bias,
-    fan_in_fan_out: arch === 'gpt2' ? true : fanInFanOut,
-    base_model_name_or_path: typeof j.base_model_name_or_path === 'string' ? j.base_model_name_or_path.slice(0, 1000) : null,
-    inference_mode: true,
-    init_lora_weights: true,
-    use_rslora: rslora,
-    modules_to_save: null,
-    layers_to_transform: layersAllowed ? [...layersAllowed].sort((a, b) => a - b) : null,
-    rank_pattern: {},
-    alpha_pattern: {},
-  };
+  return { ...storedPeftConfig(pc, { fanInFanOut: arch === 'gpt2' ? true : pc.fan_in_fan_out }) };
 }
 
 // ------------------------------------------------------------------------------------- merge
 
 /**
+ * Safe merge (PEFT's safe_merge refuses non-finite results; finite but absurd ones are refused
+ * too): an adapter whose update dwarfs the weights it changes, or pushes a weight past float16's
+ * range, yields a model that answers only <unk> with null logprobs. Real LoRA updates are a small
+ * fraction of their module's weights.
+ */
+export const MAX_MERGED_ABS = 65504;
+export const MAX_UPDATE_RATIO = 1000;
+
+/**
  * Merges a parsed adapter into the weights in place: W ← W + scale·s·B·A per module (rows in f64,
- * one rounding to f32), LoRA bias deltas times `scale`. Throws UserInputError on a non-finite result.
+ * one rounding to f32), LoRA bias deltas times `scale`. Throws UserInputError on a non-finite
+ * result, a merged value beyond ±MAX_MERGED_ABS, or an update larger than MAX_UPDATE_RATIO × the
+ * module's largest weight (at least 1). The caller discards `w` on error (it may be half merged).
  */
 export function mergeAdapterInto(w: ModelWeights, adapter: ReturnType<typeof parsePeftAdapter>, scale: number): void {
   const cfg = w.config;
@@ -443,6 +390,13 @@ export function mergeAdapterInto(w: ModelWeights, adapter: ReturnType<typeof par
     }
     const row = new Float64Array(inF);
     const data = W.data;
+    let wMax = 1;
+    for (let i = 0; i < data.length; i++) wMax = Math.max(wMax, Math.abs(data[i]!));
+    const maxUpdate = MAX_UPDATE_RATIO * wMax;
+    const absurd = (what: string, where: string, v: number) =>
+      new UserInputError(
+        `refusing the merge: the adapter's ${what} in ${where} is ${v.toExponential(3)}, beyond ${what === 'update' ? `${MAX_UPDATE_RATIO}× the module's largest weight (${maxUpdate.toExponential(3)})` : `±${MAX_MERGED_ABS}`}; lower the scale or fix the adapter`,
+      );
     for (let o = 0; o < outF; o++) {
       row.fill(0);
       for (let k = 0; k < r; k++) {
@@ -453,19 +407,28 @@ export function mergeAdapterInto(w: ModelWeights, adapter: ReturnType<typeof par
       }
       for (let i = 0; i < inF; i++) {
         const idx = conv1d ? i * outF + o : o * inF + i;
-        const v = Math.fround(data[idx]! + coef * row[i]!);
+        const u = coef * row[i]!;
+        const v = Math.fround(data[idx]! + u);
         if (!Number.isFinite(v)) {
           throw new UserInputError(`merging the adapter gives a non-finite value in ${base}.weight (row ${o}, column ${i}); lower the scale or fix the adapter`);
         }
+        if (Math.abs(u) > maxUpdate) throw absurd('update', `${base}.weight (row ${o}, column ${i})`, u);
+        if (Math.abs(v) > MAX_MERGED_ABS) throw absurd('merged value', `${base}.weight (row ${o}, column ${i})`, v);
         data[idx] = v;
       }
     }
     if (m.bias) {
       const B = w.tensors.get(`${base}.bias`);
       if (!B || B.data.length !== m.out) throw new UserInputError(`adapter module ${key} has a bias but ${base}.bias is missing or mis-shaped`);
+      let bMax = 1;
+      for (let i = 0; i < m.out; i++) bMax = Math.max(bMax, Math.abs(B.data[i]!));
       for (let i = 0; i < m.out; i++) {
-        const v = Math.fround(B.data[i]! + scale * m.bias[i]!);
+        const u = scale * m.bias[i]!;
+        const v = Math.fround(B.data[i]! + u);
         if (!Number.isFinite(v)) throw new UserInputError(`merging the adapter gives a non-finite value in ${base}.bias (index ${i})`);
+        if (Math.abs(u) > MAX_UPDATE_RATIO * bMax || Math.abs(v) > MAX_MERGED_ABS) {
+          throw new UserInputError(`refusing the merge: the adapter changes ${base}.bias[${i}] by ${u.toExponential(3)} to ${v.toExponential(3)}, an absurd magnitude; lower the scale or fix the adapter`);
+        }
         B.data[i] = v;
       }
     }
@@ -482,7 +445,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
   const repoRoot = resolve(opts.repoRoot);
   const exportDir = resolve(opts.exportDir ?? join(repoRoot, 'data', 'exports'));
   const maxModelFileBytes = opts.maxModelFileBytes ?? 16 * GiB;
-  const maxAdapterBytes = opts.maxAdapterBytes ?? 2 * GiB;
+  const maxAdapterBytes = opts.maxAdapterBytes ?? MAX_ADAPTER_BYTES;
 
   const importer: ModelImporter = {
     async import(req) {
@@ -638,7 +601,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
 }
 
 /** The base model's bias of an adapted module (needed for bias = "lora_only" adapters). */
-function baseBiasOf(w: ModelWeights, layer: number, short: string): Float32Array | null {
+export function baseBiasOf(w: ModelWeights, layer: number, short: string): Float32Array | null {
   const m = layerModules(archConfigOf(w.config)).find((x) => x.short === short);
   if (!m) return null;
   return w.tensors.get(`${layerPrefix(w.config.arch, layer)}.${m.hfPath}.bias`)?.data ?? null;

@@ -16,7 +16,7 @@ import { createOptimizer, type Optimizer, type OptimizerConfig } from './optimiz
 import type { ModelWeights } from '../model/weights.ts';
 import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type LoraWeights } from '../model/transformer.ts';
 import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type Example, type EncodedExample, type Tokenizer } from './data.ts';
-import { planChain, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
+import { planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
 import { lrAt, type LrSchedule } from './lr.ts';
 import { chainFlops } from './flops.ts';
 import { archConfigOf, freeLora, initLoraHost, loraParams, readLora, uploadLora, type LoraHost, type LoraSpec } from './lora.ts';
@@ -74,6 +74,8 @@ export interface TrainerCallbacks {
 export interface ResumePoint {
   /** Completed steps at the last persisted knot (its merged weights are the `weights` given to train). */
   step: number;
+  /** Steps of every knot persisted so far, in order (default: [step]); see replayKnots. */
+  knotSteps?: readonly number[];
 }
 
 export interface TrainResult {
@@ -211,10 +213,8 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
   const rows = encodeAll(tokenizer, input.train, cfg.maxSeqLen, 'train');
   const valRows = input.validation?.length ? encodeAll(tokenizer, input.validation, cfg.maxSeqLen, 'validation') : [];
   let plan = input.plan ?? planFor(cfg, rows.length);
-  // A knot tied on request (POST /merge) before a crash is not in the planned schedule: split there.
-  if (input.resume && input.resume.step < plan.totalSteps && !plan.links.some((l) => l.endStep === input.resume!.step)) {
-    plan = splitAt(plan, input.resume.step);
-  }
+  // Knots tied on request (POST /merge) before an interruption are not in the planned schedule.
+  if (input.resume) plan = replayKnots(plan, input.resume.knotSteps ?? [input.resume.step]);
   const epochCfg = { n: rows.length, batchSize: cfg.batchSize, epochs: cfg.epochs, seed: cfg.seed, shuffle: cfg.shuffle };
   const sched: LrSchedule = { ...cfg.schedule, lr: cfg.optimizer.lr };
   const padId = tokenizer.eos;
@@ -234,8 +234,8 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
       const lora = uploadLora(e, host);
       const params = loraParams(lora);
       const opt: Optimizer = createOptimizer(e, cfg.optimizer, params.map((p) => p.t));
-      await cb.onLinkStart?.({ link: j, rank: link.rank, step: done, lora, optimizer: opt });
       try {
+        await cb.onLinkStart?.({ link: j, rank: link.rank, step: done, lora, optimizer: opt });
         for (; done < link.endStep; done++) {
           if (await cb.isCancelled?.()) return { status: 'cancelled', steps: done, plan, tokens, seconds: (performance.now() - t0) / 1000 };
           if (done > link.startStep && cb.takeMergeRequest?.()) {

@@ -12,8 +12,9 @@ import { and, eq, or, sql } from 'drizzle-orm';
 import type { Db } from '../db/index.ts';
 import { jobs, type Job, type JobKnot, type JobLoss, type JobProgress, type ModelVersion } from '../db/schema.ts';
 import { appendEvent } from '../db/repos/jobs.ts';
-import { insertVersion, type NewVersion } from '../db/repos/models.ts';
+import { ensureTenantModel, insertVersion, type NewVersion } from '../db/repos/models.ts';
 import type { JobStatus } from './states.ts';
+import { UserInputError } from '../services.ts';
 
 export class StaleLeaseError extends Error {
   constructor(jobId: string, token: number) {
@@ -118,21 +119,35 @@ export async function recordEvent(db: Db, l: Lease, type: string, data: Record<s
   });
 }
 
+/** The job's output model to create with its first version (tenant-owned; same architecture if it exists). */
+export type OutputModel = { tenantId: string; name: string; architecture: string; params: number; config: Record<string, unknown> };
+
 /**
  * Tie a knot: in one transaction, append the knot to the job (fenced: the row lock taken by
  * this UPDATE also orders it against a concurrent claim) and insert the immutable model version.
+ * `modelId` may name the output model to create instead, so a model never exists without versions.
  * A stale worker gets StaleLeaseError and nothing is written.
  */
 export async function recordKnot(
   db: Db,
   l: Lease,
   knot: Omit<JobKnot, 'version'>,
-  version: Omit<NewVersion, 'version'>,
+  version: Omit<NewVersion, 'version' | 'modelId'> & { modelId: string | OutputModel },
 ): Promise<ModelVersion> {
   return db.transaction(async (tx) => {
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    const v = await insertVersion(tx as unknown as Db, version);
+    let modelId: string;
+    if (typeof version.modelId === 'string') modelId = version.modelId;
+    else {
+      const want = version.modelId;
+      const m = await ensureTenantModel(tx as unknown as Db, want);
+      if (m.architecture !== want.architecture) {
+        throw new UserInputError(`output model "${want.name}" exists with architecture ${m.architecture}, not ${want.architecture}`);
+      }
+      modelId = m.id;
+    }
+    const v = await insertVersion(tx as unknown as Db, { ...version, modelId });
     const full: JobKnot = { ...knot, version: v.version };
     await tx
       .update(jobs)

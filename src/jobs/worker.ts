@@ -8,7 +8,7 @@ import type { Db } from '../db/index.ts';
 import { eq } from 'drizzle-orm';
 import { models, type Job } from '../db/schema.ts';
 import { getJobById, expiredRunningJobIds, staleQueuedJobIds } from '../db/repos/jobs.ts';
-import { getVersion, findModel, ensureTenantModel } from '../db/repos/models.ts';
+import { getVersion, findModel } from '../db/repos/models.ts';
 import { getAdapter, getFile } from '../db/repos/files.ts';
 import type { Example, FinetuneJobSpec, JobContext, JobRunner, ResumePoint } from '../services.ts';
 import {
@@ -155,17 +155,25 @@ export class JobWorker {
         });
         return;
       }
+      // The output model is created with the first knot's version (recordKnot), so a job that
+      // fails before tying one leaves no empty model behind.
       const out = await findModel(db, job.tenantId, job.outputModel);
-      const outModel =
-        out && out.tenantId === job.tenantId
-          ? out
-          : await ensureTenantModel(db, { tenantId: job.tenantId, name: job.outputModel, architecture: spec.base.architecture, config: spec.base.config });
+      let outModelId = out && out.tenantId === job.tenantId ? out.id : null;
       const last = job.knots[job.knots.length - 1];
       let lastVersion = last?.version ?? null;
       let resumeFrom: ResumePoint | null = null;
-      if (last) {
-        const v = await getVersion(db, outModel.id, last.version);
-        if (v) resumeFrom = { link: last.link, step: last.step, version: last.version, path: absPath(this.o.config.repoRoot, v.path), sha256: v.sha256 };
+      if (last && outModelId) {
+        const v = await getVersion(db, outModelId, last.version);
+        if (v) {
+          resumeFrom = {
+            link: last.link,
+            step: last.step,
+            knotSteps: job.knots.map((k) => k.step),
+            version: last.version,
+            path: absPath(this.o.config.repoRoot, v.path),
+            sha256: v.sha256,
+          };
+        }
       }
       const ctx: JobContext = {
         resumeFrom,
@@ -190,13 +198,19 @@ export class JobWorker {
         onLinkStarted: (e) => recordEvent(db, lease, 'link_started', { link: e.link, rank: e.rank }),
         onEval: (e) => recordEvent(db, lease, 'eval', e),
         onKnot: async (k) => {
-          const parent = lastVersion == null ? { modelId: job.baseModelId, version: job.baseVersion } : { modelId: outModel.id, version: lastVersion };
+          const parent = lastVersion == null || !outModelId ? { modelId: job.baseModelId, version: job.baseVersion } : { modelId: outModelId, version: lastVersion };
           const v = await recordKnot(
             db,
             lease,
             { link: k.link, step: k.step, rank: k.rank, ...(k.val_loss !== undefined ? { val_loss: k.val_loss } : {}), flops: k.flops },
             {
-              modelId: outModel.id,
+              modelId: outModelId ?? {
+                tenantId: job.tenantId,
+                name: job.outputModel,
+                architecture: spec.base.architecture,
+                params: (await getJobModel(db, job))?.params ?? 0,
+                config: spec.base.config,
+              },
               parentModelId: parent.modelId,
               parentVersion: parent.version,
               kind: 'knot',
@@ -211,7 +225,8 @@ export class JobWorker {
             },
           );
           lastVersion = v.version;
-          return { model: outModel.name, version: v.version };
+          outModelId = v.modelId;
+          return { model: job.outputModel, version: v.version };
         },
       };
       const r = await this.o.runner.run(spec, ctx);

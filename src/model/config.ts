@@ -246,6 +246,26 @@ export function configFromLlama2c(h: Llama2cHeader): ModelConfig {
 }
 
 /**
+ * The config a registered model records (the models table): an HF config.json for imports, or the
+ * llama2.c header fields of the bundled checkpoint (`format: "llama2c"`). Gives admission the
+ * model's shapes without loading its weights; the loaders derive the same config from the files.
+ */
+export function configFromRegistration(c: Record<string, unknown>): ModelConfig {
+  if (c.format !== 'llama2c') return configFromHf(c);
+  const n = (k: string) => (typeof c[k] === 'number' ? (c[k] as number) : Number.NaN);
+  const vocab = n('vocab_size');
+  return configFromLlama2c({
+    dim: n('dim'),
+    hiddenDim: n('hidden_dim'),
+    nLayers: n('n_layers'),
+    nHeads: n('n_heads'),
+    nKvHeads: n('n_kv_heads'),
+    vocabSize: c.shared_classifier === false ? -vocab : vocab,
+    seqLen: n('seq_len'),
+  });
+}
+
+/**
  * A config.json for the config (what the HF writer stores next to model.safetensors). For llama
  * with ropeInterleaved (llama2.c weights), the extra key "rope_interleaved": true records that wq/wk
  * were not permuted to HF's rotate_half layout; HF transformers would ignore it, so such a folder

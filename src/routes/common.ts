@@ -3,7 +3,7 @@ import { z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { AppDeps, AppEnv } from './deps.ts';
 import type { Tenant, Model, ModelVersion } from '../db/schema.ts';
-import { findModel, getVersion, latestVersion } from '../db/repos/models.ts';
+import { findModel, findSharedModel, getVersion, latestVersion } from '../db/repos/models.ts';
 import type { ResolvedVersion } from '../services.ts';
 import { ProblemError } from './problem.ts';
 import type { Quotas } from '../config.ts';
@@ -19,7 +19,17 @@ export const ModelName = z
   .min(1)
   .max(128)
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_", "-"; starting with a letter or digit');
-export const VersionNumber = z.number().int().min(0).max(1_000_000);
+export const MAX_VERSION = 1_000_000;
+export const VersionNumber = z.number().int().min(0).max(MAX_VERSION);
+/**
+ * A version in a path ("/versions/{v}"): canonical decimal only. A plain coercion took " ", "0x0"
+ * and "0e0" as version 0, so one version had many URLs.
+ */
+export const VersionParam = z
+  .string()
+  .regex(/^(0|[1-9][0-9]{0,6})$/, 'must be a version number: decimal digits, no sign, spaces or leading zeros')
+  .transform(Number)
+  .pipe(VersionNumber);
 export const IdParam = z.string().min(1).max(64).regex(/^[A-Za-z0-9_-]+$/, 'malformed id');
 
 export function absPath(d: AppDeps, p: string): string {
@@ -52,3 +62,15 @@ export async function resolveVersion(
 }
 
 export const iso = (d: Date | null | undefined) => (d ? new Date(d).toISOString() : null);
+
+/**
+ * A tenant's own model may not take a shared model's name: the tenant's lookups prefer its own
+ * model, so it would shadow the shared one for that tenant (and its jobs and /v1 clients).
+ */
+export async function refuseSharedName(d: AppDeps, name: string, field: string): Promise<void> {
+  if (await findSharedModel(d.db, name)) {
+    throw new ProblemError(409, `"${name}" is the name of a shared model; choose another name for your model`, {
+      errors: [{ path: field, message: 'names a shared model' }],
+    });
+  }
+}

@@ -2,11 +2,13 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { streamSSE } from 'hono/streaming';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
-import { IdParam, iso, quotasOf, resolveVersion, tenantOf } from './common.ts';
+import { absPath, IdParam, iso, quotasOf, refuseSharedName, resolveVersion, tenantOf } from './common.ts';
 import { FinetuneRequest, JobView } from './schemas.ts';
 import { countActiveJobs, getJob, insertJob, listEvents, listJobs, appendEvent } from '../db/repos/jobs.ts';
 import { getAdapter, getFile, tenantStoredBytes } from '../db/repos/files.ts';
-import { ensureTenantModel } from '../db/repos/models.ts';
+import { findModel } from '../db/repos/models.ts';
+import { admitFinetune } from '../cola/runner.ts';
+import { configFromRegistration } from '../model/config.ts';
 import { requestCancel } from '../jobs/transitions.ts';
 import { isTerminal, type JobStatus } from '../jobs/states.ts';
 import type { Job } from '../db/schema.ts';
@@ -53,9 +55,19 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       const t = tenantOf(c);
       const body = c.req.valid('json');
       const base = await resolveVersion(d, t, body.model, body.version ?? null);
-      if (body.training_file && !(await getFile(d.db, t.id, body.training_file))) throw new ProblemError(404, `file ${body.training_file} not found`);
+      const trainFile = body.training_file ? await getFile(d.db, t.id, body.training_file) : null;
+      if (body.training_file && !trainFile) throw new ProblemError(404, `file ${body.training_file} not found`);
       if (body.validation_file && !(await getFile(d.db, t.id, body.validation_file))) throw new ProblemError(404, `file ${body.validation_file} not found`);
-      if (body.init_adapter && !(await getAdapter(d.db, t.id, body.init_adapter))) throw new ProblemError(404, `adapter ${body.init_adapter} not found`);
+      const adapter = body.init_adapter ? await getAdapter(d.db, t.id, body.init_adapter) : null;
+      if (body.init_adapter && !adapter) throw new ProblemError(404, `adapter ${body.init_adapter} not found`);
+      if (body.output_model) await refuseSharedName(d, body.output_model, 'output_model');
+      // What the runner would refuse is refused now (400 with the field), not after a 202.
+      admitFinetune(
+        body,
+        configFromRegistration(base.model.config),
+        body.train?.length ?? trainFile?.examples ?? 0,
+        adapter ? { config: adapter.config, path: absPath(d, adapter.path) } : undefined,
+      );
       const q = quotasOf(d, t);
       if ((await countActiveJobs(d.db, t.id)) >= q.concurrent_jobs) {
         throw new ProblemError(429, `concurrent job quota of ${q.concurrent_jobs} reached; wait for a job to finish or cancel one`, {
@@ -71,14 +83,9 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       }
       const id = newId('job');
       const outputModel = body.output_model ?? `${base.model.name}-${id}`;
-      const out = await ensureTenantModel(d.db, {
-        tenantId: t.id,
-        name: outputModel,
-        architecture: base.model.architecture,
-        params: base.model.params,
-        config: base.model.config,
-      });
-      if (out.architecture !== base.model.architecture) {
+      // Created with the job's first knot (jobs/transitions.ts recordKnot), never empty.
+      const out = await findModel(d.db, t.id, outputModel);
+      if (out && out.tenantId === t.id && out.architecture !== base.model.architecture) {
         throw new ProblemError(409, `output model "${outputModel}" exists with architecture ${out.architecture}, not ${base.model.architecture}`);
       }
       const job = await insertJob(d.db, {

@@ -6,13 +6,14 @@ import { eq, sql } from 'drizzle-orm';
 import type { Context } from 'hono';
 import type { App, AppDeps, AppEnv } from './deps.ts';
 import { problems, ProblemError, notImplemented } from './problem.ts';
-import { IdParam, iso, ModelName, quotasOf, resolveVersion, tenantOf, VersionNumber } from './common.ts';
+import { IdParam, iso, ModelName, quotasOf, refuseSharedName, resolveVersion, tenantOf, VersionNumber } from './common.ts';
 import { getJob } from '../db/repos/jobs.ts';
 import { createAdapter, getAdapter, tenantStoredBytes } from '../db/repos/files.ts';
 import { ensureTenantModel, insertVersion } from '../db/repos/models.ts';
 import { jobs } from '../db/schema.ts';
 import { newId } from '../db/ids.ts';
 import { UserInputError } from '../services.ts';
+import { parsePeftConfig, PeftError, storedPeftConfig, type ParsedPeftConfig } from '../cola/peft.ts';
 
 const MergeJob = z.object({ job: IdParam, timeout_s: z.number().int().min(1).max(600).default(120) }).strict();
 const MergeAdapter = z
@@ -54,17 +55,6 @@ export async function checkSafetensors(p: string): Promise<{ tensors: Record<str
   if (Object.keys(tensors).length === 0) throw new UserInputError('adapter_model.safetensors: no tensors');
   return { tensors };
 }
-
-const PeftConfig = z
-  .object({
-    peft_type: z.literal('LORA').optional(),
-    r: z.number().int().min(1).max(4096),
-    lora_alpha: z.number().min(0).max(1e6),
-    target_modules: z.union([z.string().min(1).max(1024), z.array(z.string().min(1).max(256)).min(1).max(256)]),
-    base_model_name_or_path: z.string().max(1024).nullable().optional(),
-    bias: z.enum(['none', 'all', 'lora_only']).optional(),
-  })
-  .passthrough();
 
 export function mergeRoutes(app: App, d: AppDeps) {
   app.openapi(
@@ -111,6 +101,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
       if (!adapter) throw new ProblemError(404, `adapter ${b.adapter} not found`);
       const outName = b.output_model ?? (target.model.tenantId === t.id ? target.model.name : null);
       if (!outName) throw new ProblemError(409, `"${b.model}" is a shared model: name your own model in "output_model" for the merged version`);
+      if (b.output_model) await refuseSharedName(d, b.output_model, 'output_model');
       if (!d.services.merge) throw notImplemented('adapter merge');
       const q = quotasOf(d, t);
       if ((await tenantStoredBytes(d.db, t.id)) >= q.stored_bytes) {
@@ -185,11 +176,12 @@ export function mergeRoutes(app: App, d: AppDeps) {
       } catch {
         throw new ProblemError(400, 'adapter_config.json is not JSON', { errors: [{ path: 'adapter_config.json', message: 'not JSON' }] });
       }
-      const cfg = PeftConfig.safeParse(cfgJson);
-      if (!cfg.success) {
-        throw new ProblemError(400, 'adapter_config.json is not a PEFT LoRA config', {
-          errors: cfg.error.issues.map((i) => ({ path: `adapter_config.json.${i.path.join('.')}`, message: i.message })),
-        });
+      let cfg: ParsedPeftConfig;
+      try {
+        cfg = parsePeftConfig(cfgJson);
+      } catch (e) {
+        if (!(e instanceof PeftError)) throw e;
+        throw new ProblemError(400, `adapter_config.json is not a usable PEFT LoRA config: ${e.message}`, { errors: [{ path: e.path, message: e.message }] });
       }
       const m = model as File;
       const q = quotasOf(d, t);
@@ -203,7 +195,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
       try {
         await Bun.write(stPath, m);
         await checkSafetensors(stPath);
-        let config = cfg.data as Record<string, unknown>;
+        let config: Record<string, unknown> = { ...storedPeftConfig(cfg) };
         if (d.services.adapterValidator) config = (await d.services.adapterValidator.validate({ config: cfgJson, safetensorsPath: stPath })).config;
         await Bun.write(path.join(dir, 'adapter_config.json'), JSON.stringify(config, null, 2));
         const bytes = fs.statSync(stPath).size;

@@ -4,7 +4,7 @@ import crypto from 'node:crypto';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError, notImplemented } from './problem.ts';
-import { absPath, iso, ModelName, resolveVersion, tenantOf } from './common.ts';
+import { absPath, iso, ModelName, refuseSharedName, resolveVersion, tenantOf, VersionParam } from './common.ts';
 import { createModel, findModel, insertVersion, listModels, listVersions } from '../db/repos/models.ts';
 import { tenantStoredBytes } from '../db/repos/files.ts';
 import { quotasOf } from './common.ts';
@@ -142,6 +142,7 @@ export function modelRoutes(app: App, d: AppDeps) {
       try {
         if (!d.services.importer) throw notImplemented('model import');
         if (await findModel(d.db, t.id, name).then((m) => m?.tenantId === t.id)) throw new ProblemError(409, `model "${name}" already exists`);
+        await refuseSharedName(d, name, 'name');
         const q = quotasOf(d, t);
         if ((await tenantStoredBytes(d.db, t.id)) >= q.stored_bytes) {
           throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} reached`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
@@ -216,7 +217,7 @@ export function modelRoutes(app: App, d: AppDeps) {
     },
   );
 
-  const VersionParams = z.object({ name: ModelName, v: z.coerce.number().int().min(0).max(1_000_000) });
+  const VersionParams = z.object({ name: ModelName, v: VersionParam });
 
   app.openapi(
     createRoute({

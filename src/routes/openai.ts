@@ -13,7 +13,7 @@ import type { GenerateRequest, GenerateResult } from '../services.ts';
 
 const CompletionBody = z
   .object({
-    model: z.string().min(1).max(160).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*(@\d{1,7})?$/, 'model is "name" or "name@version"'),
+    model: z.string().min(1).max(160).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*(@(0|[1-9]\d{0,6}))?$/, 'model is "name" or "name@version"'),
     prompt: z.union([z.string().max(MAX_TEXT), z.array(z.string().max(MAX_TEXT)).length(1)]),
     max_tokens: z.number().int().min(1).max(MAX_TOKENS_HARD).nullable().default(16),
     temperature: z.number().min(0).max(2).nullable().default(1),
