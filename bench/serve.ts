@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Engine } from '../src/gpu/engine.ts';
 import { createMlServices } from '../src/model/service.ts';
+import { GpuScheduler } from '../src/gpu/scheduler.ts';
 import type { GenerateRequest, ResolvedVersion } from '../src/services.ts';
 
 const args = new Map<string, string>();
@@ -60,11 +61,11 @@ try {
   }
   // ---- in-process: the same service the server uses, on this process's engine
   const e = await Engine.create();
-  const ml = createMlServices(e, ROOT);
+  const ml = createMlServices(e, new GpuScheduler(e, { trainShare: 0.3 }), ROOT);
   const info = (await (await fetch(`${url}/models/stories260K`, { headers: h })).json()) as any;
   const v0 = info.versions[0];
   const target: ResolvedVersion = { model: 'stories260K', version: 0, architecture: 'llama', config: info.config, path: v0.path ?? 'models/stories260K/stories260K.bin', sha256: v0.sha256 };
-  const req: GenerateRequest = { target, prompt, max_tokens: tokens, temperature: 0, top_k: 0, top_p: 1, seed: 0, stop: [], logprobs: 0, echo: false };
+  const req: GenerateRequest = { tenant: 'bench', target, prompt, max_tokens: tokens, temperature: 0, top_k: 0, top_p: 1, seed: 0, stop: [], logprobs: 0, echo: false };
   const inproc = async () => {
     const t0 = performance.now();
     const r = await ml.generation.generate(req);

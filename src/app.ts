@@ -9,10 +9,10 @@ import type { MiddlewareHandler } from 'hono';
 import { findTenantByKey } from './db/repos/tenants.ts';
 import { hashKey, sameHash } from './db/ids.ts';
 import { Metrics } from './routes/metrics.ts';
-import { ConcurrencyLimiter, TokenBuckets } from './routes/limits.ts';
+import { TokenBuckets } from './routes/limits.ts';
 import { ProblemError, problemResponse, validationHook } from './routes/problem.ts';
 import type { App, AppDeps, AppEnv, AppOptions } from './routes/deps.ts';
-import { DeviceUnavailableError, UserInputError } from './services.ts';
+import { DeviceUnavailableError, ServiceBusyError, UserInputError } from './services.ts';
 import { StaleLeaseError } from './jobs/transitions.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { opsRoutes } from './routes/ops.ts';
@@ -51,7 +51,6 @@ export function createApp(opts: AppOptions): App {
     queue: opts.queue,
     metrics: new Metrics(),
     rate: new TokenBuckets(),
-    generateLimiter: new ConcurrencyLimiter(opts.config.generateConcurrency),
   };
   const app: App = new OpenAPIHono<AppEnv>({ defaultHook: validationHook as never });
 
@@ -120,6 +119,10 @@ export function createApp(opts: AppOptions): App {
   app.onError((err, c) => {
     if (err instanceof ProblemError) return problemResponse(err.status, err.detail, err.opts);
     if (err instanceof UserInputError) return problemResponse(400, err.message, { errors: err.errors });
+    if (err instanceof ServiceBusyError) {
+      deps.metrics.generateRejected++;
+      return problemResponse(429, err.message, { headers: { 'retry-after': String(err.retryAfterS) }, type: 'overloaded' });
+    }
     if (err instanceof DeviceUnavailableError) return problemResponse(503, err.message, { headers: { 'retry-after': '30' } });
     if (err instanceof HTTPException) {
       const s = err.status;

@@ -33,9 +33,14 @@ export const EnvSchema = z.object({
   COLA_QUOTA_CONCURRENT_JOBS: int(1, 1000, 2),
   COLA_QUOTA_STORED_BYTES: int(1, Number.MAX_SAFE_INTEGER, 10 * 1024 * 1024 * 1024),
   COLA_QUOTA_MAX_TOKENS: int(1, 1_000_000, 4096),
-  COLA_GENERATE_CONCURRENCY: int(1, 4096, 8),
+  COLA_GENERATE_CONCURRENCY: int(1, 4096, 32),
+  COLA_GENERATE_QUEUE: int(0, 100_000, 256),
+  COLA_KV_CACHE_BYTES: int(1 << 20, Number.MAX_SAFE_INTEGER, 64 * 1024 * 1024),
+  COLA_PREFILL_CHUNK: int(1, 65_536, 64),
+  COLA_MODEL_CACHE_BYTES: int(1, Number.MAX_SAFE_INTEGER, 1024 * 1024 * 1024),
+  COLA_TRAIN_SHARE: z.coerce.number().min(0).max(1).default(0.3),
   COLA_GPU_MEMORY_BUDGET_BYTES: int(1, Number.MAX_SAFE_INTEGER, 2 * 1024 * 1024 * 1024),
-  COLA_WORKER_CONCURRENCY: int(1, 64, 1),
+  COLA_WORKER_CONCURRENCY: int(1, 64, 2),
   COLA_LEASE_MS: int(1000, 3_600_000, 30_000),
   COLA_HEARTBEAT_MS: int(100, 600_000, 5_000),
   COLA_RECLAIM_INTERVAL_MS: int(100, 600_000, 5_000),
@@ -64,7 +69,18 @@ export interface Config {
   uploadLimitBytes: number;
   maxFileExamples: number;
   defaultQuotas: Quotas;
+  /** Sequences decoding at once (continuous batching, all models and tenants). */
   generateConcurrency: number;
+  /** Generation requests waiting for a slot (all tenants; each tenant its fair part). */
+  generateQueue: number;
+  /** Bytes of each paged KV-cache pool (one per model shape). */
+  kvCacheBytes: number;
+  /** Prompt tokens per batch iteration (chunked prefill). */
+  prefillChunk: number;
+  /** Bytes of model weights kept resident on the device when unused. */
+  modelCacheBytes: number;
+  /** Share of device time guaranteed to training when generation also has work. */
+  trainShare: number;
   gpuMemoryBudgetBytes: number;
   workerConcurrency: number;
   leaseMs: number;
@@ -120,6 +136,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       max_tokens_per_request: e.COLA_QUOTA_MAX_TOKENS,
     },
     generateConcurrency: e.COLA_GENERATE_CONCURRENCY,
+    generateQueue: e.COLA_GENERATE_QUEUE,
+    kvCacheBytes: e.COLA_KV_CACHE_BYTES,
+    prefillChunk: e.COLA_PREFILL_CHUNK,
+    modelCacheBytes: e.COLA_MODEL_CACHE_BYTES,
+    trainShare: e.COLA_TRAIN_SHARE,
     gpuMemoryBudgetBytes: e.COLA_GPU_MEMORY_BUDGET_BYTES,
     workerConcurrency: e.COLA_WORKER_CONCURRENCY,
     leaseMs: e.COLA_LEASE_MS,

@@ -19,6 +19,8 @@ export interface ResolvedVersion {
 
 // ---------------------------------------------------------------- generation
 export interface GenerateRequest {
+  /** Tenant id: admission slots and device time are shared per tenant. */
+  tenant: string;
   target: ResolvedVersion;
   prompt: string;
   max_tokens: number;
@@ -59,6 +61,8 @@ export interface GenerateResult {
 }
 
 export interface GenerationService {
+  /** Whether a new request of this tenant would be queued now (checked before a stream opens). */
+  admissible?(tenant: string): { ok: true } | { ok: false; retryAfterS: number; detail: string };
   /** Generate; `onToken` is called for every new token (streaming) in order. */
   generate(req: GenerateRequest, onToken?: (t: { text: string; id: number }) => void | Promise<void>): Promise<GenerateResult>;
 }
@@ -70,7 +74,7 @@ export type Example =
   | { prompt: string; candidates: string[]; label: number };
 
 export interface EvaluationService {
-  evaluate(req: { target: ResolvedVersion; examples: Example[]; signal?: AbortSignal }): Promise<{
+  evaluate(req: { tenant: string; target: ResolvedVersion; examples: Example[]; signal?: AbortSignal }): Promise<{
     accuracy?: number;
     f1?: number;
     loss: number;
@@ -189,6 +193,8 @@ export interface EngineHealth {
   health(): Promise<{ ok: boolean; detail?: string }>;
   /** Bytes of GPU memory in use (for /metrics). */
   memoryInUse?(): number;
+  /** Serving and scheduler gauges (for /metrics); null before the device is up. */
+  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> } } | null;
 }
 
 /** Thrown by the ML side for bad user input; the service answers 400 with the message. */
@@ -196,6 +202,17 @@ export class UserInputError extends Error {
   constructor(message: string, public readonly errors?: { path: string; message: string }[]) {
     super(message);
     this.name = 'UserInputError';
+  }
+}
+
+/** Thrown when the server has no room for the request now (→ 429 with Retry-After). */
+export class ServiceBusyError extends Error {
+  constructor(
+    message: string,
+    public readonly retryAfterS: number,
+  ) {
+    super(message);
+    this.name = 'ServiceBusyError';
   }
 }
 

@@ -8,19 +8,20 @@ import { DeviceLostError, NoGpuError, recreateDevice } from './gpu/context.ts';
 import { Engine } from './gpu/engine.ts';
 import { DeviceUnavailableError, type EngineHealth, type Services } from './services.ts';
 import { createMlServices, type MlServices } from './model/service.ts';
-import { Mutex } from './model/versions.ts';
+import { GpuScheduler } from './gpu/scheduler.ts';
 import { createJobRunner } from './cola/runner.ts';
 import { createModelServices } from './cola/services.ts';
 import type { JobRunner } from './services.ts';
 
 interface Live {
   engine: Engine;
+  /** The one owner of the device's time in this process (src/gpu/scheduler.ts). */
+  sched: GpuScheduler;
   ml: MlServices;
   runner: JobRunner;
 }
 
 export function createServices(config: Config): { services: Services; engine: EngineHealth } {
-  const gpu = new Mutex();
   let live: Promise<Live> | null = null;
   let lost = false;
   let current: Live | null = null; // for synchronous gauges
@@ -31,7 +32,15 @@ export function createServices(config: Config): { services: Services; engine: En
         lost = false;
       }
       const engine = await Engine.create({ memoryBudget: config.gpuMemoryBudgetBytes });
-      current = { engine, ml: createMlServices(engine, config.repoRoot, { gpu }), runner: createJobRunner(engine, config.repoRoot, gpu) };
+      const sched = new GpuScheduler(engine, { trainShare: config.trainShare });
+      const ml = createMlServices(engine, sched, config.repoRoot, {
+        maxLive: config.generateConcurrency,
+        maxQueued: config.generateQueue,
+        kvBytes: config.kvCacheBytes,
+        prefillChunk: config.prefillChunk,
+        modelCacheBytes: config.modelCacheBytes,
+      });
+      current = { engine, sched, ml, runner: createJobRunner(engine, config.repoRoot, sched) };
       return current;
     })().catch((err) => {
       live = null;
@@ -45,7 +54,7 @@ export function createServices(config: Config): { services: Services; engine: En
       return await fn(l);
     } catch (err) {
       if (err instanceof DeviceLostError || (err instanceof DeviceUnavailableError && l.engine.ctx.lost)) {
-        l.ml.cache.clear();
+        l.ml.serving.clear();
         live = null;
         lost = true;
         throw new DeviceUnavailableError(`GPU device lost; it is being recreated: ${err.message}`);
@@ -56,7 +65,10 @@ export function createServices(config: Config): { services: Services; engine: En
   const model = createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(config.dataDir, 'exports') });
   const services: Services = {
     ...model,
-    generation: { generate: (req, onToken) => use((l) => l.ml.generation.generate(req, onToken)) },
+    generation: {
+      admissible: (tenant) => current?.ml.generation.admissible?.(tenant) ?? { ok: true },
+      generate: (req, onToken) => use((l) => l.ml.generation.generate(req, onToken)),
+    },
     evaluation: { evaluate: (req) => use((l) => l.ml.evaluation.evaluate(req)) },
     runner: { run: (job, ctx) => use((l) => l.runner.run(job, ctx)) },
   };
@@ -71,6 +83,7 @@ export function createServices(config: Config): { services: Services; engine: En
       }
     },
     memoryInUse: () => current?.engine.allocatedBytes ?? 0,
+    load: () => (current ? { serving: current.ml.serving.stats(), scheduler: current.sched.stats() } : null),
   };
   return { services, engine };
 }

@@ -13,14 +13,17 @@ import { loadConfig } from '../src/config.ts';
 import { createApp } from '../src/app.ts';
 import { createTenant } from '../src/db/repos/tenants.ts';
 import { createModel, insertVersion } from '../src/db/repos/models.ts';
-import type { GenerateRequest, GenerationService, MergeService, Services } from '../src/services.ts';
+import { ServiceBusyError, type GenerateRequest, type GenerationService, type MergeService, type Services } from '../src/services.ts';
 
 /** Test double: emits "w0 w1 ..." one token per `delayMs`; logprobs are -(i+1)/10. */
-function fakeGeneration(delayMs = 0): GenerationService & { calls: GenerateRequest[] } {
+/**
+ * A generation double. With `capacity`, it behaves like a full serving engine: `admissible` says no
+ * while `capacity` requests run, and a request over capacity throws ServiceBusyError.
+ */
+function fakeGeneration(delayMs = 0, capacity = Infinity): GenerationService & { calls: GenerateRequest[] } {
   const calls: GenerateRequest[] = [];
-  return {
-    calls,
-    async generate(req, onToken) {
+  let running = 0;
+  const produce = async (req: GenerateRequest, onToken?: (t: { text: string; id: number }) => void | Promise<void>) => {
       calls.push(req);
       const toks = Array.from({ length: req.max_tokens }, (_, i) => ({ id: 100 + i, text: ` w${i}` }));
       for (const t of toks) {
@@ -42,6 +45,18 @@ function fakeGeneration(delayMs = 0): GenerationService & { calls: GenerateReque
         timing: { prefill_ms: 1, decode_ms: 2, tokens_per_s: 100 },
         ...(req.logprobs || req.echo ? { logprobs: lp, prompt_text: req.prompt } : {}),
       };
+  };
+  return {
+    calls,
+    admissible: () => (running < capacity ? { ok: true } : { ok: false, retryAfterS: 1, detail: 'full' }),
+    async generate(req, onToken) {
+      if (running >= capacity) throw new ServiceBusyError('full', 1);
+      running++;
+      try {
+        return await produce(req, onToken);
+      } finally {
+        running--;
+      }
     },
   };
 }
@@ -52,7 +67,7 @@ describe('in-process app with test-double ML services', () => {
   let url: string;
   let key: string;
   const gen = fakeGeneration(0);
-  const slow = fakeGeneration(100);
+  const slow = fakeGeneration(100, 2);
   let weightsBytes: Uint8Array;
 
   beforeAll(async () => {
@@ -76,7 +91,7 @@ describe('in-process app with test-double ML services', () => {
       },
     };
     const services: Services = {
-      generation: { generate: (req, on) => (req.target.model === 'slow' ? slow : gen).generate(req, on) },
+      generation: { admissible: (t) => slow.admissible!(t), generate: (req, on) => (req.target.model === 'slow' ? slow : gen).generate(req, on) },
       merge,
     };
     const app = createApp({ config, db: T.database, services, engine: { health: async () => ({ ok: true }), memoryInUse: () => 1234 } });
@@ -117,7 +132,7 @@ describe('in-process app with test-double ML services', () => {
     expect(JSON.parse(evs[4]!.data).text).toBe(' w0 w1 w2 w3');
   });
 
-  test('beyond the concurrency limit generation answers 429 with Retry-After, not a failure', async () => {
+  test('a full generation service answers 429 with Retry-After (before a stream opens), not a failure', async () => {
     const body = JSON.stringify({ model: 'slow', prompt: 'x', max_tokens: 3 });
     const rs = await Promise.all(Array.from({ length: 6 }, () => fetch(`${url}/generate`, { method: 'POST', headers: h(), body })));
     const codes = rs.map((r) => r.status).sort();
@@ -127,8 +142,15 @@ describe('in-process app with test-double ML services', () => {
     expect(((await rejected.json()) as any).status).toBe(429);
     // capacity comes back
     expect((await fetch(`${url}/generate`, { method: 'POST', headers: h(), body })).status).toBe(200);
+    // A streaming request is refused before its stream opens (a problem+json 429, not an SSE error).
+    const busy = [fetch(`${url}/generate`, { method: 'POST', headers: h(), body }), fetch(`${url}/generate`, { method: 'POST', headers: h(), body })];
+    for (let i = 0; i < 100 && slow.admissible!('').ok; i++) await Bun.sleep(5); // both running
+    const st = await fetch(`${url}/generate`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'slow', prompt: 'x', max_tokens: 3, stream: true }) });
+    expect(st.status).toBe(429);
+    expect(st.headers.get('content-type')).toContain('application/problem+json');
+    await Promise.all(busy);
     const m = await (await fetch(`${url}/metrics`)).text();
-    expect(m).toContain('cola_generate_rejected_total 4');
+    expect(m).toContain('cola_generate_rejected_total 5');
     expect(m).toContain('cola_gpu_memory_bytes 1234');
     expect(m).toMatch(/cola_tokens_generated_total \d+/);
   });

@@ -23,7 +23,7 @@ import { JobWorker } from '../src/jobs/worker.ts';
 import { StaleLeaseError } from '../src/jobs/transitions.ts';
 import { jobs } from '../src/db/schema.ts';
 import { Engine } from '../src/gpu/engine.ts';
-import { Mutex } from '../src/model/versions.ts';
+import { GpuScheduler } from '../src/gpu/scheduler.ts';
 import { loadBundledModel } from '../src/model/registry.ts';
 import { parseSafetensors, toFloat32 } from '../src/model/safetensors.ts';
 import type { JobContext, JobRunner, Services } from '../src/services.ts';
@@ -112,7 +112,7 @@ beforeAll(async () => {
   const config = loadConfig({ COLA_DATA_DIR: T.dataDir, COLA_QUOTA_RPM: '100000', COLA_QUOTA_CONCURRENT_JOBS: '100' });
   key = (await createTenant(T.database.db, { name: 'ft' })).apiKey;
   await registerBaseModel(T.database.db, config, () => {});
-  real = createJobRunner(await Engine.create(), config.repoRoot, new Mutex());
+  { const eng = await Engine.create(); real = createJobRunner(eng, config.repoRoot, new GpuScheduler(eng, { trainShare: 0.3 })); }
   const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
   worker = new JobWorker({ db: T.database.db, config, storeRoot: path.join(T.dataDir, 'store'), runner, log: () => {} });
   const app = createApp({ config, db: T.database, services, queue: { enqueue: async (id) => void worker.process(id) } });

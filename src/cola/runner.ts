@@ -3,8 +3,9 @@
 // fences each write against the job's lease. `admitFinetune` runs the same checks when the request
 // arrives, so what the runner would refuse is refused with 400 before a job exists.
 import type { Engine } from '../gpu/engine.ts';
+import type { GpuScheduler } from '../gpu/scheduler.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner } from '../services.ts';
-import { loadVersion, resolvePath, tokenizerPathOf, type Mutex } from '../model/versions.ts';
+import { loadVersion, resolvePath, tokenizerPathOf } from '../model/versions.ts';
 import { loadModelFromPath } from '../model/registry.ts';
 import type { ModelConfig } from '../model/config.ts';
 import { saveSafetensorsWeights } from '../model/weights.ts';
@@ -129,7 +130,12 @@ function asTrainExamples(xs: FinetuneJobSpec['train'], what: string): Example[] 
   });
 }
 
-export function createJobRunner(e: Engine, repoRoot: string, gpu: Mutex): JobRunner {
+/**
+ * The runner; its device work goes through `sched` (one GPU scheduler per process), keyed by tenant
+ * and job, so jobs of different tenants progress side by side and generation never waits for a
+ * whole job.
+ */
+export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler): JobRunner {
   return {
     async run(job: FinetuneJobSpec, ctx: JobContext) {
       const base = loadVersion(repoRoot, job.base);
@@ -166,9 +172,8 @@ export function createJobRunner(e: Engine, repoRoot: string, gpu: Mutex): JobRun
       }
       const store = new SnapshotStore(job.storeDir);
       let lastEpoch = 0;
-      const res = await gpu.run(() =>
-        trainCola(
-          { e, weights, tokenizer, train, validation, config, initAdapter, resume, plan },
+      const res = await trainCola(
+          { e, device: { sched, key: `job:${job.tenantId}:${job.id}` }, weights, tokenizer, train, validation, config, initAdapter, resume, plan },
           {
             onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
             onStep: async (s) => {
@@ -195,7 +200,6 @@ export function createJobRunner(e: Engine, repoRoot: string, gpu: Mutex): JobRun
             isCancelled: () => ctx.isCancelled() || ctx.signal.aborted,
             takeMergeRequest: () => ctx.takeMergeRequest(),
           },
-        ),
       );
       return res.status === 'cancelled' ? { cancelled: true } : undefined;
     },

@@ -11,6 +11,7 @@
 // whole state (optimizer state is zero at a knot, A comes from (seed, link), the data order from
 // (seed, epoch)), so a run restarted from its last knot reproduces the uninterrupted run bit for bit.
 import type { Engine, Tensor } from '../gpu/engine.ts';
+import type { GpuScheduler } from '../gpu/scheduler.ts';
 import { mergeLoraMany, type MergeItem } from '../gpu/ops/merge.ts';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from './optimizer.ts';
 import type { ModelWeights } from '../model/weights.ts';
@@ -86,8 +87,21 @@ export interface TrainResult {
   seconds: number;
 }
 
+/**
+ * Where the trainer's device work runs: as units of the process's GPU scheduler (the service: a
+ * step is one turn, handed over between layers when generation is waiting), or directly when
+ * absent (tests, benchmarks). The dispatches and their order are the same either way, so a job's
+ * versions are bit-identical with and without concurrent work.
+ */
+export interface TrainDevice {
+  sched: GpuScheduler;
+  /** Scheduler key: jobs are shared fairly by key (the service uses the job's tenant and id). */
+  key: string;
+}
+
 export interface TrainInput {
   e: Engine;
+  device?: TrainDevice;
   /** Starting weights: the base model, or the last knot's merged weights when resuming. */
   weights: ModelWeights;
   tokenizer: Tokenizer;
@@ -133,17 +147,24 @@ function freeBatch(b: GpuBatch): void {
 }
 
 /** Mean validation loss over all validation targets (token-weighted), merged weights, no adapter. */
-export async function validationLoss(e: Engine, model: TransformerModel, rows: EncodedExample[], batchSize: number, padId: number, maxLen: number): Promise<number> {
+export async function validationLoss(
+  e: Engine, model: TransformerModel, rows: EncodedExample[], batchSize: number, padId: number, maxLen: number,
+  /** Runs each batch's device work (one scheduler unit per batch in the service). */
+  unit: <T>(fn: () => Promise<T>) => Promise<T> = (fn) => fn(),
+): Promise<number> {
   let sum = 0;
   let count = 0;
   for (let i = 0; i < rows.length; i += batchSize) {
-    const b = uploadBatch(e, rows.slice(i, i + batchSize), padId, maxLen);
-    const loss = model.loss(b, null);
-    const v = (await e.readF32(loss))[0]!;
-    loss.free();
-    freeBatch(b);
-    sum += v * b.lossTokens;
-    count += b.lossTokens;
+    const { v, n } = await unit(async () => {
+      const b = uploadBatch(e, rows.slice(i, i + batchSize), padId, maxLen);
+      const loss = model.loss(b, null);
+      const v = (await e.readF32(loss))[0]!;
+      loss.free();
+      freeBatch(b);
+      return { v, n: b.lossTokens };
+    });
+    sum += v * n;
+    count += n;
   }
   return count ? sum / count : NaN;
 }
@@ -223,17 +244,49 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
   let flops = flopsOf(plan);
   const startLink = input.resume ? plan.links.findIndex((l) => l.endStep === input.resume!.step) + 1 : 0;
   if (input.resume && startLink === 0) throw new Error(`resume step ${input.resume.step} is not a knot of the plan`);
+  const dev = input.device;
+  const unit = <T>(fn: () => Promise<T>): Promise<T> => (dev ? dev.sched.run('train', dev.key, fn) : fn());
   let weights = input.weights;
-  const model = TransformerModel.upload(e, weights);
+  const model = await unit(async () => TransformerModel.upload(e, weights));
   let tokens = 0;
   let done = startLink < plan.links.length ? plan.links[startLink]!.startStep : plan.totalSteps;
+
+  /** One training step: forward, backward, optimizer update; returns the loss and the batch's tokens. */
+  const step = async (lora: LoraWeights, params: ReturnType<typeof loraParams>, opt: Optimizer, at: number, lr: number, indices: number[]) => {
+    const turn = dev ? await dev.sched.session('train', dev.key) : null;
+    try {
+      const batch = uploadBatch(e, indices.map((i) => rows[i]!), padId, cfg.maxSeqLen);
+      const it = model.lossAndGradsSteps(batch, lora);
+      let r = it.next();
+      while (!r.done) {
+        if (turn) await turn.checkpoint(); // between layers: generation may take the device here
+        r = it.next();
+      }
+      const { loss, grads } = r.value;
+      const gradList = params.map((p) => {
+        const g = grads.get(p.key)!;
+        return p.kind === 'a' ? g.dA : p.kind === 'b' ? g.dB : g.dBias!;
+      });
+      opt.step(gradList, lr, cfg.maxGradNorm);
+      for (const g of gradList) g.free();
+      freeBatch(batch);
+      const lossV = (await e.readF32(loss))[0]!;
+      loss.free();
+      return { lossV, tokens: batch.tokens };
+    } finally {
+      await turn?.end();
+    }
+  };
+
   try {
     for (let j = startLink; j < plan.links.length; j++) {
       let link: PlannedLink = plan.links[j]!;
       const host = j === 0 && input.initAdapter ? input.initAdapter : initLoraHost(weights.config, cfg.lora, link.rank, cfg.seed, j);
-      const lora = uploadLora(e, host);
-      const params = loraParams(lora);
-      const opt: Optimizer = createOptimizer(e, cfg.optimizer, params.map((p) => p.t));
+      const { lora, params, opt } = await unit(async () => {
+        const lora = uploadLora(e, host);
+        const params = loraParams(lora);
+        return { lora, params, opt: createOptimizer(e, cfg.optimizer, params.map((p) => p.t)) as Optimizer };
+      });
       try {
         await cb.onLinkStart?.({ link: j, rank: link.rank, step: done, lora, optimizer: opt });
         for (; done < link.endStep; done++) {
@@ -245,26 +298,19 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
             break;
           }
           const { epoch, indices } = batchAt(epochCfg, done);
-          const batch = uploadBatch(e, indices.map((i) => rows[i]!), padId, cfg.maxSeqLen);
-          const { loss, grads } = model.lossAndGrads(batch, lora);
-          const gradList = params.map((p) => {
-            const g = grads.get(p.key)!;
-            return p.kind === 'a' ? g.dA : p.kind === 'b' ? g.dB : g.dBias!;
-          });
           const lr = lrAt(done, sched, plan.totalSteps, plan);
-          opt.step(gradList, lr, cfg.maxGradNorm);
-          for (const g of gradList) g.free();
-          freeBatch(batch);
-          const lossV = (await e.readF32(loss))[0]!;
-          loss.free();
-          tokens += batch.tokens;
-          await cb.onStep?.({ step: done + 1, loss: lossV, lr, link: j, epoch });
+          const r = await step(lora, params, opt, done, lr, indices);
+          tokens += r.tokens;
+          await cb.onStep?.({ step: done + 1, loss: r.lossV, lr, link: j, epoch });
         }
         // Tie the knot: keep the link's adapter for export, merge, persist, then extend.
-        const adapter = await readLora(e, lora, host);
-        await tieKnot(e, model, lora);
-        weights = await snapshotWeights(e, model, weights, cfg.lora);
-        const valLoss = cfg.evalEveryKnot && valRows.length ? await validationLoss(e, model, valRows, cfg.batchSize, padId, cfg.maxSeqLen) : null;
+        const adapter = await unit(async () => {
+          const a = await readLora(e, lora, host);
+          await tieKnot(e, model, lora);
+          weights = await snapshotWeights(e, model, weights, cfg.lora);
+          return a;
+        });
+        const valLoss = cfg.evalEveryKnot && valRows.length ? await validationLoss(e, model, valRows, cfg.batchSize, padId, cfg.maxSeqLen, unit) : null;
         await cb.onKnot({ link: j, rank: link.rank, startStep: link.startStep, endStep: link.endStep, weights, adapter, valLoss, flops: flops.links[j]!.flops });
       } finally {
         opt.free();

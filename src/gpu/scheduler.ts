@@ -199,13 +199,25 @@ export class GpuScheduler {
     return d;
   }
 
+  /**
+   * Decides the next unit one macrotask later, not at release: the owner of the unit that just
+   * ended (a batch's next iteration, a job's next step) re-submits in the continuations of the same
+   * task, and must be among the candidates. Deciding at once would hand the device to whoever else
+   * waits every time (a training job would run after every decode iteration, whatever the share).
+   * The device stays reserved meanwhile, so newcomers queue instead of slipping in.
+   */
   private grantNext(): void {
     if (this.busy || this.waiters.length === 0) return;
-    const w = this.pick(this.now(), null, 0) as Waiter;
-    this.waiters.splice(this.waiters.indexOf(w), 1);
-    // Granted in a microtask so a releasing unit's caller continues first (no deep recursion).
-    queueMicrotask(w.grant);
-    this.busy = true; // reserved for w
+    this.busy = true; // reserved until the decision
+    setImmediate(() => {
+      if (this.waiters.length === 0) {
+        this.busy = false;
+        return;
+      }
+      const w = this.pick(this.now(), null, 0) as Waiter;
+      this.waiters.splice(this.waiters.indexOf(w), 1);
+      w.grant();
+    });
   }
 
   /**

@@ -1,18 +1,22 @@
-// The generation and evaluation services the HTTP layer calls (src/services.ts interfaces).
+// The generation and evaluation services the HTTP layer calls (src/services.ts interfaces), on the
+// serving engine: continuous batching per model version, admission per tenant, and every piece of
+// device work as a unit of the GPU scheduler.
 import type { Engine } from '../gpu/engine.ts';
 import { MemoryBudgetError, ShapeError } from '../gpu/engine.ts';
 import { DeviceLostError } from '../gpu/context.ts';
+import type { GpuScheduler } from '../gpu/scheduler.ts';
 import {
-  DeviceUnavailableError, UserInputError,
-  type EvaluationService, type Example, type GenerateRequest, type GenerateResult, type GenerationService, type TokenLogprob,
+  DeviceUnavailableError, ServiceBusyError, UserInputError,
+  type EvaluationService, type GenerateRequest, type GenerateResult, type GenerationService, type TokenLogprob,
 } from '../services.ts';
 import { logSoftmax } from './generate.ts';
-import { ModelCache, Mutex } from './versions.ts';
+import { BusyError, ServingEngine, ServingInputError, type ServingOptions } from './serving.ts';
 
-/** Maps engine errors to the service's error kinds (bad input → 400, device → 503). */
+/** Maps engine errors to the service's error kinds (bad input → 400, busy → 429, device → 503). */
 function mapError(e: unknown): never {
   if (e instanceof DeviceLostError) throw new DeviceUnavailableError(e.message);
-  if (e instanceof ShapeError || e instanceof MemoryBudgetError) throw new UserInputError(e.message);
+  if (e instanceof BusyError) throw new ServiceBusyError(e.message, e.retryAfterS);
+  if (e instanceof ShapeError || e instanceof MemoryBudgetError || e instanceof ServingInputError) throw new UserInputError(e.message);
   if (e instanceof Error && /TokenizerError|ModelLoadError/.test(e.name)) throw new UserInputError(e.message);
   throw e;
 }
@@ -20,26 +24,35 @@ function mapError(e: unknown): never {
 export interface MlServices {
   generation: GenerationService;
   evaluation: EvaluationService;
-  cache: ModelCache;
-  gpu: Mutex;
+  serving: ServingEngine;
 }
 
-export function createMlServices(e: Engine, repoRoot: string, opts: { cacheModels?: number; gpu?: Mutex } = {}): MlServices {
-  const cache = new ModelCache(e, repoRoot, opts.cacheModels ?? 4);
-  const gpu = opts.gpu ?? new Mutex();
+export const DEFAULT_SERVING: ServingOptions = {
+  maxLive: 32,
+  maxQueued: 256,
+  kvBytes: 64 << 20,
+  prefillChunk: 64,
+  modelCacheBytes: 1 << 30,
+};
+
+export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: string, opts: Partial<ServingOptions> = {}): MlServices {
+  const serving = new ServingEngine(e, sched, repoRoot, { ...DEFAULT_SERVING, ...opts });
 
   const generation: GenerationService = {
+    admissible: (tenant) => serving.admissible(tenant),
     async generate(req: GenerateRequest, onToken) {
-      return gpu.run(async () => {
+      try {
+        const tok = await serving.tokenizerOf(req.tenant, req.target);
+        const promptIds = tok.encode(req.prompt, { bos: true });
+        const { result: r, live } = await serving.generate(
+          req.tenant,
+          req.target,
+          promptIds,
+          { maxTokens: req.max_tokens, temperature: req.temperature, topK: req.top_k, topP: req.top_p, seed: req.seed, stop: req.stop },
+          { onToken, topLogprobs: req.logprobs, isAborted: () => !!req.signal?.aborted },
+          req.signal,
+        );
         try {
-          const live = cache.get(req.target);
-          const tok = live.loaded.tokenizer;
-          const promptIds = tok.encode(req.prompt, { bos: true });
-          const r = await live.generator.generate(
-            promptIds,
-            { maxTokens: req.max_tokens, temperature: req.temperature, topK: req.top_k, topP: req.top_p, seed: req.seed, stop: req.stop },
-            { onToken, topLogprobs: req.logprobs, isAborted: () => !!req.signal?.aborted },
-          );
           const out: GenerateResult = {
             text: r.text,
             token_ids: r.tokenIds,
@@ -52,9 +65,9 @@ export function createMlServices(e: Engine, repoRoot: string, opts: { cacheModel
             let offset = 0;
             const piece = (id: number) => tok.decode([id]);
             if (req.echo) {
-              // Prompt tokens' log-probabilities from one batched forward over the prompt.
+              // Prompt tokens' log-probabilities from one batched forward over the prompt (one unit).
               const V = live.model.config.vocabSize;
-              const logits = await live.generator.promptLogits(promptIds);
+              const logits = await serving.withModel(req.tenant, req.target, (m) => m.generator.promptLogits(promptIds));
               const textIds = promptIds.filter((id) => id !== tok.bos);
               let prev: number | null = null;
               for (let t = 0; t < promptIds.length; t++) {
@@ -80,22 +93,23 @@ export function createMlServices(e: Engine, repoRoot: string, opts: { cacheModel
             out.logprobs = lp;
           }
           return out;
-        } catch (err) {
-          mapError(err);
+        } finally {
+          serving.cache.unpin(live);
         }
-      });
+      } catch (err) {
+        mapError(err);
+      }
     },
   };
 
   const evaluation: EvaluationService = {
-    async evaluate({ target, examples, signal }) {
-      return gpu.run(async () => {
-        try {
-          const live = cache.get(target);
-          const tok = live.loaded.tokenizer;
-          const V = live.model.config.vocabSize;
-          /** Σ log p(completion tokens | prompt) and the token count. */
-          const score = async (prompt: string, completion: string): Promise<{ lp: number; n: number }> => {
+    async evaluate({ tenant, target, examples, signal }) {
+      try {
+        /** Σ log p(completion tokens | prompt) and the token count: one scheduler unit per scored sequence. */
+        const score = (prompt: string, completion: string): Promise<{ lp: number; n: number }> =>
+          serving.withModel(tenant, target, async (live) => {
+            const tok = live.loaded.tokenizer;
+            const V = live.model.config.vocabSize;
             const p = tok.encode(prompt, { bos: true });
             const full = tok.encode(prompt + completion, { bos: true });
             // Tokens after the longest common prefix are the answer's (BPE may merge across the boundary).
@@ -107,41 +121,40 @@ export function createMlServices(e: Engine, repoRoot: string, opts: { cacheModel
             let lp = 0;
             for (let t = k; t < full.length; t++) lp += logSoftmax(logits.subarray((t - 1) * V, t * V))[full[t]!]!;
             return { lp, n: full.length - k };
-          };
-          let correct = 0;
-          let classified = 0;
-          let nll = 0;
-          let tokens = 0;
-          for (const ex of examples) {
-            if (signal?.aborted) break;
-            if ('candidates' in ex) {
-              const scores = [];
-              for (const c of ex.candidates) scores.push(await score(ex.prompt, c));
-              let best = 0;
-              for (let i = 1; i < scores.length; i++) if (scores[i]!.lp > scores[best]!.lp) best = i;
-              if (best === ex.label) correct++;
-              classified++;
-              nll -= scores[ex.label]!.lp;
-              tokens += scores[ex.label]!.n;
-            } else if ('completion' in ex) {
-              const s = await score(ex.prompt, ex.completion);
-              nll -= s.lp;
-              tokens += s.n;
-            } else {
-              const s = await score('', ex.text);
-              nll -= s.lp;
-              tokens += s.n;
-            }
+          });
+        let correct = 0;
+        let classified = 0;
+        let nll = 0;
+        let tokens = 0;
+        for (const ex of examples) {
+          if (signal?.aborted) break;
+          if ('candidates' in ex) {
+            const scores = [];
+            for (const c of ex.candidates) scores.push(await score(ex.prompt, c));
+            let best = 0;
+            for (let i = 1; i < scores.length; i++) if (scores[i]!.lp > scores[best]!.lp) best = i;
+            if (best === ex.label) correct++;
+            classified++;
+            nll -= scores[ex.label]!.lp;
+            tokens += scores[ex.label]!.n;
+          } else if ('completion' in ex) {
+            const s = await score(ex.prompt, ex.completion);
+            nll -= s.lp;
+            tokens += s.n;
+          } else {
+            const s = await score('', ex.text);
+            nll -= s.lp;
+            tokens += s.n;
           }
-          return { accuracy: classified ? correct / classified : undefined, loss: tokens ? nll / tokens : NaN, examples: examples.length };
-        } catch (err) {
-          mapError(err);
         }
-      });
+        return { accuracy: classified ? correct / classified : undefined, loss: tokens ? nll / tokens : NaN, examples: examples.length };
+      } catch (err) {
+        mapError(err);
+      }
     },
   };
 
-  return { generation, evaluation, cache, gpu };
+  return { generation, evaluation, serving };
 }
 
 function topMap(s: Float64Array, k: number, piece: (id: number) => string): Record<string, number> {

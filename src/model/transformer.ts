@@ -278,6 +278,14 @@ export class TransformerModel {
    * (call `backward` or `freeSaved` afterwards).
    */
   forward(batch: GpuBatch, lora: LoraWeights | null, save: boolean): ForwardResult {
+    return drain(this.forwardSteps(batch, lora, save));
+  }
+
+  /**
+   * The forward as a generator that yields after each layer: a caller that shares the device (the
+   * GPU scheduler) can hand it over between layers. Same dispatches, same order as `forward`.
+   */
+  *forwardSteps(batch: GpuBatch, lora: LoraWeights | null, save: boolean): Generator<void, ForwardResult> {
     const { e, config: c } = this;
     const { B, T } = batch;
     const N = B * T;
@@ -350,6 +358,7 @@ export class TransformerModel {
         for (const t of [x, n1.y, ...n1.stats, q, k, v, att.out, att.saved.lse, x2, n2.y, ...n2.stats, ...pre, act]) t.free();
       }
       x = x3;
+      yield;
     }
     const nf = this.norm(x, this.finalNorm);
     if (!save) {
@@ -410,6 +419,11 @@ export class TransformerModel {
 
   /** Backward from dHidden (N,D) through every layer; returns LoRA gradients. Frees `saved`. */
   backward(batch: GpuBatch, saved: ForwardSaved, dHidden: Tensor, lora: LoraWeights | null): Map<string, LoraGrads> {
+    return drain(this.backwardSteps(batch, saved, dHidden, lora));
+  }
+
+  /** The backward as a generator that yields after each layer (see forwardSteps). */
+  *backwardSteps(batch: GpuBatch, saved: ForwardSaved, dHidden: Tensor, lora: LoraWeights | null): Generator<void, Map<string, LoraGrads>> {
     const { e, config: c } = this;
     const { B, T } = batch;
     const N = B * T;
@@ -487,6 +501,7 @@ export class TransformerModel {
       dxn.free();
       for (const t of [s.x, s.xn, ...s.n1]) t.free();
       for (const t of s.h.values()) if (!t.isFreed) t.free();
+      yield;
     }
     dx.free(); // the embedding is frozen
     return grads;
@@ -506,11 +521,17 @@ export class TransformerModel {
    * LoRA gradients. Nothing is read back.
    */
   lossAndGrads(batch: GpuBatch, lora: LoraWeights): { loss: Tensor; grads: Map<string, LoraGrads> } {
+    return drain(this.lossAndGradsSteps(batch, lora));
+  }
+
+  /** lossAndGrads as a generator that yields between layers of the forward and the backward. */
+  *lossAndGradsSteps(batch: GpuBatch, lora: LoraWeights): Generator<void, { loss: Tensor; grads: Map<string, LoraGrads> }> {
     if (!batch.targets) throw new ShapeError('lossAndGrads: batch has no targets');
-    const fwd = this.forward(batch, lora, true);
+    const fwd = yield* this.forwardSteps(batch, lora, true);
     const { loss, dHidden } = this.lossAndHiddenGrad(fwd.hidden, batch.targets);
     fwd.hidden.free();
-    const grads = this.backward(batch, fwd.saved!, dHidden, lora);
+    yield;
+    const grads = yield* this.backwardSteps(batch, fwd.saved!, dHidden, lora);
     dHidden.free();
     return { loss, grads };
   }
@@ -525,5 +546,13 @@ export class TransformerModel {
     dLogits?.free();
     logits.free();
     return loss;
+  }
+}
+
+/** Runs a step generator to completion (the single-owner path: no hand-over between slices). */
+function drain<T>(g: Generator<void, T>): T {
+  for (;;) {
+    const r = g.next();
+    if (r.done) return r.value;
   }
 }

@@ -27,9 +27,11 @@ export interface LiveModel {
   loaded: LoadedModel;
   model: TransformerModel;
   generator: Generator;
+  /** Device bytes of the weights (what the cache counts). */
+  bytes: number;
 }
 
-/** Serialises GPU work of requests so one request's read-backs are not delayed by another's. */
+/** Serialises work of a caller-owned section (tests and tools; the service uses the GPU scheduler). */
 export class Mutex {
   private tail: Promise<void> = Promise.resolve();
   async run<T>(fn: () => Promise<T>): Promise<T> {
@@ -46,17 +48,48 @@ export class Mutex {
 }
 
 /**
- * Uploaded models by content hash (a version is immutable), least recently used first out.
- * Generation from a knot uploads its merged weights: the same shapes and cost as the base model.
+ * Models resident on the device by content hash (a version is immutable), least recently used
+ * first out, bounded by the bytes of their weights. A model in use (pinned by a running sequence,
+ * an evaluation, a batch) is never evicted; the cache may then exceed its bound until it is
+ * unpinned (the engine's memory budget stays the hard limit). Generation from a knot uploads its
+ * merged weights: the same shapes and cost as the base model.
  */
 export class ModelCache {
   private live = new Map<string, LiveModel>();
+  private pins = new Map<string, number>();
+  private held = 0;
+  /** Called before a model is freed (e.g. to drop a batch bound to it). */
+  onEvict: ((m: LiveModel) => void) | null = null;
+
   constructor(
     readonly e: Engine,
     readonly repoRoot: string,
-    readonly capacity = 4,
+    /** Bytes of resident weights kept when unpinned. */
+    readonly capacityBytes = 1 << 30,
   ) {}
 
+  get residentBytes(): number {
+    return this.held;
+  }
+  get size(): number {
+    return this.live.size;
+  }
+
+  /** The version's resident model, uploaded if needed, pinned until `unpin`. */
+  pin(v: ResolvedVersion): LiveModel {
+    const m = this.get(v);
+    this.pins.set(m.key, (this.pins.get(m.key) ?? 0) + 1);
+    return m;
+  }
+
+  unpin(m: LiveModel): void {
+    const n = (this.pins.get(m.key) ?? 0) - 1;
+    if (n <= 0) this.pins.delete(m.key);
+    else this.pins.set(m.key, n);
+    this.evict(0);
+  }
+
+  /** The resident model (most recently used now); not pinned. */
   get(v: ResolvedVersion): LiveModel {
     const key = v.sha256;
     const hit = this.live.get(key);
@@ -66,23 +99,36 @@ export class ModelCache {
       return hit;
     }
     const loaded = loadVersion(this.repoRoot, v);
-    while (this.live.size >= this.capacity) {
-      const [k, old] = this.live.entries().next().value as [string, LiveModel];
-      old.generator.free();
-      old.model.free();
-      this.live.delete(k);
-    }
+    let bytes = 0;
+    for (const t of loaded.weights.tensors.values()) bytes += t.data.byteLength;
+    this.evict(bytes);
     const model = TransformerModel.upload(this.e, loaded.weights);
-    const entry = { key, loaded, model, generator: new Generator(this.e, model, loaded.tokenizer) };
+    const entry: LiveModel = { key, loaded, model, generator: new Generator(this.e, model, loaded.tokenizer), bytes };
     this.live.set(key, entry);
+    this.held += bytes;
     return entry;
   }
 
-  clear(): void {
-    for (const m of this.live.values()) {
-      m.generator.free();
-      m.model.free();
+  /** Frees unpinned models, oldest first, until `incoming` more bytes fit the capacity. */
+  private evict(incoming: number): void {
+    for (const [k, m] of this.live) {
+      if (this.held + incoming <= this.capacityBytes) break;
+      if (this.pins.has(k)) continue;
+      this.drop(k, m);
     }
-    this.live.clear();
+  }
+
+  private drop(k: string, m: LiveModel): void {
+    this.onEvict?.(m);
+    m.generator.free();
+    m.model.free();
+    this.live.delete(k);
+    this.held -= m.bytes;
+  }
+
+  /** Frees every model (device loss: the tensors are gone anyway). */
+  clear(): void {
+    for (const [k, m] of [...this.live]) this.drop(k, m);
+    this.pins.clear();
   }
 }

@@ -4,7 +4,7 @@ import type { Database, Db } from '../db/index.ts';
 import type { Tenant } from '../db/schema.ts';
 import type { EngineHealth, Services } from '../services.ts';
 import type { Metrics } from './metrics.ts';
-import type { ConcurrencyLimiter, TokenBuckets } from './limits.ts';
+import type { TokenBuckets } from './limits.ts';
 
 export interface Store {
   /** Root directory of the snapshot store (weights, adapters, uploads). */
@@ -35,7 +35,6 @@ export interface AppDeps {
   queue?: JobQueue;
   metrics: Metrics;
   rate: TokenBuckets;
-  generateLimiter: ConcurrencyLimiter;
 }
 
 export type AppEnv = { Variables: { tenant: Tenant; deps: AppDeps } };

@@ -164,7 +164,7 @@ export function fileRoutes(app: App, d: AppDeps) {
         examples = f.content.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Example);
       }
       if (!d.services.evaluation) throw notImplemented('evaluation');
-      const out = await d.services.evaluation.evaluate({ target: r.resolved, examples: examples!, signal: c.req.raw.signal });
+      const out = await d.services.evaluation.evaluate({ tenant: tenantOf(c).id, target: r.resolved, examples: examples!, signal: c.req.raw.signal });
       return c.json(out, 200);
     },
   );

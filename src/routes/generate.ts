@@ -39,8 +39,9 @@ const GenerateOut = z
   .openapi('GenerateResponse');
 
 /**
- * Shared gate for /generate and /v1/completions: generation wired (501), token quota (429),
- * concurrency limit (429). Returns the service and the release function.
+ * Shared gate for /generate and /v1/completions: generation wired (501), token quota (429), and
+ * room in the tenant's generation queue (429, checked before a stream opens). Slots and queueing
+ * are the serving engine's (src/model/serving.ts).
  */
 export async function admitGeneration(
   d: AppDeps,
@@ -48,7 +49,7 @@ export async function admitGeneration(
   name: string,
   version: number | null | undefined,
   maxTokens: number,
-): Promise<{ gen: GenerationService; target: ResolvedVersion; release: () => void }> {
+): Promise<{ gen: GenerationService; target: ResolvedVersion }> {
   const t = tenantOf(c);
   const q = quotasOf(d, t);
   if (maxTokens > q.max_tokens_per_request) {
@@ -60,15 +61,12 @@ export async function admitGeneration(
   const r = await resolveVersion(d, t, name, version ?? null);
   const gen = d.services.generation;
   if (!gen) throw notImplemented('generation');
-  const release = d.generateLimiter.tryAcquire();
-  if (!release) {
+  const room = gen.admissible?.(t.id);
+  if (room && !room.ok) {
     d.metrics.generateRejected++;
-    throw new ProblemError(429, `server is at its limit of ${d.generateLimiter.limit} concurrent generations; retry shortly`, {
-      headers: { 'retry-after': '1' },
-      type: 'overloaded',
-    });
+    throw new ProblemError(429, room.detail, { headers: { 'retry-after': String(room.retryAfterS) }, type: 'overloaded' });
   }
-  return { gen, target: r.resolved, release };
+  return { gen, target: r.resolved };
 }
 
 export function toStopList(s: string | string[]): string[] {
@@ -93,9 +91,10 @@ export function generateRoutes(app: App, d: AppDeps) {
     }),
     (async (c: Context<AppEnv>) => {
       const body = (c.req as any).valid('json') as z.infer<typeof GenerateBody>;
-      const { gen, target, release } = await admitGeneration(d, c, body.model, body.version, body.max_tokens);
+      const { gen, target } = await admitGeneration(d, c, body.model, body.version, body.max_tokens);
       const ac = new AbortController();
       const req: GenerateRequest = {
+        tenant: tenantOf(c).id,
         target,
         prompt: body.prompt,
         max_tokens: body.max_tokens,
@@ -118,30 +117,21 @@ export function generateRoutes(app: App, d: AppDeps) {
         timing: r.timing,
       });
       if (!body.stream) {
-        try {
-          const r = await gen.generate(req);
-          d.metrics.tokensGenerated += r.usage.completion_tokens;
-          return c.json(view(r), 200);
-        } finally {
-          release();
-        }
+        const r = await gen.generate(req);
+        d.metrics.tokensGenerated += r.usage.completion_tokens;
+        return c.json(view(r), 200);
       }
       return streamSSE(
         c,
         async (s) => {
           s.onAbort(() => ac.abort());
-          try {
-            const r = await gen.generate(req, async (tok) => {
-              await s.writeSSE({ event: 'token', data: JSON.stringify({ text: tok.text, id: tok.id }) });
-            });
-            d.metrics.tokensGenerated += r.usage.completion_tokens;
-            await s.writeSSE({ event: 'done', data: JSON.stringify(view(r)) });
-          } finally {
-            release();
-          }
+          const r = await gen.generate(req, async (tok) => {
+            await s.writeSSE({ event: 'token', data: JSON.stringify({ text: tok.text, id: tok.id }) });
+          });
+          d.metrics.tokensGenerated += r.usage.completion_tokens;
+          await s.writeSSE({ event: 'done', data: JSON.stringify(view(r)) });
         },
         async (err, s) => {
-          release();
           console.error('generate stream failed:', err);
           await s.writeSSE({ event: 'error', data: JSON.stringify({ detail: 'generation failed' }) });
         },

@@ -25,23 +25,3 @@ export class TokenBuckets {
     return { ok: false, retryAfterS: Math.max(1, Math.ceil((1 - b.tokens) / rate / 1000)) };
   }
 }
-
-/** Bounded concurrency without a wait queue: beyond `limit` in flight, acquire fails at once (→ 429). */
-export class ConcurrencyLimiter {
-  private inFlight = 0;
-  constructor(readonly limit: number) {}
-  tryAcquire(): (() => void) | null {
-    if (this.inFlight >= this.limit) return null;
-    this.inFlight++;
-    let released = false;
-    return () => {
-      if (!released) {
-        released = true;
-        this.inFlight--;
-      }
-    };
-  }
-  get active(): number {
-    return this.inFlight;
-  }
-}

@@ -25,7 +25,11 @@ export class Metrics {
     h.count++;
   }
 
-  render(extra: { jobsByStatus: Record<string, number>; gpuMemoryBytes: number | null; generateInFlight: number }): string {
+  render(extra: {
+    jobsByStatus: Record<string, number>;
+    gpuMemoryBytes: number | null;
+    load: { serving: { live: number; queued: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> } } | null;
+  }): string {
     const out: string[] = [];
     out.push('# HELP cola_http_requests_total HTTP requests by method, route and status.');
     out.push('# TYPE cola_http_requests_total counter');
@@ -49,9 +53,24 @@ export class Metrics {
     out.push('# HELP cola_generate_rejected_total Generation requests refused by the concurrency limit.');
     out.push('# TYPE cola_generate_rejected_total counter');
     out.push(`cola_generate_rejected_total ${this.generateRejected}`);
-    out.push('# HELP cola_generate_in_flight Generation requests running now in this process.');
+    out.push('# HELP cola_generate_in_flight Sequences decoding now in this process (continuous batching).');
     out.push('# TYPE cola_generate_in_flight gauge');
-    out.push(`cola_generate_in_flight ${extra.generateInFlight}`);
+    out.push(`cola_generate_in_flight ${extra.load?.serving.live ?? 0}`);
+    out.push('# HELP cola_generate_queued Generation requests waiting for a slot in this process.');
+    out.push('# TYPE cola_generate_queued gauge');
+    out.push(`cola_generate_queued ${extra.load?.serving.queued ?? 0}`);
+    if (extra.load) {
+      const s = extra.load.scheduler;
+      out.push('# HELP cola_gpu_busy_seconds_total Device time by work class (GPU scheduler units).');
+      out.push('# TYPE cola_gpu_busy_seconds_total counter');
+      for (const [k, v] of Object.entries(s.busyMs)) out.push(`cola_gpu_busy_seconds_total{class="${esc(k)}"} ${v / 1000}`);
+      out.push('# HELP cola_gpu_units_total Units of device work run, by class.');
+      out.push('# TYPE cola_gpu_units_total counter');
+      for (const [k, v] of Object.entries(s.units)) out.push(`cola_gpu_units_total{class="${esc(k)}"} ${v}`);
+      out.push('# HELP cola_gpu_waiting Units waiting for the device, by class.');
+      out.push('# TYPE cola_gpu_waiting gauge');
+      for (const [k, v] of Object.entries(s.waiting)) out.push(`cola_gpu_waiting{class="${esc(k)}"} ${v}`);
+    }
     out.push('# HELP cola_jobs Fine-tune jobs by status (whole database).');
     out.push('# TYPE cola_jobs gauge');
     for (const [s, n] of Object.entries(extra.jobsByStatus)) out.push(`cola_jobs{status="${esc(s)}"} ${n}`);

@@ -115,10 +115,11 @@ export function openaiRoutes(app: App, d: AppDeps) {
       const [name, ver] = b.model.split('@') as [string, string | undefined];
       if (b.echo && b.stream) throw new ProblemError(400, 'echo with stream is not supported', { errors: [{ path: 'echo', message: 'not with stream' }] });
       const maxTokens = b.max_tokens ?? 16;
-      const { gen, target, release } = await admitGeneration(d, c, name, ver === undefined ? null : Number(ver), maxTokens);
+      const { gen, target } = await admitGeneration(d, c, name, ver === undefined ? null : Number(ver), maxTokens);
       const ac = new AbortController();
       const prompt = typeof b.prompt === 'string' ? b.prompt : b.prompt[0]!;
       const req: GenerateRequest = {
+        tenant: tenantOf(c).id,
         target,
         prompt,
         max_tokens: maxTokens,
@@ -135,54 +136,45 @@ export function openaiRoutes(app: App, d: AppDeps) {
       const created = Math.floor(Date.now() / 1000);
       const modelId = `${target.model}@${target.version}`;
       if (!b.stream) {
-        try {
-          const r = await gen.generate(req);
-          d.metrics.tokensGenerated += r.usage.completion_tokens;
-          return c.json(
-            {
-              id,
-              object: 'text_completion' as const,
-              created,
-              model: modelId,
-              choices: [{ text: (req.echo ? (r.prompt_text ?? prompt) : '') + r.text, index: 0, logprobs: toLogprobs(r, b.logprobs), finish_reason: r.finish_reason }],
-              usage: { prompt_tokens: r.usage.prompt_tokens, completion_tokens: r.usage.completion_tokens, total_tokens: r.usage.prompt_tokens + r.usage.completion_tokens },
-            },
-            200,
-          );
-        } finally {
-          release();
-        }
+        const r = await gen.generate(req);
+        d.metrics.tokensGenerated += r.usage.completion_tokens;
+        return c.json(
+          {
+            id,
+            object: 'text_completion' as const,
+            created,
+            model: modelId,
+            choices: [{ text: (req.echo ? (r.prompt_text ?? prompt) : '') + r.text, index: 0, logprobs: toLogprobs(r, b.logprobs), finish_reason: r.finish_reason }],
+            usage: { prompt_tokens: r.usage.prompt_tokens, completion_tokens: r.usage.completion_tokens, total_tokens: r.usage.prompt_tokens + r.usage.completion_tokens },
+          },
+          200,
+        );
       }
       return streamSSE(
         c,
         async (s) => {
           s.onAbort(() => ac.abort());
-          try {
-            const r = await gen.generate(req, async (tok) => {
-              await s.writeSSE({
-                data: JSON.stringify({ id, object: 'text_completion', created, model: modelId, choices: [{ text: tok.text, index: 0, logprobs: null, finish_reason: null }] }),
-              });
-            });
-            d.metrics.tokensGenerated += r.usage.completion_tokens;
+          const r = await gen.generate(req, async (tok) => {
             await s.writeSSE({
-              data: JSON.stringify({
-                id,
-                object: 'text_completion',
-                created,
-                model: modelId,
-                choices: [{ text: '', index: 0, logprobs: null, finish_reason: r.finish_reason }],
-                ...(b.stream_options?.include_usage
-                  ? { usage: { prompt_tokens: r.usage.prompt_tokens, completion_tokens: r.usage.completion_tokens, total_tokens: r.usage.prompt_tokens + r.usage.completion_tokens } }
-                  : {}),
-              }),
+              data: JSON.stringify({ id, object: 'text_completion', created, model: modelId, choices: [{ text: tok.text, index: 0, logprobs: null, finish_reason: null }] }),
             });
-            await s.writeSSE({ data: '[DONE]' });
-          } finally {
-            release();
-          }
+          });
+          d.metrics.tokensGenerated += r.usage.completion_tokens;
+          await s.writeSSE({
+            data: JSON.stringify({
+              id,
+              object: 'text_completion',
+              created,
+              model: modelId,
+              choices: [{ text: '', index: 0, logprobs: null, finish_reason: r.finish_reason }],
+              ...(b.stream_options?.include_usage
+                ? { usage: { prompt_tokens: r.usage.prompt_tokens, completion_tokens: r.usage.completion_tokens, total_tokens: r.usage.prompt_tokens + r.usage.completion_tokens } }
+                : {}),
+            }),
+          });
+          await s.writeSSE({ data: '[DONE]' });
         },
         async (err, s) => {
-          release();
           console.error('completion stream failed:', err);
           await s.writeSSE({ data: JSON.stringify({ error: { message: 'generation failed', type: 'server_error' } }) });
         },

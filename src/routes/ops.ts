@@ -74,7 +74,7 @@ export function opsRoutes(app: App, d: AppDeps) {
       } catch {
         gpu = null;
       }
-      const text = d.metrics.render({ jobsByStatus, gpuMemoryBytes: gpu, generateInFlight: d.generateLimiter.active });
+      const text = d.metrics.render({ jobsByStatus, gpuMemoryBytes: gpu, load: d.engine?.load?.() ?? null });
       return c.text(text, 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
     },
   );
