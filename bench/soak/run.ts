@@ -29,12 +29,12 @@ function rssMiB(): number {
 const e = await Engine.create();
 const base = loadBundledModel();
 const tok = base.tokenizer as unknown as Tokenizer;
-// Ten short texts, batch 1: the shape of the job that crashed after ~2,500 steps (issue 8).
-const texts = ['Tom the cat liked milk.', 'The dog ran to the park.', 'Lily saw a big red ball.', 'The sun was warm and bright.',
-  'Ben had a small toy car.', 'Mom baked a sweet cake.', 'The bird sang a happy song.', 'Sam found a shiny stone.',
-  'The fish swam in the pond.', 'Anna drew a pretty tree.'];
-const train = texts.map((text) => ({ text }));
-const epochs = Math.ceil(STEPS / train.length);
+// Short texts of different lengths, batch 1: the shape of the job that crashed after ~2,500 steps
+// (issue 8); 40 of them so that 20,000 steps stay within the 1,000-epoch limit.
+const who = ['Tom', 'Lily', 'Ben', 'Anna', 'Sam', 'Mia', 'The dog', 'The bird'];
+const what = ['liked milk.', 'ran to the big green park.', 'saw a ball.', 'found a shiny stone by the river.', 'sang a happy song all day long.'];
+const train = Array.from({ length: 40 }, (_, i) => ({ text: `${who[i % who.length]} ${what[i % what.length]}` }));
+const epochs = Math.ceil(STEPS / train.length); // batch 1: one step per text
 const config: TrainConfig = {
   lora: resolveLoraSpec(base.weights.config, { targets: ['q', 'v'], rank: 8, alpha: 16, bias: false }),
   chain: { links: 3 },
