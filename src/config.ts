@@ -36,7 +36,7 @@ export const EnvSchema = z.object({
   COLA_GENERATE_CONCURRENCY: int(1, 4096, 32),
   COLA_GENERATE_QUEUE: int(0, 100_000, 256),
   COLA_KV_CACHE_BYTES: int(1 << 20, Number.MAX_SAFE_INTEGER, 64 * 1024 * 1024),
-  COLA_PREFILL_CHUNK: int(1, 65_536, 64),
+  COLA_PREFILL_CHUNK: z.coerce.number().int().min(1).max(65_536).optional().or(z.literal('').transform(() => undefined)),
   COLA_MODEL_CACHE_BYTES: int(1, Number.MAX_SAFE_INTEGER, 1024 * 1024 * 1024),
   COLA_TRAIN_SHARE: z.coerce.number().min(0).max(1).default(0.3),
   COLA_GPU_MEMORY_BUDGET_BYTES: int(1, Number.MAX_SAFE_INTEGER, 2 * 1024 * 1024 * 1024),
@@ -75,8 +75,8 @@ export interface Config {
   generateQueue: number;
   /** Bytes of each paged KV-cache pool (one per model shape). */
   kvCacheBytes: number;
-  /** Prompt tokens per batch iteration (chunked prefill). */
-  prefillChunk: number;
+  /** Prompt tokens per batch iteration (chunked prefill); default by device (see model/service.ts). */
+  prefillChunk?: number;
   /** Bytes of model weights kept resident on the device when unused. */
   modelCacheBytes: number;
   /** Share of device time guaranteed to training when generation also has work. */

@@ -27,16 +27,26 @@ export interface MlServices {
   serving: ServingEngine;
 }
 
-export const DEFAULT_SERVING: ServingOptions = {
+export const DEFAULT_SERVING: Omit<ServingOptions, 'prefillChunk'> = {
   maxLive: 32,
   maxQueued: 256,
   kvBytes: 64 << 20,
-  prefillChunk: 64,
   modelCacheBytes: 1 << 30,
 };
 
+/**
+ * Prompt tokens per iteration when not configured. A chunk delays every running decoder by its
+ * cost: on CPU drivers an iteration costs ~12 ms plus ~0.6 ms per prompt token (stories260K,
+ * lavapipe, bench/serve.ts: chunk 64 → decoders' inter-token gap ×13 while a 400-token prompt is
+ * admitted, chunk 16 → ×4, the prompt's own prefill 450 → 600 ms); on GPUs a token costs little.
+ */
+export function defaultPrefillChunk(e: Engine): number {
+  return e.ctx.info.isSoftware ? 16 : 256;
+}
+
 export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: string, opts: Partial<ServingOptions> = {}): MlServices {
-  const serving = new ServingEngine(e, sched, repoRoot, { ...DEFAULT_SERVING, ...opts });
+  const o = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) as Partial<ServingOptions>;
+  const serving = new ServingEngine(e, sched, repoRoot, { ...DEFAULT_SERVING, prefillChunk: defaultPrefillChunk(e), ...o });
 
   const generation: GenerationService = {
     admissible: (tenant) => serving.admissible(tenant),

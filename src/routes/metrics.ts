@@ -28,7 +28,11 @@ export class Metrics {
   render(extra: {
     jobsByStatus: Record<string, number>;
     gpuMemoryBytes: number | null;
-    load: { serving: { live: number; queued: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> } } | null;
+    load: {
+      serving: { live: number; queued: number };
+      scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> };
+      bindGroups?: { hits: number; misses: number; evicted: number; collections: number };
+    } | null;
   }): string {
     const out: string[] = [];
     out.push('# HELP cola_http_requests_total HTTP requests by method, route and status.');
@@ -70,6 +74,18 @@ export class Metrics {
       out.push('# HELP cola_gpu_waiting Units waiting for the device, by class.');
       out.push('# TYPE cola_gpu_waiting gauge');
       for (const [k, v] of Object.entries(s.waiting)) out.push(`cola_gpu_waiting{class="${esc(k)}"} ${v}`);
+      const bg = extra.load.bindGroups;
+      if (bg) {
+        // Driver objects: every bind group created holds driver memory (a memfd mapping on lavapipe).
+        out.push('# HELP cola_gpu_bind_groups_total Bind groups by cache outcome (created = misses).');
+        out.push('# TYPE cola_gpu_bind_groups_total counter');
+        out.push(`cola_gpu_bind_groups_total{outcome="hit"} ${bg.hits}`);
+        out.push(`cola_gpu_bind_groups_total{outcome="created"} ${bg.misses}`);
+        out.push(`cola_gpu_bind_groups_total{outcome="evicted"} ${bg.evicted}`);
+        out.push('# HELP cola_gpu_collections_total Garbage collections forced to release evicted bind groups.');
+        out.push('# TYPE cola_gpu_collections_total counter');
+        out.push(`cola_gpu_collections_total ${bg.collections}`);
+      }
     }
     out.push('# HELP cola_jobs Fine-tune jobs by status (whole database).');
     out.push('# TYPE cola_jobs gauge');
