@@ -19,3 +19,20 @@ test('x·Wᵀ for one row: alpha, bias and accumulate, odd N, N past one workgro
     for (let n = 0; n < N; n++) expect(Math.abs(got[n]! - want[n]!)).toBeLessThanOrEqual(1e-5 + 1e-5 * Math.abs(want[n]!));
   }
 });
+
+test('x·Wᵀ for 2..8 rows (a continuous batch on GPUs): each row equals its one-row product bit for bit', async () => {
+  const e = await Engine.create();
+  const rng = new Rng(9);
+  for (const [M, N, K] of [[2, 13, 12], [5, 300, 64], [8, 1000, 172]] as const) {
+    const x = rng.uniformArray(M * K), w = rng.uniformArray(N * K), bias = rng.uniformArray(N);
+    const W = e.upload(w, [N, K]);
+    const B = e.upload(bias, [N]);
+    const all = await e.readF32(matmul(e, e.upload(x, [M, K]), W, { transB: true, bias: B, variant: 'tiled' }));
+    const want = refMatmul(x, w, { batch: 1, M, K, N, transB: true });
+    for (let m = 0; m < M; m++) {
+      const one = await e.readF32(matmul(e, e.upload(x.subarray(m * K, (m + 1) * K), [1, K]), W, { transB: true, bias: B, variant: 'tiled' }));
+      expect(Array.from(all.subarray(m * N, (m + 1) * N))).toEqual(Array.from(one));
+      for (let n = 0; n < N; n++) expect(Math.abs(one[n]! - want[m * N + n]! - bias[n]!)).toBeLessThanOrEqual(1e-5 + 1e-5 * Math.abs(want[m * N + n]!));
+    }
+  }
+});

@@ -23,6 +23,8 @@ export interface MatmulOptions {
 }
 
 let defaultSizes: SizeMode = 'uniform';
+/** Rows up to which x·Wᵀ on GPUs runs the GEMV kernel (kernels/gemv.wgsl). */
+export const GEMV_MAX_ROWS = 8;
 
 /** Register-tile parameters for lavapipe-class devices (chosen with bench/matmul.ts; mutable for experiments). */
 export const matmulTuning = { sgR: 32, sgCN: 4, uniR: 16, uniCN: 4, nVec: true, transposeB: true };
@@ -167,15 +169,16 @@ export function matmul(e: Engine, a: Tensor, b: Tensor, opts: MatmulOptions = {}
   }
   const variant = opts.variant ?? forcedVariant ?? defaultMatmulVariant(e);
   const sizes = opts.sizes ?? defaultSizes;
-  // One row against a shared (N, K) weight on a GPU (decode): the GEMV kernel.
-  if (variant === 'tiled' && Mk === 1 && batch === 1 && transB && !transA && !SB && K % 4 === 0) {
+  // Up to 8 rows against a shared (N, K) weight on a GPU (decode of a continuous batch): the GEMV
+  // kernel, each weight load shared by the rows.
+  if (variant === 'tiled' && Mk <= GEMV_MAX_ROWS && batch === 1 && transB && !transA && !SB && K % 4 === 0) {
     const params = new ArrayBuffer(32);
     new Uint32Array(params, 0, 4).set([N, K / 4, accumulate ? 1 : 0, bias ? 1 : 0]);
     new Float32Array(params, 16, 1)[0] = alpha;
     const groups = ceil(N, 8);
     const max = e.limits.maxComputeWorkgroupsPerDimension;
     const gy = ceil(groups, max);
-    e.dispatch(e.pipeline('gemv', () => gemvSrc), [a, b, c, bias ?? dummy(e), e.uniform(new Uint8Array(params))], [ceil(groups, gy), gy]);
+    e.dispatch(e.pipeline('gemv', () => gemvSrc, { MR: Mk }), [a, b, c, bias ?? dummy(e), e.uniform(new Uint8Array(params))], [ceil(groups, gy), gy]);
     return c;
   }
   // x·Wᵀ with a shared W on the register tiles: transpose W (one pass over K·N elements) and run the
