@@ -37,7 +37,7 @@ function acceptedBodyTypes(method: string, p: string): string[] | null {
 }
 
 function isUpload(method: string, p: string): boolean {
-  return method === 'POST' && (p === '/files' || p === '/adapters' || p === '/models');
+  return method === 'POST' && (p === '/adapters' || p === '/models');
 }
 
 export function createApp(opts: AppOptions): App {
@@ -101,7 +101,11 @@ export function createApp(opts: AppOptions): App {
   });
   const limitUpload = bodyLimit({
     maxSize: deps.config.uploadLimitBytes,
-    onError: () => problemResponse(413, `upload exceeds the limit of ${deps.config.uploadLimitBytes} bytes`),
+    onError: () => problemResponse(413, `upload exceeds the limit of ${deps.config.uploadLimitBytes} bytes (COLA_UPLOAD_LIMIT_BYTES)`),
+  });
+  const limitFile = bodyLimit({
+    maxSize: deps.config.fileLimitBytes,
+    onError: () => problemResponse(413, `the file exceeds the limit of ${deps.config.fileLimitBytes} bytes (COLA_FILE_LIMIT_BYTES)`),
   });
   app.use('*', async (c, next) => {
     const accepted = acceptedBodyTypes(c.req.method, c.req.path);
@@ -112,6 +116,12 @@ export function createApp(opts: AppOptions): App {
       if (hasBody && !accepted.includes(ct)) {
         return problemResponse(415, `content type "${ct || '(none)'}" is not accepted here; use ${accepted.join(' or ')}`);
       }
+    }
+    if (c.req.method === 'POST' && c.req.path === '/files') {
+      // A raw JSONL body is streamed and limited by the handler (Hono's bodyLimit would buffer a
+      // chunked body whole); a multipart one is parsed by the runtime, so it is limited here.
+      const ct = (c.req.header('content-type') ?? '').toLowerCase();
+      return ct.startsWith('multipart/form-data') ? limitFile(c, next) : next();
     }
     return (isUpload(c.req.method, c.req.path) ? limitUpload : limitJson)(c, next);
   });

@@ -12,6 +12,9 @@ const boolish = (dflt: boolean) =>
     .default(dflt ? '1' : '0')
     .transform((v) => v === '1' || v === 'true' || v === 'yes' || v === 'on');
 
+/** Largest COLA_FILE_LIMIT_BYTES; also the bound when a stored file is read back. */
+export const MAX_FILE_LIMIT_BYTES = 8 * 1024 * 1024 * 1024;
+
 /** Environment variables understood by the service (all optional). */
 export const EnvSchema = z.object({
   PORT: int(0, 65535, 8080),
@@ -28,6 +31,8 @@ export const EnvSchema = z.object({
   COLA_WORKER: boolish(true),
   COLA_BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024, 16 * 1024 * 1024),
   COLA_UPLOAD_LIMIT_BYTES: int(1024, 8 * 1024 * 1024 * 1024, 512 * 1024 * 1024),
+  COLA_FILE_LIMIT_BYTES: int(1024, MAX_FILE_LIMIT_BYTES, 64 * 1024 * 1024),
+  COLA_FILE_MAX_LINE_BYTES: int(64, 64 * 1024 * 1024, 1024 * 1024),
   COLA_MAX_FILE_EXAMPLES: int(1, 10_000_000, 100_000),
   COLA_QUOTA_RPM: int(1, 1_000_000, 600),
   COLA_QUOTA_CONCURRENT_JOBS: int(1, 1000, 2),
@@ -65,8 +70,13 @@ export interface Config {
   databaseUrl?: string;
   adminKey?: string;
   worker: boolean;
+  /** JSON request bodies. */
   bodyLimitBytes: number;
+  /** Model and adapter uploads (POST /models multipart, POST /adapters). */
   uploadLimitBytes: number;
+  /** Training/evaluation files (POST /files): the body, streamed, and one line of it. */
+  fileLimitBytes: number;
+  fileMaxLineBytes: number;
   maxFileExamples: number;
   defaultQuotas: Quotas;
   /** Sequences decoding at once (continuous batching, all models and tenants). */
@@ -128,6 +138,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     worker: e.COLA_WORKER,
     bodyLimitBytes: e.COLA_BODY_LIMIT_BYTES,
     uploadLimitBytes: e.COLA_UPLOAD_LIMIT_BYTES,
+    fileLimitBytes: e.COLA_FILE_LIMIT_BYTES,
+    fileMaxLineBytes: e.COLA_FILE_MAX_LINE_BYTES,
     maxFileExamples: e.COLA_MAX_FILE_EXAMPLES,
     defaultQuotas: {
       requests_per_minute: e.COLA_QUOTA_RPM,

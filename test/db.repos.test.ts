@@ -5,7 +5,7 @@ import { sql } from 'drizzle-orm';
 import { tiers, type TestDb } from './db.fixtures.ts';
 import { createKey, createTenant, findTenantByKey, revokeKey } from '../src/db/repos/tenants.ts';
 import { createModel, ensureTenantModel, findModel, getVersion, insertVersion, listModels } from '../src/db/repos/models.ts';
-import { appendEvent, getJobById, insertJob, listEvents } from '../src/db/repos/jobs.ts';
+import { appendEvent, getJobById, insertJob, listEvents, listSteps } from '../src/db/repos/jobs.ts';
 import { claim, fail, heartbeat, recordKnot, recordStep, requestCancel, StaleLeaseError, succeed } from '../src/jobs/transitions.ts';
 import { JOB_STATES } from '../src/jobs/states.ts';
 import type { Db } from '../src/db/index.ts';
@@ -103,7 +103,7 @@ for (const tier of tiers) {
       expect(v.version).toBe(1);
       const j = (await getJobById(db, job.id))!;
       expect(j.knots).toEqual([{ link: 1, step: 5, rank: 8, flops: 1, version: 1 }]);
-      expect(j.losses).toEqual([{ step: 1, link: 1, loss: 2.5 }]);
+      expect(await listSteps(db, job.id, 0, 10)).toEqual([{ step: 1, link: 1, loss: 2.5, lr: null, epoch: 1 }]);
       await succeed(db, w2.lease);
       expect((await getJobById(db, job.id))!.status).toBe('succeeded');
       // a finished job cannot be claimed again

@@ -14,6 +14,7 @@ import {
   uniqueIndex,
   primaryKey,
   bigserial,
+  doublePrecision,
 } from 'drizzle-orm/pg-core';
 import { JOB_STATES } from '../jobs/states.ts';
 
@@ -60,6 +61,8 @@ export const models = pgTable(
     architecture: text('architecture').notNull(),
     params: bigint('params', { mode: 'number' }).notNull().default(0),
     config: jsonb('config').$type<Record<string, unknown>>().notNull().default({}),
+    /** Highest version number ever given out: a deleted version's number is never reused. */
+    maxVersion: integer('max_version').notNull().default(0),
     createdAt: ts('created_at').notNull().defaultNow(),
   },
   (t) => [
@@ -86,6 +89,8 @@ export const modelVersions = pgTable(
     path: text('path').notNull(),
     /** Path of the adapter (PEFT) that made this version from its parent, if any. */
     adapterPath: text('adapter_path'),
+    /** Size of the adapter file at adapter_path (counted in the tenant's stored bytes). */
+    adapterBytes: bigint('adapter_bytes', { mode: 'number' }).notNull().default(0),
     metrics: jsonb('metrics').$type<Record<string, unknown>>(),
     createdAt: ts('created_at').notNull().defaultNow(),
   },
@@ -96,8 +101,10 @@ export const files = pgTable('files', {
   id: text('id').primaryKey(),
   tenantId: text('tenant_id').notNull().references(() => tenants.id, { onDelete: 'cascade' }),
   filename: text('filename'),
-  /** The validated examples, one JSON object per line. */
-  content: text('content').notNull(),
+  /** Legacy rows only: the validated examples, one JSON object per line (new files live at `path`). */
+  content: text('content'),
+  /** The validated examples as JSONL in the store (absolute path); written while the upload streams. */
+  path: text('path'),
   examples: integer('examples').notNull(),
   bytes: bigint('bytes', { mode: 'number' }).notNull(),
   createdAt: ts('created_at').notNull().defaultNow(),
@@ -130,7 +137,6 @@ export const jobs = pgTable(
     baseVersion: integer('base_version').notNull(),
     outputModel: text('output_model').notNull(),
     progress: jsonb('progress').$type<JobProgress>(),
-    losses: jsonb('losses').$type<JobLoss[]>().notNull().default([]),
     knots: jsonb('knots').$type<JobKnot[]>().notNull().default([]),
     error: jsonb('error').$type<{ type: string; detail: string }>(),
     cancelRequested: boolean('cancel_requested').notNull().default(false),
@@ -169,6 +175,21 @@ export const jobEvents = pgTable(
   (t) => [uniqueIndex('job_events_job_seq_uq').on(t.jobId, t.seq)],
 );
 
+/** One row per training step of a job (the loss curve). Keyed by (job, step): a resumed job overwrites, never duplicates. */
+export const jobSteps = pgTable(
+  'job_steps',
+  {
+    jobId: text('job_id').notNull().references(() => jobs.id, { onDelete: 'cascade' }),
+    step: integer('step').notNull(),
+    link: integer('link').notNull(),
+    loss: doublePrecision('loss').notNull(),
+    lr: doublePrecision('lr'),
+    epoch: integer('epoch'),
+    createdAt: ts('created_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.jobId, t.step] })],
+);
+
 export type Tenant = typeof tenants.$inferSelect;
 export type ApiKey = typeof apiKeys.$inferSelect;
 export type Model = typeof models.$inferSelect;
@@ -177,3 +198,4 @@ export type FileRow = typeof files.$inferSelect;
 export type Adapter = typeof adapters.$inferSelect;
 export type Job = typeof jobs.$inferSelect;
 export type JobEvent = typeof jobEvents.$inferSelect;
+export type JobStep = typeof jobSteps.$inferSelect;

@@ -10,9 +10,9 @@
 //   running (lease expired) ──claim (token+1)──▶ running      (reclaim by another worker)
 import { and, eq, or, sql } from 'drizzle-orm';
 import type { Db } from '../db/index.ts';
-import { jobs, type Job, type JobKnot, type JobLoss, type JobProgress, type ModelVersion } from '../db/schema.ts';
+import { jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
 import { appendEvent } from '../db/repos/jobs.ts';
-import { ensureTenantModel, insertVersion, type NewVersion } from '../db/repos/models.ts';
+import { ensureTenantModel, guardStorePaths, insertVersion, type NewVersion } from '../db/repos/models.ts';
 import type { JobStatus } from './states.ts';
 import { UserInputError } from '../services.ts';
 
@@ -87,24 +87,30 @@ export async function release(db: Db, l: Lease, reason = 'worker shutting down')
   });
 }
 
-/** Record a training step (progress, loss) and its `step` event. Fenced. */
+/**
+ * Record a training step (progress, its loss row, its `step` event). Fenced. The loss goes into
+ * job_steps keyed by (job, step): a step recorded again after a resume replaces its row, so the
+ * curve holds one entry per step however often the job was resumed.
+ */
 export async function recordStep(
   db: Db,
   l: Lease,
   s: { progress: JobProgress; loss?: number; lr?: number },
 ): Promise<{ cancelRequested: boolean; mergeRequests: number }> {
   return db.transaction(async (tx) => {
-    const loss: JobLoss[] = s.loss === undefined ? [] : [{ step: s.progress.step, link: s.progress.link, loss: s.loss }];
     const [r] = await tx
       .update(jobs)
-      .set({
-        progress: s.progress,
-        losses: sql`${jobs.losses} || ${JSON.stringify(loss)}::jsonb`,
-        updatedAt: sql`now()`,
-      })
+      .set({ progress: s.progress, updatedAt: sql`now()` })
       .where(fenced(l))
       .returning({ cancel: jobs.cancelRequested, merges: jobs.mergeRequests });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    if (s.loss !== undefined) {
+      const row = { link: s.progress.link, loss: s.loss, lr: s.lr ?? null, epoch: s.progress.epoch };
+      await tx
+        .insert(jobSteps)
+        .values({ jobId: l.jobId, step: s.progress.step, ...row })
+        .onConflictDoUpdate({ target: [jobSteps.jobId, jobSteps.step], set: { ...row, createdAt: sql`now()` } });
+    }
     await appendEvent(tx as unknown as Db, l.jobId, 'step', { step: s.progress.step, loss: s.loss ?? null, lr: s.lr ?? null, link: s.progress.link, epoch: s.progress.epoch });
     return { cancelRequested: r.cancel, mergeRequests: r.merges };
   });
@@ -133,10 +139,13 @@ export async function recordKnot(
   l: Lease,
   knot: Omit<JobKnot, 'version'>,
   version: Omit<NewVersion, 'version' | 'modelId'> & { modelId: string | OutputModel },
+  /** The knot's store files: locked and checked to exist, so a concurrent delete cannot leave the row dangling. */
+  guard?: { paths: string[]; exists: (p: string) => boolean },
 ): Promise<ModelVersion> {
   return db.transaction(async (tx) => {
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    if (guard) await guardStorePaths(tx as unknown as Db, guard.paths, guard.exists);
     let modelId: string;
     if (typeof version.modelId === 'string') modelId = version.modelId;
     else {

@@ -3,13 +3,13 @@
 // a claimed job fails with "trainer not available" (nothing is faked).
 import path from 'node:path';
 import crypto from 'node:crypto';
-import type { Config } from '../config.ts';
+import { MAX_FILE_LIMIT_BYTES, type Config } from '../config.ts';
 import type { Db } from '../db/index.ts';
 import { eq } from 'drizzle-orm';
 import { models, type Job } from '../db/schema.ts';
 import { getJobById, expiredRunningJobIds, staleQueuedJobIds } from '../db/repos/jobs.ts';
 import { getVersion, findModel } from '../db/repos/models.ts';
-import { getAdapter, getFile } from '../db/repos/files.ts';
+import { getAdapter, getFile, readFileExamples } from '../db/repos/files.ts';
 import type { Example, FinetuneJobSpec, JobContext, JobRunner, ResumePoint } from '../services.ts';
 import {
   claim,
@@ -276,7 +276,7 @@ export class JobWorker {
       if (!id) return null;
       const f = await getFile(db, job.tenantId, id);
       if (!f) throw new Error(`file ${id} no longer exists`);
-      return f.content.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Example);
+      return readFileExamples<Example>(f, MAX_FILE_LIMIT_BYTES);
     };
     const train = (req.train as Example[] | undefined) ?? (await fromFile(req.training_file)) ?? [];
     const validation = (req.validation as Example[] | undefined) ?? (await fromFile(req.validation_file)) ?? [];

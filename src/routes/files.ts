@@ -1,49 +1,96 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import crypto from 'node:crypto';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { App, AppDeps, AppEnv } from './deps.ts';
 import { problems, ProblemError, notImplemented, zodErrors } from './problem.ts';
 import { IdParam, iso, ModelName, quotasOf, resolveVersion, tenantOf, VersionNumber } from './common.ts';
 import { AnyExample } from './schemas.ts';
-import { createFile, getFile, listFiles, tenantStoredBytes } from '../db/repos/files.ts';
+import { createFile, getFile, listFiles, readFileExamples, tenantStoredBytes } from '../db/repos/files.ts';
 import type { Example } from '../services.ts';
+import { newId } from '../db/ids.ts';
+import { MAX_FILE_LIMIT_BYTES } from '../config.ts';
+import { JsonlTooLargeError, readJsonl, type LineCheck } from '../util/jsonl.ts';
 
 const FileView = z.object({ id: z.string(), examples: z.number(), bytes: z.number(), filename: z.string().nullable(), created_at: z.string() }).openapi('File');
-const MAX_LINE = 1_000_000;
 const MAX_REPORTED = 20;
+/** Normalised lines are written to disk in batches of this many bytes. */
+const WRITE_BATCH = 1 << 20;
 
-/** Parse JSONL line by line: every non-blank line one example. Collects at most 20 errors. */
-export function parseJsonl(text: string, maxExamples: number): { examples: Example[]; errors: { path: string; message: string }[] } {
-  const examples: Example[] = [];
-  const errors: { path: string; message: string }[] = [];
-  const lines = text.split('\n');
-  for (let i = 0; i < lines.length && errors.length < MAX_REPORTED; i++) {
-    const line = lines[i]!.replace(/\r$/, '');
-    if (line.trim() === '') continue;
-    const where = `line ${i + 1}`;
-    if (line.length > MAX_LINE) {
-      errors.push({ path: where, message: `line longer than ${MAX_LINE} characters` });
-      continue;
-    }
-    let v: unknown;
-    try {
-      v = JSON.parse(line);
-    } catch {
-      errors.push({ path: where, message: 'not valid JSON' });
-      continue;
-    }
-    const r = AnyExample.safeParse(v);
-    if (!r.success) {
-      errors.push({ path: where, message: 'not an example: expected {prompt, completion}, {text} or {prompt, candidates, label}' + (r.error.issues[0] ? ` (${zodErrors(r.error.issues)[0]!.path}: ${r.error.issues[0].message})` : '') });
-      continue;
-    }
-    if (examples.length >= maxExamples) {
-      errors.push({ path: where, message: `more than ${maxExamples} examples` });
-      break;
-    }
-    examples.push(r.data as Example);
-  }
-  return { examples, errors };
+/** One JSONL line → an example, or the reason it is not one. */
+export function checkExample(v: unknown): LineCheck<Example> {
+  const r = AnyExample.safeParse(v);
+  if (r.success) return { ok: true, value: r.data as Example };
+  const first = r.error.issues[0];
+  return { ok: false, message: 'not an example: expected {prompt, completion}, {text} or {prompt, candidates, label}' + (first ? ` (${zodErrors([first])[0]!.path}: ${first.message})` : '') };
 }
+
+class QuotaExceeded extends Error {}
+
+/**
+ * Streams a JSONL body into `<store>/files/<id>.jsonl`: each valid line is re-serialised and
+ * appended to a temporary file in batches (the body is never held whole), which is renamed into
+ * place only when every line was valid. Every failure removes the temporary file.
+ */
+async function storeJsonl(
+  d: AppDeps,
+  id: string,
+  body: ReadableStream<Uint8Array>,
+  budget: number,
+): Promise<{ path: string; bytes: number; examples: number }> {
+  const dir = path.join(d.store.root, 'files');
+  await fs.mkdir(dir, { recursive: true });
+  const final = path.join(dir, `${id}.jsonl`);
+  const tmp = path.join(dir, `.tmp-${id}-${crypto.randomBytes(6).toString('hex')}`);
+  const fh = await fs.open(tmp, 'wx', 0o644);
+  let closed = false;
+  let installed = false;
+  try {
+    let batch: string[] = [];
+    let batchBytes = 0;
+    let written = 0;
+    const flush = async () => {
+      if (batch.length === 0) return;
+      const buf = Buffer.from(batch.join(''));
+      batch = [];
+      batchBytes = 0;
+      await fh.write(buf);
+    };
+    const r = await readJsonl(
+      body,
+      { maxLineBytes: d.config.fileMaxLineBytes, maxExamples: d.config.maxFileExamples, maxBytes: d.config.fileLimitBytes, maxErrors: MAX_REPORTED },
+      checkExample,
+      async (e) => {
+        const line = JSON.stringify(e) + '\n';
+        const n = Buffer.byteLength(line);
+        written += n;
+        if (written > budget) throw new QuotaExceeded();
+        batch.push(line);
+        batchBytes += n;
+        if (batchBytes >= WRITE_BATCH) await flush();
+      },
+    );
+    if (r.errors.length) throw new ProblemError(400, `the file has invalid lines (first ${r.errors.length} shown)`, { errors: r.errors });
+    if (r.examples === 0) throw new ProblemError(400, 'the file has no examples');
+    await flush();
+    await fh.sync();
+    await fh.close();
+    closed = true;
+    await fs.rename(tmp, final);
+    installed = true;
+    return { path: final, bytes: written, examples: r.examples };
+  } catch (e) {
+    if (e instanceof JsonlTooLargeError) throw new ProblemError(413, `the file exceeds the limit of ${d.config.fileLimitBytes} bytes (COLA_FILE_LIMIT_BYTES)`);
+    throw e;
+  } finally {
+    if (!closed) await fh.close().catch(() => {});
+    if (!installed) await fs.rm(tmp, { force: true });
+  }
+}
+
+const quotaProblem = (q: number) =>
+  new ProblemError(429, `stored bytes quota of ${q} would be exceeded; delete data first`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
 
 export function fileRoutes(app: App, d: AppDeps) {
   app.openapi(
@@ -51,7 +98,7 @@ export function fileRoutes(app: App, d: AppDeps) {
       method: 'post',
       path: '/files',
       tags: ['files'],
-      summary: 'Upload JSONL examples (raw body application/jsonl, or multipart field "file")',
+      summary: 'Upload JSONL examples (raw body application/jsonl, streamed; or multipart field "file")',
       request: {
         body: {
           required: true,
@@ -70,30 +117,41 @@ export function fileRoutes(app: App, d: AppDeps) {
     (async (c: Context<AppEnv>) => {
       const t = tenantOf(c);
       const ct = (c.req.header('content-type') ?? '').toLowerCase();
-      let text: string;
+      const q = quotasOf(d, t);
+      const budget = q.stored_bytes - (await tenantStoredBytes(d.db, t.id));
+      if (budget <= 0) throw quotaProblem(q.stored_bytes);
+      let body: ReadableStream<Uint8Array>;
       let filename: string | null = null;
       if (ct.startsWith('multipart/form-data')) {
+        // Multipart is parsed by the runtime (the body limit middleware bounds it); the file part is then streamed.
         const form = await c.req.parseBody().catch(() => {
           throw new ProblemError(400, 'malformed multipart body');
         });
         const f = form['file'];
         if (!(f instanceof File)) throw new ProblemError(400, 'multipart field "file" (the JSONL file) is missing', { errors: [{ path: 'file', message: 'required' }] });
         filename = (f.name || '').slice(0, 255) || null;
-        text = await f.text();
+        body = f.stream();
       } else {
-        text = await c.req.text();
+        // The raw body is streamed: refuse a declared over-limit length before reading anything.
+        const len = Number(c.req.header('content-length') ?? NaN);
+        if (len > d.config.fileLimitBytes) throw new ProblemError(413, `the file exceeds the limit of ${d.config.fileLimitBytes} bytes (COLA_FILE_LIMIT_BYTES)`);
+        body = c.req.raw.body ?? new Blob([]).stream();
       }
-      if (text.includes('\u0000')) throw new ProblemError(400, 'the file contains NUL bytes: not JSONL text');
-      const { examples, errors } = parseJsonl(text, d.config.maxFileExamples);
-      if (errors.length) throw new ProblemError(400, `the file has invalid lines (first ${errors.length} shown)`, { errors });
-      if (examples.length === 0) throw new ProblemError(400, 'the file has no examples');
-      const content = examples.map((e) => JSON.stringify(e)).join('\n') + '\n';
-      const q = quotasOf(d, t);
-      if ((await tenantStoredBytes(d.db, t.id)) + Buffer.byteLength(content) > q.stored_bytes) {
-        throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} would be exceeded`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
+      const id = newId('file');
+      let stored: { path: string; bytes: number; examples: number };
+      try {
+        stored = await storeJsonl(d, id, body, budget);
+      } catch (e) {
+        if (e instanceof QuotaExceeded) throw quotaProblem(q.stored_bytes);
+        throw e;
       }
-      const f = await createFile(d.db, { tenantId: t.id, filename, content, examples: examples.length });
-      return c.json({ id: f.id, examples: f.examples, bytes: f.bytes, filename: f.filename, created_at: iso(f.createdAt)! }, 201);
+      try {
+        const f = await createFile(d.db, { id, tenantId: t.id, filename, path: stored.path, bytes: stored.bytes, examples: stored.examples });
+        return c.json({ id: f.id, examples: f.examples, bytes: f.bytes, filename: f.filename, created_at: iso(f.createdAt)! }, 201);
+      } catch (e) {
+        await fs.rm(stored.path, { force: true });
+        throw e;
+      }
     }) as never,
   );
 
@@ -161,7 +219,7 @@ export function fileRoutes(app: App, d: AppDeps) {
       if (b.file) {
         const f = await getFile(d.db, t.id, b.file);
         if (!f) throw new ProblemError(404, `file ${b.file} not found`);
-        examples = f.content.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Example);
+        examples = await readFileExamples<Example>(f, MAX_FILE_LIMIT_BYTES);
       }
       if (!d.services.evaluation) throw notImplemented('evaluation');
       const out = await d.services.evaluation.evaluate({ tenant: tenantOf(c).id, target: r.resolved, examples: examples!, signal: c.req.raw.signal });

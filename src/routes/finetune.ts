@@ -3,8 +3,8 @@ import { streamSSE } from 'hono/streaming';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
 import { absPath, IdParam, iso, quotasOf, refuseSharedName, resolveVersion, tenantOf } from './common.ts';
-import { FinetuneRequest, JobView } from './schemas.ts';
-import { countActiveJobs, getJob, insertJob, listEvents, listJobs, appendEvent } from '../db/repos/jobs.ts';
+import { FinetuneRequest, JobView, LossPage } from './schemas.ts';
+import { countActiveJobs, getJob, insertJob, listEvents, listJobs, appendEvent, listSteps, sampledLosses, type LossPoint } from '../db/repos/jobs.ts';
 import { getAdapter, getFile, tenantStoredBytes } from '../db/repos/files.ts';
 import { findModel } from '../db/repos/models.ts';
 import { admitFinetune } from '../cola/runner.ts';
@@ -14,7 +14,11 @@ import { isTerminal, type JobStatus } from '../jobs/states.ts';
 import type { Job } from '../db/schema.ts';
 import { newId } from '../db/ids.ts';
 
-export function jobView(j: Job): z.infer<typeof JobView> {
+/** Loss points a job view carries (the full curve is paged by GET /finetune/{id}/losses). */
+export const VIEW_LOSS_POINTS = 500;
+export const LIST_LOSS_POINTS = 50;
+
+export function jobView(j: Job, losses: { points: LossPoint[]; count: number } = { points: [], count: 0 }): z.infer<typeof JobView> {
   return {
     id: j.id,
     status: j.status,
@@ -22,7 +26,8 @@ export function jobView(j: Job): z.infer<typeof JobView> {
     base_version: j.baseVersion,
     output_model: j.outputModel,
     progress: j.progress ?? null,
-    losses: j.losses,
+    losses: losses.points,
+    losses_count: losses.count,
     knots: j.knots,
     ...(j.error ? { error: j.error } : {}),
     cancel_requested: j.cancelRequested,
@@ -34,6 +39,11 @@ export function jobView(j: Job): z.infer<typeof JobView> {
 }
 
 const JobId = z.object({ id: IdParam });
+
+/** A job as GET answers it: the row plus its loss curve thinned to `points`. */
+async function viewOf(d: AppDeps, j: Job, points = VIEW_LOSS_POINTS): Promise<z.infer<typeof JobView>> {
+  return jobView(j, (await sampledLosses(d.db, [j.id], points)).get(j.id));
+}
 
 export function finetuneRoutes(app: App, d: AppDeps) {
   app.openapi(
@@ -118,7 +128,8 @@ export function finetuneRoutes(app: App, d: AppDeps) {
     async (c) => {
       const { limit } = c.req.valid('query');
       const rows = await listJobs(d.db, tenantOf(c).id, limit);
-      return c.json({ data: rows.map(jobView) }, 200);
+      const losses = await sampledLosses(d.db, rows.map((r) => r.id), LIST_LOSS_POINTS);
+      return c.json({ data: rows.map((j) => jobView(j, losses.get(j.id))) }, 200);
     },
   );
 
@@ -127,14 +138,41 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       method: 'get',
       path: '/finetune/{id}',
       tags: ['finetune'],
-      summary: 'A job: status, progress, losses per link, knots',
+      summary: `A job: status, progress, knots, and its loss curve thinned to at most ${VIEW_LOSS_POINTS} points (all of it: GET /finetune/{id}/losses)`,
       request: { params: JobId },
       responses: { 200: { description: 'job', content: { 'application/json': { schema: JobView } } }, ...problems(400, 401, 404) },
     }),
     async (c) => {
       const j = await getJob(d.db, tenantOf(c).id, c.req.valid('param').id);
       if (!j) throw new ProblemError(404, 'job not found');
-      return c.json(jobView(j), 200);
+      return c.json(await viewOf(d, j), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/finetune/{id}/losses',
+      tags: ['finetune'],
+      summary: 'The full loss curve, one entry per step, paged by step: ?after=<last step seen>&limit=',
+      request: {
+        params: JobId,
+        query: z.object({
+          after: z.coerce.number().int().min(0).max(100_000_000).default(0),
+          limit: z.coerce.number().int().min(1).max(10_000).default(1000),
+        }),
+      },
+      responses: { 200: { description: 'one page of steps', content: { 'application/json': { schema: LossPage } } }, ...problems(400, 401, 404) },
+    }),
+    async (c) => {
+      const { id } = c.req.valid('param');
+      const { after, limit } = c.req.valid('query');
+      const j = await getJob(d.db, tenantOf(c).id, id);
+      if (!j) throw new ProblemError(404, 'job not found');
+      // One row more than asked tells whether another page follows.
+      const rows = await listSteps(d.db, id, after, limit + 1);
+      const data = rows.slice(0, limit);
+      return c.json({ data, next_after: rows.length > limit ? data[data.length - 1]!.step : null }, 200);
     },
   );
 
@@ -154,7 +192,7 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       if (!j) throw new ProblemError(404, 'job not found');
       const r = await requestCancel(d.db, t.id, id);
       if (!r) throw new ProblemError(409, `job is already ${(await getJob(d.db, t.id, id))?.status ?? j.status}`);
-      return c.json(jobView((await getJob(d.db, t.id, id))!), 200);
+      return c.json(await viewOf(d, (await getJob(d.db, t.id, id))!), 200);
     },
   );
 

@@ -103,7 +103,9 @@ export const JobView = z
     base_version: z.number().int(),
     output_model: z.string(),
     progress: z.object({ step: z.number(), total_steps: z.number(), link: z.number(), links: z.number(), epoch: z.number() }).nullable(),
-    losses: z.array(z.object({ step: z.number(), link: z.number(), loss: z.number() })),
+    /** At most 500 points (50 in a list): every k-th step plus the last; `losses_count` is the curve's length. */
+    losses: z.array(z.object({ step: z.number(), link: z.number(), loss: z.number().nullable() })),
+    losses_count: z.number().int(),
     knots: z.array(
       z.object({ link: z.number(), step: z.number(), version: z.number(), rank: z.number(), val_loss: z.number().optional(), flops: z.number() }),
     ),
@@ -115,3 +117,11 @@ export const JobView = z
     finished_at: z.string().nullable(),
   })
   .openapi('Job');
+
+export const LossPage = z
+  .object({
+    data: z.array(z.object({ step: z.number().int(), link: z.number().int(), loss: z.number().nullable(), lr: z.number().nullable(), epoch: z.number().int().nullable() })),
+    /** Pass as `after` for the next page; null on the last page. */
+    next_after: z.number().int().nullable(),
+  })
+  .openapi('LossPage');

@@ -3,23 +3,30 @@ import type { Db } from '../index.ts';
 import { adapters, files, type Adapter, type FileRow } from '../schema.ts';
 import { newId } from '../ids.ts';
 import { tenantVersionBytes } from './models.ts';
+import { readStoredJsonl } from '../../util/jsonl.ts';
 
+/** A file row: its examples either inline (`content`, small or legacy) or in the store at `path`. */
 export async function createFile(
   db: Db,
-  input: { tenantId: string; filename: string | null; content: string; examples: number },
+  input: { id?: string; tenantId: string; filename: string | null; examples: number } & ({ content: string } | { path: string; bytes: number }),
 ): Promise<FileRow> {
   const [f] = await db
     .insert(files)
     .values({
-      id: newId('file'),
+      id: input.id ?? newId('file'),
       tenantId: input.tenantId,
       filename: input.filename,
-      content: input.content,
       examples: input.examples,
-      bytes: Buffer.byteLength(input.content),
+      ...('content' in input ? { content: input.content, bytes: Buffer.byteLength(input.content) } : { path: input.path, bytes: input.bytes }),
     })
     .returning();
   return f!;
+}
+
+/** The examples of a file (validated when it was uploaded). */
+export async function readFileExamples<T>(f: FileRow, maxBytes: number): Promise<T[]> {
+  if (f.path) return readStoredJsonl<T>(f.path, maxBytes);
+  return (f.content ?? '').split('\n').filter(Boolean).map((l) => JSON.parse(l) as T);
 }
 
 export async function getFile(db: Db, tenantId: string, id: string): Promise<FileRow | null> {
@@ -33,6 +40,7 @@ export async function listFiles(db: Db, tenantId: string): Promise<Omit<FileRow,
       id: files.id,
       tenantId: files.tenantId,
       filename: files.filename,
+      path: files.path,
       examples: files.examples,
       bytes: files.bytes,
       createdAt: files.createdAt,

@@ -1,6 +1,6 @@
 import { and, asc, desc, eq, gt, inArray, sql } from 'drizzle-orm';
 import type { Db } from '../index.ts';
-import { jobEvents, jobs, type Job, type JobEvent } from '../schema.ts';
+import { jobEvents, jobs, jobSteps, type Job, type JobEvent } from '../schema.ts';
 import { newId } from '../ids.ts';
 import { ACTIVE_STATES } from '../../jobs/states.ts';
 
@@ -107,4 +107,48 @@ export async function listEvents(db: Db, jobId: string, afterSeq: number, limit 
     .where(and(eq(jobEvents.jobId, jobId), gt(jobEvents.seq, afterSeq)))
     .orderBy(asc(jobEvents.seq))
     .limit(limit);
+}
+
+export type LossPoint = { step: number; link: number; loss: number | null };
+
+const lossOf = (x: unknown): number | null => {
+  const n = Number(x);
+  return Number.isFinite(n) ? n : null; // NaN/Infinity are stored as such; JSON has no spelling for them
+};
+
+/** One page of a job's loss curve, steps after `after` in order (GET /finetune/{id}/losses). */
+export async function listSteps(db: Db, jobId: string, after: number, limit: number): Promise<(LossPoint & { lr: number | null; epoch: number | null })[]> {
+  const rows = await db
+    .select()
+    .from(jobSteps)
+    .where(and(eq(jobSteps.jobId, jobId), gt(jobSteps.step, after)))
+    .orderBy(asc(jobSteps.step))
+    .limit(limit);
+  return rows.map((r) => ({ step: r.step, link: r.link, loss: lossOf(r.loss), lr: r.lr, epoch: r.epoch }));
+}
+
+/**
+ * The loss curves of several jobs, each thinned to at most `maxPoints` entries: every k-th step
+ * (k = ceil((n - 1) / (maxPoints - 1))) from the first, plus the last. One query for the whole page.
+ */
+export async function sampledLosses(db: Db, jobIds: string[], maxPoints: number): Promise<Map<string, { points: LossPoint[]; count: number }>> {
+  const out = new Map<string, { points: LossPoint[]; count: number }>();
+  if (jobIds.length === 0) return out;
+  const m = Math.max(2, Math.floor(maxPoints));
+  const res = await db.execute<{ job_id: string; step: number; link: number; loss: number | string; n: number | string }>(sql`
+    select job_id, step, link, loss, n from (
+      select job_id, step, link, loss,
+             row_number() over (partition by job_id order by step) as rn,
+             count(*) over (partition by job_id) as n
+      from ${jobSteps} where ${inArray(jobSteps.jobId, jobIds)}
+    ) s
+    where (rn - 1) % greatest(ceil((n - 1)::float8 / ${m - 1}), 1)::int = 0 or rn = n
+    order by job_id, step`);
+  const rows = (Array.isArray(res) ? res : (res as { rows: unknown[] }).rows) as { job_id: string; step: number; link: number; loss: number | string; n: number | string }[];
+  for (const r of rows) {
+    let e = out.get(r.job_id);
+    if (!e) out.set(r.job_id, (e = { points: [], count: Number(r.n) }));
+    e.points.push({ step: Number(r.step), link: Number(r.link), loss: lossOf(r.loss) });
+  }
+  return out;
 }

@@ -93,33 +93,54 @@ export async function latestVersion(db: Db, modelId: string): Promise<ModelVersi
   return v ?? null;
 }
 
-export type NewVersion = Omit<ModelVersion, 'createdAt' | 'version'> & { version?: number };
+export type NewVersion = Omit<ModelVersion, 'createdAt' | 'version' | 'adapterBytes'> & { version?: number; adapterBytes?: number };
 
 /**
- * Insert an immutable version; without `version`, takes the next number (max + 1, at least 1).
- * Versions are never updated.
+ * Insert an immutable version; without `version`, takes the next number. Numbers come from
+ * models.max_version (bumped in the same statement, which also serialises concurrent inserts into
+ * one model), so a deleted version's number is never handed out again. Versions are never updated.
  */
 export async function insertVersion(db: Db, v: NewVersion): Promise<ModelVersion> {
-  const version =
-    v.version ??
-    Number(
-      (
-        await db
-          .select({ n: sql<number>`coalesce(max(${modelVersions.version}), 0) + 1` })
-          .from(modelVersions)
-          .where(eq(modelVersions.modelId, v.modelId))
-      )[0]!.n,
-    );
+  const next = v.version === undefined ? sql`${models.maxVersion} + 1` : sql`greatest(${models.maxVersion}, ${v.version})`;
+  const [m] = await db.update(models).set({ maxVersion: next }).where(eq(models.id, v.modelId)).returning({ max: models.maxVersion });
+  if (!m) throw new Error(`no model ${v.modelId}`);
+  const version = v.version ?? m.max;
   const [row] = await db.insert(modelVersions).values({ ...v, version }).returning();
   return row!;
 }
 
-/** Total bytes of the versions a tenant owns (for the stored-bytes quota). */
+/** Total bytes of the versions a tenant owns, their weights and adapter files (for the stored-bytes quota). */
 export async function tenantVersionBytes(db: Db, tenantId: string): Promise<number> {
   const [r] = await db
-    .select({ n: sql<number>`coalesce(sum(${modelVersions.bytes}), 0)` })
+    .select({ n: sql<number>`coalesce(sum(${modelVersions.bytes} + ${modelVersions.adapterBytes}), 0)` })
     .from(modelVersions)
     .innerJoin(models, eq(models.id, modelVersions.modelId))
     .where(eq(models.tenantId, tenantId));
   return Number(r?.n ?? 0);
+}
+
+/**
+ * Serialises writers and deleters of store files shared by content (weights, adapter archives,
+ * tokenizer folders): a transaction-scoped advisory lock per path, taken in a fixed order. A delete
+ * holds them while it checks references and unlinks; a writer holds them while it checks that its
+ * files still exist and inserts the row that references them.
+ */
+export async function lockStorePaths(tx: Db, paths: (string | null | undefined)[]): Promise<void> {
+  for (const p of [...new Set(paths.filter((x): x is string => !!x))].sort()) {
+    await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${p}))`);
+  }
+}
+
+/** A store file a new row would reference was removed meanwhile (by a delete): write it again. */
+export class StoreObjectGoneError extends Error {
+  constructor(path: string) {
+    super(`a stored file was removed while it was being recorded (${path}); the work that wrote it must write it again`);
+    this.name = 'StoreObjectGoneError';
+  }
+}
+
+/** Inside a transaction: lock `paths` and check they exist (with `exists`, e.g. fs.existsSync). */
+export async function guardStorePaths(tx: Db, paths: (string | null | undefined)[], exists: (p: string) => boolean): Promise<void> {
+  await lockStorePaths(tx, paths);
+  for (const p of paths) if (p && !exists(p)) throw new StoreObjectGoneError(p);
 }
