@@ -22,6 +22,7 @@ import { generateRoutes } from './routes/generate.ts';
 import { openaiRoutes } from './routes/openai.ts';
 import { fileRoutes } from './routes/files.ts';
 import { mergeRoutes } from './routes/merge.ts';
+import { deleteRoutes } from './routes/delete.ts';
 
 export type { AppOptions, AppDeps } from './routes/deps.ts';
 
@@ -155,6 +156,7 @@ export function createApp(opts: AppOptions): App {
   openaiRoutes(app, deps);
   fileRoutes(app, deps);
   mergeRoutes(app, deps);
+  deleteRoutes(app, deps);
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
   app.doc31('/openapi.json', {

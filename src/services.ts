@@ -151,6 +151,8 @@ export interface KnotInput {
   snapshot: { path: string; sha256: string; bytes: number };
   /** Optional PEFT adapter of this link (the update from the previous version). */
   adapterPath?: string;
+  /** Size of the adapter file (counted in the tenant's stored bytes). */
+  adapterBytes?: number;
   metrics?: Record<string, unknown>;
 }
 
@@ -171,6 +173,11 @@ export interface JobContext {
   /** Report a step. Fenced: throws StaleLeaseError if this worker lost the job. */
   onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number }): Promise<void>;
   onLinkStarted(e: { link: number; rank: number }): Promise<void>;
+  /**
+   * Call before writing a knot's files: throws QuotaExceededError when `bytes` more would take the
+   * tenant over its stored-bytes quota (the job then fails; the versions already written stay).
+   */
+  reserveBytes(bytes: number): Promise<void>;
   /** Persist a tied knot as the next version of the output model. Fenced. Resolves with that version. */
   onKnot(k: KnotInput): Promise<{ model: string; version: number }>;
   onEval(e: Record<string, unknown>): Promise<void>;
@@ -213,6 +220,14 @@ export class ServiceBusyError extends Error {
   ) {
     super(message);
     this.name = 'ServiceBusyError';
+  }
+}
+
+/** A tenant's stored-bytes quota would be exceeded (→ 429 in a request; a failed job of type quota_exceeded). */
+export class QuotaExceededError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'QuotaExceededError';
   }
 }
 

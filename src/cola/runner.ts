@@ -182,8 +182,11 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
             },
             onKnot: async (k) => {
               // No job id in the file: the same request must give the same bytes (same sha256) on any run.
-              const snap = await store.put(saveSafetensorsWeights(k.weights));
+              const weightsFile = saveSafetensorsWeights(k.weights);
               const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model });
+              // The stored-bytes quota is checked before anything of this knot is written.
+              await ctx.reserveBytes(weightsFile.length + adapterZip.length);
+              const snap = await store.put(weightsFile);
               const adapterObj = await store.put(adapterZip, { ext: 'zip' });
               await ctx.onKnot({
                 link: k.link,
@@ -193,6 +196,7 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
                 flops: k.flops,
                 snapshot: snap,
                 adapterPath: adapterObj.path,
+                adapterBytes: adapterObj.bytes,
                 metrics: { epoch: lastEpoch, start_step: k.startStep, end_step: k.endStep },
               });
               if (k.valLoss !== null) await ctx.onEval({ link: k.link, val_loss: k.valLoss });

@@ -2,6 +2,7 @@
 // pluggable JobRunner, and records steps and knots through fenced transitions. Without a runner
 // a claimed job fails with "trainer not available" (nothing is faked).
 import path from 'node:path';
+import { existsSync } from 'node:fs';
 import crypto from 'node:crypto';
 import { MAX_FILE_LIMIT_BYTES, type Config } from '../config.ts';
 import type { Db } from '../db/index.ts';
@@ -9,8 +10,9 @@ import { eq } from 'drizzle-orm';
 import { models, type Job } from '../db/schema.ts';
 import { getJobById, expiredRunningJobIds, staleQueuedJobIds } from '../db/repos/jobs.ts';
 import { getVersion, findModel } from '../db/repos/models.ts';
-import { getAdapter, getFile, readFileExamples } from '../db/repos/files.ts';
-import type { Example, FinetuneJobSpec, JobContext, JobRunner, ResumePoint } from '../services.ts';
+import { getAdapter, getFile, readFileExamples, tenantStoredBytes } from '../db/repos/files.ts';
+import { getTenant } from '../db/repos/tenants.ts';
+import { QuotaExceededError, type Example, type FinetuneJobSpec, type JobContext, type JobRunner, type ResumePoint } from '../services.ts';
 import {
   claim,
   fail,
@@ -28,7 +30,8 @@ import {
 
 export interface WorkerOptions {
   db: Db;
-  config: Pick<Config, 'leaseMs' | 'heartbeatMs' | 'reclaimIntervalMs' | 'maxJobAttempts' | 'workerConcurrency' | 'repoRoot'>;
+  /** `defaultQuotas` absent: only a tenant's own stored_bytes quota limits its jobs. */
+  config: Pick<Config, 'leaseMs' | 'heartbeatMs' | 'reclaimIntervalMs' | 'maxJobAttempts' | 'workerConcurrency' | 'repoRoot'> & Partial<Pick<Config, 'defaultQuotas'>>;
   storeRoot: string;
   runner?: JobRunner;
   /** Worker identity (lease owner); default host-pid-random. */
@@ -195,6 +198,14 @@ export class JobWorker {
           cancel = r.cancelRequested;
           merges = r.mergeRequests;
         },
+        reserveBytes: async (bytes) => {
+          const t = await getTenant(db, job.tenantId);
+          const quota = t?.quotas.stored_bytes ?? this.o.config.defaultQuotas?.stored_bytes ?? Number.POSITIVE_INFINITY;
+          const used = await tenantStoredBytes(db, job.tenantId);
+          if (used + bytes > quota) {
+            throw new QuotaExceededError(`the next knot (${bytes} bytes) would take the tenant's stored bytes to ${used + bytes}, over its quota of ${quota}; the versions already written are kept — delete data first`);
+          }
+        },
         onLinkStarted: (e) => recordEvent(db, lease, 'link_started', { link: e.link, rank: e.rank }),
         onEval: (e) => recordEvent(db, lease, 'eval', e),
         onKnot: async (k) => {
@@ -221,8 +232,10 @@ export class JobWorker {
               bytes: k.snapshot.bytes,
               path: k.snapshot.path,
               adapterPath: k.adapterPath ?? null,
+              adapterBytes: k.adapterBytes ?? 0,
               metrics: { ...(k.metrics ?? {}), ...(k.val_loss !== undefined ? { val_loss: k.val_loss } : {}), flops: k.flops, step: k.step },
             },
+            { paths: [k.snapshot.path, ...(k.adapterPath ? [k.adapterPath] : [])].map((p) => absPath(this.o.config.repoRoot, p)), exists: existsSync },
           );
           lastVersion = v.version;
           outModelId = v.modelId;
@@ -249,6 +262,12 @@ export class JobWorker {
         this.log(`job ${job.id}: released for another worker (shutdown)`);
         return;
       }
+      if ((e as { name?: string })?.name === 'StoreObjectGoneError') {
+        // A delete removed a shared snapshot between its write and its row: run again from the last knot (it rewrites the file).
+        await release(db, lease, 'a snapshot was removed while being recorded').catch(() => {});
+        this.log(`job ${job.id}: released, ${e instanceof Error ? e.message : e}`);
+        return;
+      }
       if ((e as { name?: string })?.name === 'DeviceUnavailableError') {
         // No usable GPU here right now: not the job's fault. Give it back to the queue so this or
         // another worker retries it (after the stale-queued delay) instead of failing it.
@@ -258,7 +277,7 @@ export class JobWorker {
       }
       const detail = e instanceof Error ? e.message : String(e);
       this.log(`job ${job.id} failed: ${detail}`);
-      await fail(db, lease, { type: (e as { name?: string })?.name === 'UserInputError' ? 'invalid_request' : 'training_failed', detail: detail.slice(0, 2000) }).catch(
+      await fail(db, lease, { type: errorType(e), detail: detail.slice(0, 2000) }).catch(
         (err) => this.log(`job ${job.id}: could not record failure: ${err instanceof Error ? err.message : err}`),
       );
     } finally {
@@ -315,6 +334,14 @@ export class JobWorker {
     for (const r of this.running.values()) r.abort.abort(new Error('shutting down'));
     await Promise.race([Promise.all([...this.running.values()].map((r) => r.done)), Bun.sleep(timeoutMs)]);
   }
+}
+
+/** The `error.type` a failed job reports. */
+function errorType(e: unknown): string {
+  const name = (e as { name?: string })?.name;
+  if (name === 'UserInputError') return 'invalid_request';
+  if (name === 'QuotaExceededError') return 'quota_exceeded';
+  return 'training_failed';
 }
 
 async function getJobModel(db: Db, job: Job) {

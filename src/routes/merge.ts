@@ -15,6 +15,15 @@ import { newId } from '../db/ids.ts';
 import { UserInputError } from '../services.ts';
 import { parsePeftConfig, PeftError, storedPeftConfig, type ParsedPeftConfig } from '../cola/peft.ts';
 
+/** Size of a file the merge wrote (0 when it is gone): counted in the tenant's stored bytes. */
+function fileSize(p: string): number {
+  try {
+    return fs.statSync(p).size;
+  } catch {
+    return 0;
+  }
+}
+
 const MergeJob = z.object({ job: IdParam, timeout_s: z.number().int().min(1).max(600).default(120) }).strict();
 const MergeAdapter = z
   .object({ model: ModelName, version: VersionNumber, adapter: IdParam, scale: z.number().min(-100).max(100).default(1), output_model: ModelName.optional() })
@@ -126,6 +135,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
         bytes: res.weights.bytes,
         path: res.weights.path,
         adapterPath: res.adapterPath ?? null,
+        adapterBytes: res.adapterPath ? fileSize(res.adapterPath) : 0,
         metrics: { adapter: adapter.id, scale: b.scale },
       });
       return c.json({ model: out.name, version: v.version }, 200);
