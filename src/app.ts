@@ -14,6 +14,7 @@ import { ProblemError, problemResponse, validationHook } from './routes/problem.
 import type { App, AppDeps, AppEnv, AppOptions } from './routes/deps.ts';
 import { DeviceUnavailableError, ServiceBusyError, UserInputError } from './services.ts';
 import { StaleLeaseError } from './jobs/transitions.ts';
+import { publicMessage } from './util/redact.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { opsRoutes } from './routes/ops.ts';
 import { finetuneRoutes } from './routes/finetune.ts';
@@ -98,7 +99,7 @@ export function createApp(opts: AppOptions): App {
   // Content type (415) and body size (413).
   const limitJson = bodyLimit({
     maxSize: deps.config.bodyLimitBytes,
-    onError: () => problemResponse(413, `request body exceeds the limit of ${deps.config.bodyLimitBytes} bytes`),
+    onError: () => problemResponse(413, `request body exceeds the limit of ${deps.config.bodyLimitBytes} bytes (COLA_BODY_LIMIT_BYTES)`),
   });
   const limitUpload = bodyLimit({
     maxSize: deps.config.uploadLimitBytes,
@@ -127,19 +128,34 @@ export function createApp(opts: AppOptions): App {
     return (isUpload(c.req.method, c.req.path) ? limitUpload : limitJson)(c, next);
   });
 
+  /** A problem whose detail and messages are safe to show: paths and errno text replaced, the original logged. */
+  const safeProblem = (
+    c: { req: { method: string; path: string } },
+    status: number,
+    detail: string,
+    opts: { errors?: { path: string; message: string }[]; headers?: Record<string, string>; type?: string } = {},
+  ) => {
+    const d2 = publicMessage(detail);
+    const errors = opts.errors?.map((e) => ({ path: publicMessage(e.path), message: publicMessage(e.message) }));
+    if (d2 !== detail || JSON.stringify(errors) !== JSON.stringify(opts.errors)) {
+      console.error(`${c.req.method} ${c.req.path} → ${status}: ${detail}${opts.errors ? ` ${JSON.stringify(opts.errors)}` : ''}`);
+    }
+    return problemResponse(status, d2, { ...opts, ...(errors ? { errors } : {}) });
+  };
+
   app.onError((err, c) => {
-    if (err instanceof ProblemError) return problemResponse(err.status, err.detail, err.opts);
-    if (err instanceof UserInputError) return problemResponse(400, err.message, { errors: err.errors });
+    if (err instanceof ProblemError) return safeProblem(c, err.status, err.detail, err.opts);
+    if (err instanceof UserInputError) return safeProblem(c, 400, err.message, { errors: err.errors });
     if (err instanceof ServiceBusyError) {
       deps.metrics.generateRejected++;
       return problemResponse(429, err.message, { headers: { 'retry-after': String(err.retryAfterS) }, type: 'overloaded' });
     }
-    if (err instanceof DeviceUnavailableError) return problemResponse(503, err.message, { headers: { 'retry-after': '30' } });
+    if (err instanceof DeviceUnavailableError) return safeProblem(c, 503, err.message, { headers: { 'retry-after': '30' } });
     if (err instanceof HTTPException) {
       const s = err.status;
-      if (s === 400) return problemResponse(400, err.message || 'malformed request');
+      if (s === 400) return safeProblem(c, 400, err.message || 'malformed request');
       if (s === 413) return problemResponse(413, 'request body too large');
-      return problemResponse(s, err.message || 'request failed');
+      return safeProblem(c, s, err.message || 'request failed');
     }
     if (err instanceof StaleLeaseError) return problemResponse(409, err.message);
     // Never leak internals: log server-side, answer a generic 500.

@@ -118,7 +118,9 @@ export async function start(config: Config, log: (m: string) => void = (m) => co
     hostname: config.host,
     fetch: app.fetch,
     idleTimeout: 120,
-    maxRequestBodySize: Math.max(config.uploadLimitBytes, config.bodyLimitBytes) + 1024 * 1024,
+    // No limit in Bun itself: its own 413 is a bare response. The app limits every body per route
+    // (COLA_BODY_LIMIT_BYTES, COLA_UPLOAD_LIMIT_BYTES, COLA_FILE_LIMIT_BYTES) and answers problem+json.
+    maxRequestBodySize: Number.MAX_SAFE_INTEGER,
   });
   log(`listening on http://${server.hostname}:${server.port} (database: ${database.kind}, worker: ${config.worker ? 'on' : 'off'})`);
   let stopped: Promise<void> | null = null;

@@ -141,9 +141,44 @@ describe('server with an admin key (serving only)', () => {
     expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
   });
 
+  test('a body over any limit answers 413 problem+json, also far above the upload limit (not Bun\'s bare 413)', async () => {
+    // Raw HTTP: declare a 700 MB body, send a few bytes, read the answer.
+    const raw = (p: string, len: number, ct: string) =>
+      new Promise<string>((resolve, reject) => {
+        let buf = '';
+        Bun.connect({
+          hostname: '127.0.0.1',
+          port: Number(new URL(s.url).port),
+          socket: {
+            open(sock) {
+              sock.write(`POST ${p} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${A.api_key}\r\nContent-Type: ${ct}\r\nContent-Length: ${len}\r\n\r\n{"text":"a"}\n`);
+            },
+            data(sock, d) {
+              buf += new TextDecoder().decode(d);
+              const end = buf.indexOf('\r\n\r\n');
+              const m = /content-length: (\d+)/i.exec(buf);
+              if (end >= 0 && m && buf.length >= end + 4 + Number(m[1])) {
+                sock.end();
+                resolve(buf);
+              }
+            },
+            close: () => resolve(buf),
+            error: (_s, e) => reject(e),
+          },
+        });
+      });
+    for (const [p, ct] of [['/files', 'application/jsonl'], ['/models', 'multipart/form-data; boundary=x'], ['/finetune', 'application/json'], ['/adapters', 'multipart/form-data; boundary=x']] as const) {
+      const res = await raw(p, 700_000_000, ct);
+      expect(res).toStartWith('HTTP/1.1 413');
+      expect(res.toLowerCase()).toContain('content-type: application/problem+json');
+      expect(res).toContain('"status":413');
+    }
+    expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
+  });
+
   test('openapi.json lists the routes of the contract', async () => {
     const doc = (await (await fetch(`${s.url}/openapi.json`)).json()) as any;
-    for (const p of ['/finetune', '/finetune/{id}', '/finetune/{id}/events', '/finetune/{id}/cancel', '/merge', '/adapters', '/generate', '/v1/models', '/v1/completions', '/files', '/evaluate', '/models', '/models/{name}', '/models/{name}/versions/{v}/weights', '/models/{name}/versions/{v}/adapter', '/healthz', '/readyz', '/metrics', '/admin/tenants', '/admin/tenants/{id}/keys', '/admin/keys/{key_id}']) {
+    for (const p of ['/finetune', '/finetune/{id}', '/finetune/{id}/events', '/finetune/{id}/cancel', '/merge', '/adapters', '/generate', '/v1/models', '/v1/completions', '/files', '/evaluate', '/models', '/models/{name}', '/models/{name}/versions/{v}/weights', '/models/{name}/versions/{v}/adapter', '/healthz', '/readyz', '/metrics', '/admin/tenants', '/admin/tenants/{id}/keys', '/admin/keys/{key_id}', '/finetune/{id}/losses', '/files/{id}', '/adapters/{id}', '/models/{name}/versions/{v}']) {
       expect(Object.keys(doc.paths)).toContain(p);
     }
     expect(doc.paths['/finetune'].post.requestBody.content['application/json'].schema).toBeDefined();

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { existsSync } from 'node:fs';
 import crypto from 'node:crypto';
 import { MAX_FILE_LIMIT_BYTES, type Config } from '../config.ts';
+import { isSystemError, publicMessage } from '../util/redact.ts';
 import type { Db } from '../db/index.ts';
 import { eq } from 'drizzle-orm';
 import { models, type Job } from '../db/schema.ts';
@@ -277,7 +278,9 @@ export class JobWorker {
       }
       const detail = e instanceof Error ? e.message : String(e);
       this.log(`job ${job.id} failed: ${detail}`);
-      await fail(db, lease, { type: errorType(e), detail: detail.slice(0, 2000) }).catch(
+      // The job's error is read by the tenant: no server paths or errno text (the log above has them).
+      const shown = isSystemError(e) ? 'the job failed on the server (a file system error); the incident was logged' : publicMessage(detail);
+      await fail(db, lease, { type: errorType(e), detail: shown.slice(0, 2000) }).catch(
         (err) => this.log(`job ${job.id}: could not record failure: ${err instanceof Error ? err.message : err}`),
       );
     } finally {
