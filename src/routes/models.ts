@@ -1,11 +1,11 @@
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
-import crypto from 'node:crypto';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError, notImplemented } from './problem.ts';
 import { absPath, iso, ModelName, refuseSharedName, resolveVersion, tenantOf, VersionParam } from './common.ts';
-import { createModel, findModel, insertVersion, listModels, listVersions } from '../db/repos/models.ts';
+import { createModel, findModel, guardStorePaths, insertVersion, listModels, listVersions } from '../db/repos/models.ts';
 import { tenantStoredBytes } from '../db/repos/files.ts';
 import { quotasOf } from './common.ts';
 
@@ -33,6 +33,21 @@ const VersionView = z.object({
 const ImportJson = z.object({ name: ModelName, source: z.object({ path: z.string().min(1).max(4096) }).strict() }).strict();
 
 const MAX_IMPORT_FILES = 16;
+const UPLOAD_NAME = /^[A-Za-z0-9._-]{1,128}$/;
+
+/** Problems with the names of uploaded model files: each must be a plain file name (no folder, not "." or ".."), once. */
+export function uploadNameErrors(names: string[]): { path: string; message: string }[] {
+  const errors: { path: string; message: string }[] = [];
+  const seen = new Set<string>();
+  names.forEach((n, i) => {
+    const where = `files[${i}]`;
+    if (!UPLOAD_NAME.test(n)) errors.push({ path: where, message: `"${n.slice(0, 140)}" is not a plain file name (1-128 of A-Z a-z 0-9 . _ -, no folders)` });
+    else if (/^\.+$/.test(n)) errors.push({ path: where, message: `"${n}" is not a file name` });
+    else if (seen.has(n)) errors.push({ path: where, message: `"${n}" appears twice` });
+    seen.add(n);
+  });
+  return errors;
+}
 
 /** Server paths a tenant may import from: the repository's models/ and <data dir>/imports/. */
 function importRoots(d: AppDeps): string[] {
@@ -105,10 +120,14 @@ export function modelRoutes(app: App, d: AppDeps) {
     async (c) => {
       const t = tenantOf(c);
       const ct = (c.req.header('content-type') ?? '').toLowerCase();
+      const q = quotasOf(d, t);
+      const quotaProblem = () =>
+        new ProblemError(429, `stored bytes quota of ${q.stored_bytes} would be exceeded; delete data first`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
+      // Everything is checked before a byte is written; the upload then goes into a fresh temporary
+      // folder that is removed on every path out (the importer copies what it keeps into the store).
       let name: string;
-      let source: string;
-      let cleanup: string | null = null;
-      const uploadDir = path.join(d.store.root, 'uploads', crypto.randomBytes(8).toString('hex'));
+      let source: string | null = null;
+      let uploads: File[] = [];
       if (ct.startsWith('multipart/form-data')) {
         const form = await c.req.parseBody({ all: true }).catch(() => {
           throw new ProblemError(400, 'malformed multipart body');
@@ -116,17 +135,10 @@ export function modelRoutes(app: App, d: AppDeps) {
         const n = ModelName.safeParse(form['name']);
         if (!n.success) throw new ProblemError(400, 'field "name" is missing or invalid', { errors: [{ path: 'name', message: n.error.issues[0]!.message }] });
         name = n.data;
-        const all = Object.values(form).flat().filter((v): v is File => v instanceof File);
-        if (all.length === 0 || all.length > MAX_IMPORT_FILES) throw new ProblemError(400, `upload 1 to ${MAX_IMPORT_FILES} model files`);
-        if (!d.services.importer) throw notImplemented('model import');
-        fs.mkdirSync(uploadDir, { recursive: true });
-        cleanup = uploadDir;
-        for (const f of all) {
-          const base = path.basename(f.name || '');
-          if (!/^[A-Za-z0-9._-]{1,128}$/.test(base)) throw new ProblemError(400, `bad file name "${base}"`);
-          await Bun.write(path.join(uploadDir, base), f);
-        }
-        source = uploadDir;
+        uploads = Object.values(form).flat().filter((v): v is File => v instanceof File);
+        if (uploads.length === 0 || uploads.length > MAX_IMPORT_FILES) throw new ProblemError(400, `upload 1 to ${MAX_IMPORT_FILES} model files`);
+        const errors = uploadNameErrors(uploads.map((f) => f.name ?? ''));
+        if (errors.length) throw new ProblemError(400, 'bad file names in the upload', { errors });
       } else {
         const r = ImportJson.safeParse(await c.req.json().catch(() => {
           throw new ProblemError(400, 'Malformed JSON in request body');
@@ -135,38 +147,55 @@ export function modelRoutes(app: App, d: AppDeps) {
         name = r.data.name;
         const p = path.resolve(absPath(d, r.data.source.path));
         if (!importRoots(d).some((root) => p === root || p.startsWith(root + path.sep))) {
-          throw new ProblemError(400, `source.path must lie under ${importRoots(d).join(' or ')}`);
+          throw new ProblemError(400, "source.path must lie under the repository's models/ folder or <data dir>/imports/ on the server");
         }
         source = p;
       }
+      const importer = d.services.importer;
+      if (!importer) throw notImplemented('model import');
+      if (await findModel(d.db, t.id, name).then((m) => m?.tenantId === t.id)) throw new ProblemError(409, `model "${name}" already exists`);
+      await refuseSharedName(d, name, 'name');
+      const uploadBytes = uploads.reduce((n, f) => n + f.size, 0);
+      const stored = await tenantStoredBytes(d.db, t.id);
+      if (stored >= q.stored_bytes || stored + uploadBytes > q.stored_bytes) throw quotaProblem();
+      let tmp: string | null = null;
       try {
-        if (!d.services.importer) throw notImplemented('model import');
-        if (await findModel(d.db, t.id, name).then((m) => m?.tenantId === t.id)) throw new ProblemError(409, `model "${name}" already exists`);
-        await refuseSharedName(d, name, 'name');
-        const q = quotasOf(d, t);
-        if ((await tenantStoredBytes(d.db, t.id)) >= q.stored_bytes) {
-          throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} reached`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
+        if (source === null) {
+          const root = path.join(d.store.root, 'uploads');
+          await fsp.mkdir(root, { recursive: true });
+          tmp = await fsp.mkdtemp(path.join(root, 'up-'));
+          for (const f of uploads) await Bun.write(path.join(tmp, f.name), f);
+          source = tmp;
         }
-        const imp = await d.services.importer.import({ source, storeDir: path.join(d.store.root, 'weights') });
-        const m = await createModel(d.db, { tenantId: t.id, name, architecture: imp.architecture, params: imp.params, config: imp.config });
-        await insertVersion(d.db, {
-          modelId: m.id,
-          version: 0,
-          parentModelId: null,
-          parentVersion: null,
-          kind: 'base',
-          jobId: null,
-          link: null,
-          rank: null,
-          sha256: imp.weights.sha256,
-          bytes: imp.weights.bytes,
-          path: imp.weights.path,
-          adapterPath: null,
-          metrics: null,
+        const imp = await importer.import({ source, storeDir: path.join(d.store.root, 'weights') });
+        const tok = [imp.config['tokenizer'], imp.config['tokenizer_model']].filter((x): x is string => typeof x === 'string').map((p) => path.dirname(p));
+        await d.db.transaction(async (tx) => {
+          const db = tx as unknown as typeof d.db;
+          // A concurrent delete must not remove the (shared, content-addressed) files this row will reference.
+          await guardStorePaths(db, [imp.weights.path, ...tok], fs.existsSync);
+          const m = await createModel(db, { tenantId: t.id, name, architecture: imp.architecture, params: imp.params, config: imp.config });
+          await insertVersion(db, {
+            modelId: m.id,
+            version: 0,
+            parentModelId: null,
+            parentVersion: null,
+            kind: 'base',
+            jobId: null,
+            link: null,
+            rank: null,
+            sha256: imp.weights.sha256,
+            bytes: imp.weights.bytes,
+            path: imp.weights.path,
+            adapterPath: null,
+            metrics: null,
+          });
+        }).catch(async (e) => {
+          if (await findModel(d.db, t.id, name).then((m) => m?.tenantId === t.id)) throw new ProblemError(409, `model "${name}" already exists`);
+          throw e;
         });
         return c.json({ name, version: 0 as const }, 201);
       } finally {
-        if (cleanup) fs.rmSync(cleanup, { recursive: true, force: true });
+        if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
       }
     },
   );
