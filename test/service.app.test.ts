@@ -134,6 +134,8 @@ describe('in-process app with test-double ML services', () => {
 
   test('a full generation service answers 429 with Retry-After (before a stream opens), not a failure', async () => {
     const body = JSON.stringify({ model: 'slow', prompt: 'x', max_tokens: 3 });
+    const rejectedSoFar = async () => Number(/cola_generate_rejected_total (\d+)/.exec(await (await fetch(`${url}/metrics`)).text())![1]);
+    const before = await rejectedSoFar(); // counted from here: other tests may run before or after this one
     const rs = await Promise.all(Array.from({ length: 6 }, () => fetch(`${url}/generate`, { method: 'POST', headers: h(), body })));
     const codes = rs.map((r) => r.status).sort();
     expect(codes).toEqual([200, 200, 429, 429, 429, 429]);
@@ -149,8 +151,8 @@ describe('in-process app with test-double ML services', () => {
     expect(st.status).toBe(429);
     expect(st.headers.get('content-type')).toContain('application/problem+json');
     await Promise.all(busy);
+    expect((await rejectedSoFar()) - before).toBe(5);
     const m = await (await fetch(`${url}/metrics`)).text();
-    expect(m).toContain('cola_generate_rejected_total 5');
     expect(m).toContain('cola_gpu_memory_bytes 1234');
     expect(m).toMatch(/cola_tokens_generated_total \d+/);
   });

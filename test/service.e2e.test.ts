@@ -9,6 +9,8 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import OpenAI from 'openai';
 import { cleanupDir, readSSE, startServer, type ServerProc } from './service.fixtures.ts';
 import { createServerDatabase, SERVER_URL, tempDir } from './db.fixtures.ts';
+import { openDatabase } from '../src/db/index.ts';
+import { createTenant } from '../src/db/repos/tenants.ts';
 
 type Ex = { prompt: string; completion: string } | { text: string };
 const TRAIN: Ex[] = [
@@ -74,6 +76,7 @@ describe('fine-tune to generation on one process (PGlite)', () => {
     expect(j.status).toBe('succeeded');
     expect(j.knots.map((k: any) => k.version)).toEqual([1, 2]);
     expect(j.losses.length).toBe(j.progress.total_steps);
+    expect(j.losses_count).toBe(j.progress.total_steps);
     const vs = await versions(s.url, key, 'story-bot');
     expect(vs.map((v) => [v.version, v.kind, v.parent])).toEqual([
       [1, 'knot', { model: 'stories260K', version: 0 }],
@@ -116,6 +119,32 @@ test('the first greedy generation in a fresh process equals the next one', async
   }
 }, 120_000);
 
+// The real trainer checks the stored-bytes quota before it writes a knot's files: a job whose second
+// knot would go over the quota fails with quota_exceeded, keeps its first version, and the second
+// knot's weights are never written to the store.
+test('the stored-bytes quota stops a job before its next knot is written', async () => {
+  // stories260K's merged weights are ~1.06 MB: the first knot fits under 1.6 MB, the second does not.
+  const s = await startServer({ COLA_QUOTA_STORED_BYTES: '1600000' });
+  try {
+    const key = fs.readFileSync(path.join(s.dataDir, 'local.key'), 'utf8').trim();
+    const h = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+    const r = await fetch(`${s.url}/finetune`, { method: 'POST', headers: h, body: JSON.stringify(job({ chain: { links: 3 }, epochs: 3, output_model: 'capped' })) });
+    expect(r.status).toBe(202);
+    const { id } = (await r.json()) as any;
+    const j = await waitJob(s.url, key, id, (x) => x.status === 'failed' || x.status === 'succeeded');
+    expect(j.status).toBe('failed');
+    expect(j.error.type).toBe('quota_exceeded');
+    expect(j.knots.map((k: any) => k.version)).toEqual([1]);
+    const objects = path.join(s.dataDir, 'store', 'weights', 'objects');
+    const written = fs.readdirSync(objects).flatMap((d) => fs.readdirSync(path.join(objects, d))).filter((f) => f.endsWith('.safetensors'));
+    expect(written.length).toBe(1);
+    expect((await versions(s.url, key, 'capped')).map((v) => v.version)).toEqual([1]);
+  } finally {
+    await s.stop();
+    cleanupDir(s.dataDir);
+  }
+}, 180_000);
+
 describe.skipIf(!SERVER_URL)('several processes on one Postgres server', () => {
   let dbUrl: string;
   let drop: () => Promise<void>;
@@ -128,6 +157,14 @@ describe.skipIf(!SERVER_URL)('several processes on one Postgres server', () => {
   beforeAll(async () => {
     ({ url: dbUrl, drop } = await createServerDatabase());
     adminKey = `admin-${crypto.randomUUID()}`;
+    // The tenant every test here uses, made here so that no test depends on another having run.
+    const database = await openDatabase({ dataDir: sharedStore, databaseUrl: dbUrl });
+    try {
+      await database.migrate();
+      key = (await createTenant(database.db, { name: 'e2e' })).apiKey;
+    } finally {
+      await database.close();
+    }
   }, 30_000);
   afterAll(async () => {
     for (const p of procs) await p.stop(9).catch(() => {});
@@ -138,8 +175,6 @@ describe.skipIf(!SERVER_URL)('several processes on one Postgres server', () => {
   test('kill -9 mid-job: another process resumes from the last knot, with the same versions as an uninterrupted run', async () => {
     const p1 = await startServer(env(), { dataDir: sharedStore });
     procs.push(p1);
-    const t = await fetch(`${p1.url}/admin/tenants`, { method: 'POST', headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' }, body: '{"name":"e2e"}' });
-    key = ((await t.json()) as any).api_key;
     const h = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
     // 8 examples, batch 2, 4 epochs: 16 steps in 4 links (a knot every 4 steps)
     const body = job({ train: [...TRAIN, ...TRAIN.map((e): Ex => ('text' in e ? { text: e.text.toUpperCase() } : { ...e, completion: e.completion.toUpperCase() }))], chain: { links: 4 }, epochs: 4, output_model: 'crashy' });
@@ -171,6 +206,9 @@ describe.skipIf(!SERVER_URL)('several processes on one Postgres server', () => {
       expect(Buffer.compare(wa.data, wb.data)).toBe(0);
     }
     expect(j.knots.map((k: any) => k.step)).toEqual(j2.knots.map((k: any) => k.step));
+    // One loss entry per step although steps after the first knot ran twice (before and after the kill).
+    expect(j.losses_count).toBe(j.progress.total_steps);
+    expect(j.losses.map((x: any) => x.step)).toEqual(Array.from({ length: j.progress.total_steps }, (_, i) => i + 1));
   }, 300_000);
 
   test('two processes share 10 jobs: every job runs exactly once', async () => {

@@ -295,6 +295,11 @@ describe('server with an admin key (serving only)', () => {
   });
 
   test('metrics expose requests by route and status, latency histogram and jobs by status', async () => {
+    // This test's own traffic (it does not count on what earlier tests left behind).
+    const mk = (await (await fetch(`${s.url}/admin/tenants`, { method: 'POST', headers: admin, body: JSON.stringify({ name: 'metrics' }) })).json()) as any;
+    const jr = await fetch(`${s.url}/finetune`, { method: 'POST', headers: as(mk), body: JSON.stringify({ model: 'stories260K', train: [{ text: 'x' }] }) });
+    expect(jr.status).toBe(202);
+    expect((await fetch(`${s.url}/finetune/${((await jr.json()) as any).id}`, { headers: as(mk) })).status).toBe(200);
     const m = await (await fetch(`${s.url}/metrics`)).text();
     expect(m).toContain('cola_http_requests_total{method="POST",route="/finetune",status="202"}');
     expect(m).toContain('cola_http_request_duration_seconds_bucket{method="GET",route="/finetune/:id",le="+Inf"}');
