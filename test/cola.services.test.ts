@@ -13,7 +13,7 @@ import { UserInputError, type ResolvedVersion } from '../src/services.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const REPO = join(import.meta.dir, '..');
-const GPT2_DIR = join(import.meta.dir, '../../shared/data/models/random-tiny-gpt2-lmbuddy'); // shared/ sits beside the checkout
+const GPT2_DIR = join(import.meta.dir, 'fixtures/random-tiny-gpt2-lmbuddy'); // a random tiny HF GPT-2 kept with the tests
 const BASE_BIN = 'models/stories260K/stories260K.bin';
 
 let tmp: string;

@@ -20,8 +20,8 @@ import {
 } from '../src/model/weights.ts';
 import { Rng } from '../src/util/rng.ts';
 
-const SHARED = join(import.meta.dir, '../../shared/data/models');
-const GPT2_DIR = join(SHARED, 'random-tiny-gpt2-lmbuddy');
+// A random tiny HF GPT-2 (12 KB, Apache-2.0; see its SOURCE.txt) kept with the tests.
+const GPT2_DIR = join(import.meta.dir, 'fixtures/random-tiny-gpt2-lmbuddy');
 const STORIES_BIN = join(DEFAULT_MODEL_DIR, 'stories260K.bin');
 
 const tmp = mkdtempSync(join(tmpdir(), 'cola-model-test-'));

@@ -17,8 +17,8 @@ import {
 } from '../src/model/tokenizer.ts';
 import { Rng } from '../src/util/rng.ts';
 
-const SHARED = join(import.meta.dir, '../../shared/data/models');
-const golden = JSON.parse(readFileSync(join(SHARED, 'stories260K/golden.json'), 'utf8')) as {
+// Greedy outputs of llama2.c for the bundled model (shipped with it) and a tiny HF GPT-2 kept with the tests.
+const golden = JSON.parse(readFileSync(join(DEFAULT_MODEL_DIR, 'golden.json'), 'utf8')) as {
   cases: { prompt: string; prompt_ids: number[]; output_ids: number[]; text: string }[];
 };
 const tokBin = readFileSync(join(DEFAULT_MODEL_DIR, 'tok512.bin'));
@@ -243,7 +243,7 @@ describe('sentencepiece tokenizer.model', () => {
 });
 
 describe('Hugging Face tokenizers', () => {
-  const gptDir = join(SHARED, 'random-tiny-gpt2-lmbuddy');
+  const gptDir = join(import.meta.dir, 'fixtures/random-tiny-gpt2-lmbuddy');
 
   test('GPT-2 vocab.json + merges.txt: ids, round trip, specials', () => {
     const t = loadHfTokenizer(gptDir);
