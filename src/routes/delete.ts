@@ -7,7 +7,7 @@ import path from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
-import { IdParam, ModelName, tenantOf } from './common.ts';
+import { IdParam, ModelName, tenantOf, VersionParam } from './common.ts';
 import { findModel } from '../db/repos/models.ts';
 import { deleteAdapter, deleteFile, deleteModel, deleteVersion, type DeleteResult } from '../db/repos/deletes.ts';
 
@@ -18,9 +18,6 @@ const Deleted = z
     freed_bytes: z.number().int(),
   })
   .openapi('Deleted');
-
-/** A version number in a path: plain decimal digits only (no " ", "0x0", "1e0"). */
-const VersionParam = z.string().regex(/^(0|[1-9][0-9]{0,6})$/, 'a version number (decimal digits)').transform(Number);
 
 /** Removes store paths (files or folders) and a snapshot's lineage sidecar; refuses anything outside the store. */
 export function storeFreer(root: string) {
