@@ -181,7 +181,7 @@ describe('storage: uploads, quota per knot, deletes, error details', () => {
     const id = await submit(A, 'uses-both', async (_s, ctx) => {
       await ctx.onStep({ step: 1, total_steps: 1, link: 0, links: 1, epoch: 1, loss: 1 });
       await gate;
-    }, { train: undefined, training_file: f.id, init_adapter: a.id });
+    }, { train: undefined, training_file: f.id, init_adapter: a.id, lora: { rank: 1 } });
     await waitJob(A, id, (j) => j.status === 'running');
     expect((await problem(await call(A, 'DELETE', `/files/${f.id}`), 409)).detail).toContain(id);
     expect((await problem(await call(A, 'DELETE', `/adapters/${a.id}`), 409)).detail).toContain(id);
@@ -267,12 +267,17 @@ describe('storage: uploads, quota per knot, deletes, error details', () => {
   test('DELETE a model is 409 while a job writes into it', async () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
-    const id = await submit(A, 'busy', async (_s, ctx) => {
-      await ctx.onStep({ step: 1, total_steps: 1, link: 0, links: 1, epoch: 1, loss: 1 });
+    const id = await submit(A, 'busy', async (spec, ctx) => {
+      await ctx.onStep({ step: 1, total_steps: 2, link: 0, links: 2, epoch: 1, loss: 1 });
+      const p = path.join(spec.storeDir, `${spec.id}-1.bin`);
+      fs.mkdirSync(spec.storeDir, { recursive: true });
+      fs.writeFileSync(p, 'knot 1');
+      await ctx.onKnot({ link: 0, step: 1, rank: 8, flops: 0, snapshot: { path: p, sha256: 'e'.repeat(64), bytes: 6 } });
       await gate;
     });
-    await waitJob(A, id, (j) => j.status === 'running');
+    await waitJob(A, id, (j) => j.knots.length === 1);
     expect((await problem(await call(A, 'DELETE', '/models/busy'), 409)).detail).toContain(id);
+    expect((await problem(await call(A, 'DELETE', '/models/busy/versions/1'), 409)).detail).toContain(id);
     release();
     await waitJob(A, id, (j) => j.status === 'succeeded');
     expect((await call(A, 'DELETE', '/models/busy')).status).toBe(200);
