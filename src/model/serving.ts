@@ -115,8 +115,10 @@ export class ServingEngine {
     });
   }
 
-  /** Tokenizer of a version (loads the model if needed, outside any batch). */
+  /** Tokenizer of a version (a resident model's at once; otherwise the model is loaded in a unit). */
   async tokenizerOf(tenant: string, target: ResolvedVersion): Promise<LiveModel['loaded']['tokenizer']> {
+    const hit = this.cache.peek(target);
+    if (hit) return hit.loaded.tokenizer;
     return this.withModel(tenant, target, async (m) => m.loaded.tokenizer);
   }
 

@@ -89,6 +89,11 @@ export class ModelCache {
     this.evict(0);
   }
 
+  /** The resident model if it is resident (no upload, no change of LRU order). */
+  peek(v: ResolvedVersion): LiveModel | undefined {
+    return this.live.get(v.sha256);
+  }
+
   /** The resident model (most recently used now); not pinned. */
   get(v: ResolvedVersion): LiveModel {
     const key = v.sha256;
