@@ -333,6 +333,7 @@ export class TransformerModel {
       const o = this.proj(i, c.arch === 'gpt2' ? 'attn.c_proj' : 'o', attFlat, lora, h);
       const x2 = add(e, x, o);
       o.free();
+      yield; // mid-layer: attention done, FFN next (finer hand-over points for the GPU scheduler)
       const n2 = this.norm(x2, L.ffnNorm);
       let pre: Tensor[];
       let act: Tensor;
@@ -461,6 +462,7 @@ export class TransformerModel {
       const dx2 = add(e, dx, dx2n);
       dx.free();
       dx2n.free();
+      yield; // mid-layer: FFN backward done, attention backward next
       for (const t of [...s.pre, s.act, s.xn2, ...s.n2, s.x2]) t.free();
       // Attention: x2 = x + o(attn(q, k, v))
       const attFlat = s.att.out.view([N, c.nHeads * Dh]);
