@@ -2,6 +2,7 @@ import { describe, expect, test } from 'bun:test';
 import { ShapeError } from '../src/gpu/engine.ts';
 import { rope } from '../src/gpu/ops/rope.ts';
 import { ropeRef } from '../src/gpu/ref/rope.ts';
+import { ropeInvFreq } from '../src/model/rope.ts';
 import { Rng } from '../src/util/rng.ts';
 import { expectClose } from './helpers/compare.ts';
 import { dot, f64, gradCheck } from './helpers/gradcheck.ts';
@@ -88,6 +89,23 @@ describe('RoPE GPU', () => {
         }
       }
     }
+  }, 60_000);
+
+  test('scaled inverse frequencies (llama3) vs reference; they differ from theta alone', async () => {
+    const e = await testEngine();
+    const rng = new Rng(55);
+    const [B, T, H, D] = [2, 9, 3, 16];
+    const invFreq = ropeInvFreq(D, 10000, { type: 'llama3', factor: 4, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 }, 128);
+    const xh = rng.normalArray(B * T * H * D);
+    const x = e.upload(xh, [B, T, H, D]);
+    for (const inverse of [false, true]) {
+      const o = { theta: 10000, invFreq, interleaved: false, posOffset: 300, inverse };
+      const got = await readF64(e, rope(e, x, o));
+      expectClose(got, ropeRef(xh, B, T, H, D, o), 1e-6 * maxAbs(xh), 1e-6, `rope invFreq inverse=${inverse}`);
+      const plain = ropeRef(xh, B, T, H, D, { ...o, invFreq: undefined });
+      expect(Math.max(...got.map((v, i) => Math.abs(v - plain[i]!)))).toBeGreaterThan(0.1);
+    }
+    expect(() => rope(e, x, { theta: 10000, invFreq: invFreq.subarray(1), interleaved: false })).toThrow(ShapeError);
   }, 60_000);
 
   test('decode: one token at posOffset p equals row p of the full sequence; inverse undoes forward', async () => {

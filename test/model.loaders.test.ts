@@ -360,14 +360,14 @@ describe('config.json validation', () => {
   });
   const bad: [string, unknown, RegExp][] = [
     ['not an object', [1], /must be a JSON object/],
-    ['unknown model_type', { ...base, model_type: 'bert' }, /unsupported model_type "bert"/],
+    ['unknown model_type', { ...base, model_type: 'bert' }, /unsupported model_type "bert" \(supported: llama, qwen2, mistral, opt, gpt2\)/],
     ['huge hidden_size', { ...base, hidden_size: 1e9 }, /hidden_size/],
     ['fractional layers', { ...base, num_hidden_layers: 2.5 }, /num_hidden_layers/],
     ['negative vocab', { ...base, vocab_size: -1 }, /vocab_size/],
     ['string number', { ...base, hidden_size: '64' }, /hidden_size/],
     ['heads do not divide dim', { ...base, num_attention_heads: 7 }, /not divisible/],
     ['kv heads do not divide heads', { ...base, num_key_value_heads: 3 }, /not a multiple of nKvHeads/],
-    ['rope_scaling', { ...base, rope_scaling: { type: 'linear', factor: 2 } }, /rope_scaling/],
+    ['rope_scaling yarn', { ...base, rope_scaling: { type: 'yarn', factor: 2 } }, /rope_type "yarn" is not supported/],
     ['zero eps', { ...base, rms_norm_eps: 0 }, /rms_norm_eps/],
     ['bos outside vocab', { ...base, bos_token_id: 600 }, /bosTokenId 600 is outside/],
     ['OPT post-LN', { model_type: 'opt', hidden_size: 8, ffn_dim: 16, num_hidden_layers: 1, num_attention_heads: 2, vocab_size: 30, max_position_embeddings: 20, do_layer_norm_before: false }, /post-LayerNorm OPT/],

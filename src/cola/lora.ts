@@ -7,6 +7,7 @@
 import type { Engine, Tensor } from '../gpu/engine.ts';
 import type { LoraModule, LoraWeights } from '../model/transformer.ts';
 import type { ModelConfig } from '../model/config.ts';
+import { hasBias } from '../model/names.ts';
 import { Rng, mixSeed } from '../util/rng.ts';
 import { ColaConfigError } from './errors.ts';
 import { layerModules, resolveTargets, type ArchConfig } from './modules.ts';
@@ -39,8 +40,9 @@ export function archConfigOf(c: ModelConfig): ArchConfig {
 /** Resolves request target names for the model; checks the LoRA bias is mergeable. */
 export function resolveLoraSpec(c: ModelConfig, req: { targets: readonly string[]; rank: number; alpha: number; bias: boolean }): LoraSpec {
   const mods = resolveTargets(archConfigOf(c), req.targets);
-  if (req.bias && !(c.attnBias && c.mlpBias)) {
-    throw new ColaConfigError('lora.bias', `${c.arch} has no biases on its linear layers, so a LoRA bias could not be merged into the weights`);
+  const noBias = mods.filter((m) => !hasBias(c, m.short)).map((m) => m.short);
+  if (req.bias && noBias.length > 0) {
+    throw new ColaConfigError('lora.bias', `${c.family} has no bias on ${noBias.join(', ')}, so a LoRA bias there could not be merged into the weights`);
   }
   return { targets: mods.map((m) => m.short), rank: req.rank, alpha: req.alpha, bias: req.bias };
 }

@@ -8,6 +8,7 @@ import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner }
 import { loadVersion, resolvePath, tokenizerPathOf } from '../model/versions.ts';
 import { loadModelFromPath } from '../model/registry.ts';
 import type { ModelConfig } from '../model/config.ts';
+import { hasBias } from '../model/names.ts';
 import { saveSafetensorsWeights } from '../model/weights.ts';
 import type { Tokenizer, Example } from './data.ts';
 import { ColaConfigError } from './errors.ts';
@@ -113,9 +114,8 @@ export function admitFinetune(req: Req, modelConfig: ModelConfig, nTrain: number
 }
 
 function zeroBiases(c: ModelConfig): (layer: number, short: string) => Float32Array | null {
-  const attn = new Set(['q', 'k', 'v', 'o', 'c_attn', 'attn.c_proj']);
   const out = new Map(layerModules(archConfigOf(c)).map((m) => [m.short, m.out]));
-  return (_layer, short) => ((attn.has(short) ? c.attnBias : c.mlpBias) ? new Float32Array(out.get(short) ?? 0) : null);
+  return (_layer, short) => (hasBias(c, short) ? new Float32Array(out.get(short) ?? 0) : null);
 }
 
 function asTrainExamples(xs: FinetuneJobSpec['train'], what: string): Example[] {

@@ -483,7 +483,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
         ...(tok.spModel ? { tokenizer_model: join(tokDir, tok.spModel) } : {}),
       };
       const out: ImportedModel = {
-        architecture: w.config.arch,
+        architecture: w.config.family,
         params: paramCount(w),
         config,
         weights: { path: obj.path, sha256: obj.sha256, bytes: obj.bytes },

@@ -51,7 +51,7 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
   const tablesT = e.upload(tableData, [tables.length, MAXB], 'u32');
   const paged = { rows: rowsT, tables: tablesT, n: N };
   const shape: PagedShape = { H: c.nHeads, HKV: c.nKvHeads, D: c.headDim, BS, MAXB };
-  const rope = c.positions === 'rope' ? { theta: c.ropeTheta, interleaved: c.ropeInterleaved } : null;
+  const rope = model.ropeGpu;
   const temps: Tensor[] = [rowsT, tablesT];
   try {
     const idT = e.upload(ids, [N], 'i32');

@@ -125,7 +125,7 @@ export class Generator {
     const c = this.c;
     return {
       D: c.dim, L: c.nLayers, H: c.nHeads, HKV: c.nKvHeads, DH: c.headDim, F: c.hiddenDim, V: c.vocabSize, MAXT: c.maxSeqLen,
-      EPS: c.normEps, THETA: c.ropeTheta, INTERLEAVED: c.ropeInterleaved, WG: 32, // one workgroup: 32 lanes measured best on lavapipe (8: 516, 32: 564, 64: 486, 128: 498 tokens/s, loaded machine)
+      EPS: c.normEps, INV_FREQ: this.model.invFreq!, INTERLEAVED: c.ropeInterleaved, WG: 32, // one workgroup: 32 lanes measured best on lavapipe (8: 516, 32: 564, 64: 486, 128: 498 tokens/s, loaded machine)
     };
   }
 
@@ -135,7 +135,7 @@ export class Generator {
     // CPU drivers only: there one workgroup is one thread doing the whole step without dispatch
     // overhead; on a GPU one workgroup would leave all but one multiprocessor idle.
     if (!this.allowFused || !this.e.ctx.info.isSoftware) return null;
-    if (c.arch !== 'llama' || c.attnBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
+    if (c.arch !== 'llama' || c.qkvBias || c.oBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
     const spec = this.specFor();
     const lay = packedLayout(spec, c.tiedEmbeddings);
     if (!canFuseDecode(this.e, spec, lay.total)) return null;
@@ -229,7 +229,7 @@ export class Generator {
       for (const t of [pos, pe, x]) t.free();
       x = x1;
     }
-    const rope = c.positions === 'rope' ? { theta: c.ropeTheta, interleaved: c.ropeInterleaved } : null;
+    const rope = model.ropeGpu;
     for (let i = 0; i < c.nLayers; i++) {
       const L = model.layers[i]!;
       const n1 = model.applyNorm(x, L.attnNorm);

@@ -30,3 +30,10 @@ export function moduleWeightName(arch: ModelConfig['arch'], layer: number, short
 export function moduleShorts(arch: ModelConfig['arch']): string[] {
   return Object.keys(MODULES[arch]);
 }
+
+/** Whether a layer's linear module `short` has a bias in this model. */
+export function hasBias(c: Pick<ModelConfig, 'qkvBias' | 'oBias' | 'mlpBias'>, short: string): boolean {
+  if (short === 'q' || short === 'k' || short === 'v' || short === 'c_attn') return c.qkvBias;
+  if (short === 'o' || short === 'attn.c_proj') return c.oBias;
+  return c.mlpBias;
+}

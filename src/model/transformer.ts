@@ -1,4 +1,5 @@
-// Decoder-only transformers on the GPU engine: Llama (RMSNorm, RoPE, GQA, SwiGLU), OPT (pre-LN,
+// Decoder-only transformers on the GPU engine: Llama and the families that share its layout (Qwen2:
+// q/k/v biases; Mistral) (RMSNorm, RoPE with HF's scalings, GQA, SwiGLU), OPT (pre-LN,
 // learned positions with offset 2, ReLU, biases) and GPT-2 (pre-LN, learned positions, GELU tanh,
 // fused c_attn). One training forward (saving what the backward needs), one backward that yields
 // only LoRA gradients (every base weight is frozen), and logits for evaluation. Generation lives in
@@ -18,6 +19,7 @@ import { attention, attentionBackward, type AttentionSaved } from '../gpu/ops/at
 import { crossEntropy } from '../gpu/ops/loss.ts';
 import { sliceCols, scatterCols } from '../gpu/ops/layout.ts';
 import type { ModelConfig } from './config.ts';
+import { modelInvFreq } from './rope.ts';
 import { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName } from './names.ts';
 
 export { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName };
@@ -120,11 +122,23 @@ export class TransformerModel {
   private posTable: Tensor | null = null; // (P,D) learned positions
   private finalNorm!: GpuNorm;
   private classifier!: Tensor; // (V,D) (the embedding itself when tied)
+  /** RoPE inverse frequencies (Dh/2) as HF computes them, scaling included (src/model/rope.ts); null without RoPE. */
+  readonly invFreq: Float32Array | null;
+  private invFreqT: Tensor | null = null; // the same on the GPU, for the generation kernels
 
   private constructor(
     readonly e: Engine,
     readonly config: ModelConfig,
-  ) {}
+  ) {
+    this.invFreq = modelInvFreq(config);
+  }
+
+  /** RoPE for the generation kernels: the inverse frequencies on the GPU and the pairing; null without RoPE. */
+  get ropeGpu(): { invFreq: Tensor; interleaved: boolean } | null {
+    if (!this.invFreq) return null;
+    if (!this.invFreqT) this.invFreqT = this.e.upload(this.invFreq, [this.invFreq.length]);
+    return { invFreq: this.invFreqT, interleaved: this.config.ropeInterleaved };
+  }
 
   /** Uploads CPU weights (HF names) to the GPU. GPT-2 Conv1D weights are transposed to (out, in). */
   static upload(e: Engine, weights: ModelWeights): TransformerModel {
@@ -191,6 +205,8 @@ export class TransformerModel {
     };
     f(this.embedTable);
     f(this.posTable);
+    f(this.invFreqT);
+    this.invFreqT = null;
     f(this.classifier);
     f(this.finalNorm.w);
     f(this.finalNorm.b);
@@ -321,8 +337,9 @@ export class TransformerModel {
         v = this.proj(i, 'v', n1.y, lora, h).view([B, T, c.nKvHeads, Dh]);
       }
       if (c.positions === 'rope') {
-        const qr = rope(e, q, { theta: c.ropeTheta, interleaved: c.ropeInterleaved });
-        const kr = rope(e, k, { theta: c.ropeTheta, interleaved: c.ropeInterleaved });
+        const ro = { theta: c.ropeTheta, invFreq: this.invFreq!, interleaved: c.ropeInterleaved };
+        const qr = rope(e, q, ro);
+        const kr = rope(e, k, ro);
         q.free();
         k.free();
         q = qr;
@@ -474,8 +491,9 @@ export class TransformerModel {
       let dqr = dq;
       let dkr = dk;
       if (c.positions === 'rope') {
-        dqr = rope(e, dq, { theta: c.ropeTheta, interleaved: c.ropeInterleaved, inverse: true });
-        dkr = rope(e, dk, { theta: c.ropeTheta, interleaved: c.ropeInterleaved, inverse: true });
+        const ro = { theta: c.ropeTheta, invFreq: this.invFreq!, interleaved: c.ropeInterleaved, inverse: true };
+        dqr = rope(e, dq, ro);
+        dkr = rope(e, dk, ro);
         dq.free();
         dk.free();
       }

@@ -43,12 +43,12 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
       m.set(`${p}self_attn.k_proj.weight`, [kvDim, D]);
       m.set(`${p}self_attn.v_proj.weight`, [kvDim, D]);
       m.set(`${p}self_attn.o_proj.weight`, [D, qDim]);
-      if (c.attnBias) {
+      if (c.qkvBias) {
         m.set(`${p}self_attn.q_proj.bias`, [qDim]);
         m.set(`${p}self_attn.k_proj.bias`, [kvDim]);
         m.set(`${p}self_attn.v_proj.bias`, [kvDim]);
-        m.set(`${p}self_attn.o_proj.bias`, [D]);
       }
+      if (c.oBias) m.set(`${p}self_attn.o_proj.bias`, [D]);
       m.set(`${p}mlp.gate_proj.weight`, [F, D]);
       m.set(`${p}mlp.up_proj.weight`, [F, D]);
       m.set(`${p}mlp.down_proj.weight`, [D, F]);
@@ -68,7 +68,7 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
       const p = `model.decoder.layers.${i}.`;
       for (const proj of ['q_proj', 'k_proj', 'v_proj', 'out_proj']) {
         m.set(`${p}self_attn.${proj}.weight`, [D, D]);
-        if (c.attnBias) m.set(`${p}self_attn.${proj}.bias`, [D]);
+        if (proj === 'out_proj' ? c.oBias : c.qkvBias) m.set(`${p}self_attn.${proj}.bias`, [D]);
       }
       m.set(`${p}self_attn_layer_norm.weight`, [D]);
       m.set(`${p}self_attn_layer_norm.bias`, [D]);

@@ -20,7 +20,7 @@ export interface DecodeSpec {
   V: number; // vocabulary
   MAXT: number; // capacity: the longest cache the kernel serves (workgroup arrays are sized by it)
   EPS: number; // RMSNorm epsilon
-  THETA: number; // RoPE base
+  INV_FREQ: Float32Array; // RoPE inverse frequencies (DH/2), src/model/rope.ts
   INTERLEAVED: boolean; // RoPE pairs (2i, 2i+1) (llama2.c) or (i, i + DH/2) (HF)
   WG: number; // invocations
 }
@@ -57,6 +57,17 @@ export function packedLayout(s: DecodeSpec, tied: boolean): PackedLayout {
   const finalNorm = take(s.D);
   const cls = tied ? emb : take(s.V * s.D);
   return { emb, layers, finalNorm, cls, total: o };
+}
+
+/** The inverse frequencies as a WGSL constant array, exact (f32 bit patterns). */
+export function invFreqWGSL(invFreq: Float32Array): string {
+  const bits = new Uint32Array(Float32Array.from(invFreq).buffer);
+  return `const INV_FREQ = array<f32, ${bits.length}>(${Array.from(bits, (b) => `bitcast<f32>(0x${b.toString(16)}u)`).join(', ')});`;
+}
+
+/** A pipeline-key part naming the inverse frequencies exactly. */
+export function invFreqKey(invFreq: Float32Array): string {
+  return Array.from(new Uint32Array(Float32Array.from(invFreq).buffer), (b) => b.toString(36)).join('_');
 }
 
 export function decodeLlamaWGSL(s: DecodeSpec, lay: PackedLayout): string {
@@ -108,7 +119,7 @@ fn dot_${vec}(row: u32, K: u32) -> f32 {
       let r1 = hd * ${u(s.DH)} + ${pair[1]};
       let a = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r0 * ${u(s.D)}, un.d);
       let b = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r1 * ${u(s.D)}, un.d);
-      let ang = f32(pos) / pow(${f(s.THETA)}, f32(2u * i) / ${f(s.DH)});
+      let ang = f32(pos) * INV_FREQ[i]; // f32, as llama2.c and HF
       let c = cos(ang);
       let sn = sin(ang);
       if (hd < ${u(s.H)}) {
@@ -184,6 +195,7 @@ struct U { token: u32, pos: u32, layers: u32, maxT: u32, d: u32, dq: u32, f: u32
 @group(0) @binding(2) var<storage, read_write> kv: array<f32>;   // (L, 2, MAXT, HKV, DH)
 @group(0) @binding(3) var<storage, read_write> logits: array<f32>; // (V)
 @group(0) @binding(4) var<uniform> un: U;
+${invFreqWGSL(s.INV_FREQ)}
 
 var<workgroup> x: array<f32, ${s.D}>;
 var<workgroup> xn: array<f32, ${s.D}>;

@@ -12,7 +12,7 @@
 // Bindings: w packed weights (vec4 and scalar views of one buffer, layout of PackedLayout), kv the
 // pool (L, NB, 2, BS, HKV·DH), seqs (M) = (token, position, table row, 0), tables (S, MAXB),
 // logits (M, V), uniform U.
-import type { DecodeSpec, PackedLayout } from './decode_llama.ts';
+import { invFreqWGSL, type DecodeSpec, type PackedLayout } from './decode_llama.ts';
 
 export function decodeLlamaBatchWGSL(s: DecodeSpec, lay: PackedLayout, G: number, BS: number, MAXB: number): string {
   const Dq = s.H * s.DH;
@@ -71,6 +71,7 @@ struct U { first: u32, count: u32, layers: u32, nb: u32, k_xn: u32, k_ao: u32, k
 @group(0) @binding(4) var<storage, read> tables: array<u32>;     // (S, MAXB) block ids
 @group(0) @binding(5) var<storage, read_write> logits: array<f32>; // (M, V)
 @group(0) @binding(6) var<uniform> un: U;
+${invFreqWGSL(s.INV_FREQ)}
 
 var<workgroup> x: array<f32, ${G * s.D}>;                 // (G, D)
 var<workgroup> xn: array<vec4<f32>, ${(G * s.D) / 4}>;    // (G, D/4)
@@ -106,7 +107,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       let r1 = hd * ${u(s.DH)} + ${pair[1]};
       var a = dot_xn(lb + ${rel(l0.wq)} + r0 * ${u(s.D)});
       var b = dot_xn(lb + ${rel(l0.wq)} + r1 * ${u(s.D)});
-      let freq = 1.0 / pow(${f(s.THETA)}, f32(2u * i) / ${f(s.DH)});
+      let freq = INV_FREQ[i];
       for (var g = 0u; g < un.g; g++) {
         let pos = seq[g].y;
         let ang = f32(pos) * freq;

@@ -25,7 +25,6 @@ override V_STRIDE: u32;
 override V_OFF: u32;
 override ROPE: u32;        // 1 = rotate q and k
 override INTERLEAVED: u32; // 1 = llama2.c pairs (2i, 2i+1); 0 = HF rotate_half pairs (i, i + D/2)
-override THETA: f32;
 override WG: u32 = 64;
 
 const DMAX: u32 = 256u;
@@ -46,6 +45,7 @@ fn kv_row(blk: u32, isV: u32, p: u32) -> u32 {
 @group(0) @binding(5) var<storage, read> wrows: array<vec2u>;       // (N) (table row, position)
 @group(0) @binding(6) var<storage, read> wtables: array<u32>;       // (S, MAXB) block ids
 @group(0) @binding(7) var<uniform> wp: Params;
+@group(0) @binding(8) var<storage, read> winv_freq: array<f32>;     // (D/2) RoPE inverse frequencies (src/model/rope.ts); any buffer when ROPE = 0
 
 fn pair_index(i: u32) -> vec2u {
   if (INTERLEAVED == 1u) { return vec2u(2u * i, 2u * i + 1u); }
@@ -66,11 +66,14 @@ fn write(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg
   let pos = wrows[r].y;
   let blk = wtables[seq * MAXB + pos / BS];
   let pr = pair_index(i);
-  // angle = pos · θ^(−2i/D), in f32 as llama2.c and HF compute it
-  let freq = 1.0 / pow(THETA, f32(2u * i) / f32(D));
-  let ang = f32(pos) * freq;
-  let c = cos(ang);
-  let s = sin(ang);
+  // angle = pos · inv_freq[i], in f32 as llama2.c and HF compute it (inv_freq = θ^(−2i/D), scaled)
+  var c = 1.0;
+  var s = 0.0;
+  if (ROPE == 1u) {
+    let ang = f32(pos) * winv_freq[i];
+    c = cos(ang);
+    s = sin(ang);
+  }
   if (slot < H) {
     let base = r * Q_STRIDE + Q_OFF + slot * D;
     let x0 = qsrc[base + pr.x];

@@ -1,6 +1,6 @@
 // One-dispatch decode step for small Llama models (see ../kernels/decode_llama.ts for why).
 import { ShapeError, type Engine, type Tensor } from '../engine.ts';
-import { decodeLlamaWGSL, packedLayout, type DecodeSpec, type PackedLayout } from '../kernels/decode_llama.ts';
+import { decodeLlamaWGSL, invFreqKey, packedLayout, type DecodeSpec, type PackedLayout } from '../kernels/decode_llama.ts';
 import { decodeLlamaBatchWGSL } from '../kernels/decode_llama_batch.ts';
 
 export type { DecodeSpec, PackedLayout };
@@ -35,7 +35,7 @@ export function fusedDecodeStep(e: Engine, s: DecodeSpec, lay: PackedLayout, pac
   if (!(pos >= 0 && pos < cacheT)) throw new ShapeError(`fusedDecodeStep: position ${pos} outside the cache (${cacheT})`);
   if (kv.numel !== s.L * 2 * cacheT * s.HKV * s.DH || logits.numel !== s.V || packed.numel !== lay.total) throw new ShapeError('fusedDecodeStep: buffer sizes do not match the spec');
   // One pipeline per model: the cache length and positions are uniform values.
-  const key = `decode_llama.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.MAXT}.${s.EPS}.${s.THETA}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
+  const key = `decode_llama.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.MAXT}.${s.EPS}.${invFreqKey(s.INV_FREQ)}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
   const p = e.pipeline(key, () => decodeLlamaWGSL(s, lay));
   e.dispatch(p, [packed, packed, kv, logits, e.uniform(new Uint32Array([token, pos, s.L, cacheT, s.D, s.H * s.DH, s.F, 0]))], [1]);
 }
@@ -74,7 +74,7 @@ export function fusedDecodeBatch(
   if (pool.numel !== s.L * nb * 2 * BS * s.HKV * s.DH) throw new ShapeError(`fusedDecodeBatch: pool ${pool} is not (L·${nb}·2·${BS}, ${s.HKV * s.DH})`);
   if (seqs.numel < 4 * M || logits.numel < M * s.V || packed.numel !== lay.total) throw new ShapeError('fusedDecodeBatch: buffer sizes do not match');
   const G = batchGroupSize(M);
-  const key = `decode_llama_batch.${G}.${BS}.${MAXB}.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.EPS}.${s.THETA}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
+  const key = `decode_llama_batch.${G}.${BS}.${MAXB}.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.EPS}.${invFreqKey(s.INV_FREQ)}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
   const p = e.pipeline(key, () => decodeLlamaBatchWGSL(s, lay, G, BS, MAXB));
   const u = new Uint32Array([0, M, s.L, nb, s.D / 4, (s.H * s.DH) / 4, s.F / 4, G]);
   e.dispatch(p, [packed, packed, pool, seqs, tables, logits, e.uniform(u)], [Math.ceil(M / G)]);

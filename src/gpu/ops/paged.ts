@@ -32,7 +32,7 @@ function checkCommon(what: string, s: PagedShape, cache: Tensor, r: PagedRows): 
 }
 
 /**
- * RoPE at each row's own position for q and k; k and v are written into the cache at (row's
+ * RoPE at each row's own position for q and k (angle pos·invFreq[i]); k and v are written into the cache at (row's
  * sequence, position). Returns q (N, H, D). `rope` null = no rotation (learned positions).
  */
 export function pagedWrite(
@@ -43,9 +43,10 @@ export function pagedWrite(
   cache: Tensor /* (NB, 2, BS, HKV, D) */,
   r: PagedRows,
   s: PagedShape,
-  rope: { theta: number; interleaved: boolean } | null,
+  rope: { invFreq: Tensor /* (D/2) */; interleaved: boolean } | null,
 ): Tensor /* (N, H, D) */ {
   checkCommon('pagedWrite', s, cache, r);
+  if (rope && (rope.invFreq.numel !== s.D / 2 || rope.invFreq.dtype !== 'f32')) throw new ShapeError(`pagedWrite: inverse frequencies ${rope.invFreq} for head dim ${s.D}`);
   const out = e.empty([r.n, s.H, s.D]);
   const p = e.pipeline(
     'paged',
@@ -53,12 +54,13 @@ export function pagedWrite(
     {
       H: s.H, HKV: s.HKV, D: s.D, BS: s.BS, MAXB: s.MAXB,
       Q_STRIDE: q.stride, Q_OFF: q.off, K_STRIDE: k.stride, K_OFF: k.off, V_STRIDE: v.stride, V_OFF: v.off,
-      ROPE: rope ? 1 : 0, INTERLEAVED: rope?.interleaved ? 1 : 0, THETA: rope?.theta ?? 10000,
+      ROPE: rope ? 1 : 0, INTERLEAVED: rope?.interleaved ? 1 : 0,
     },
     'write',
   );
   const n = r.n * (s.H + 2 * s.HKV) * (s.D / 2);
-  e.dispatch(p, [q.t, k.t, v.t, out, cache, r.rows, r.tables, e.uniform(new Uint32Array([r.n, 0, 0, 0]))], grid1d(e, n, 64));
+  // Without RoPE the frequency binding is unused: q's own buffer fills it.
+  e.dispatch(p, [q.t, k.t, v.t, out, cache, r.rows, r.tables, e.uniform(new Uint32Array([r.n, 0, 0, 0])), rope?.invFreq ?? q.t], grid1d(e, n, 64));
   return out;
 }
 

@@ -1,6 +1,7 @@
 // CPU reference: rotary position embedding on x (B, T, H, D), in f64.
 //
-// Position of token t is pos = posOffset + t. Pair k ∈ [0, D/2) rotates by angle pos·theta^(−2k/D):
+// Position of token t is pos = posOffset + t. Pair k ∈ [0, D/2) rotates by angle pos·theta^(−2k/D),
+// or pos·invFreq[k] when the model's inverse frequencies are given (RoPE scaling, src/model/rope.ts):
 //   interleaved (llama2.c):        the pair is (2k, 2k+1)
 //   rotate_half (HF Llama):        the pair is (k, k + D/2)
 //   (a, b) → (a·cos − b·sin, a·sin + b·cos)
@@ -9,6 +10,8 @@
 
 export interface RopeOpts {
   theta: number;
+  /** Inverse frequencies (D/2); when given, theta is not used. */
+  invFreq?: ArrayLike<number>;
   posOffset?: number;
   interleaved: boolean;
   inverse?: boolean;
@@ -21,6 +24,7 @@ export function ropeAngle(pos: number, k: number, D: number, theta: number): num
 
 export function ropeRef(x: ArrayLike<number>, B: number, T: number, H: number, D: number, opts: RopeOpts): Float64Array {
   if (D % 2 !== 0) throw new Error('rope: D must be even');
+  if (opts.invFreq && opts.invFreq.length !== D / 2) throw new Error(`rope: ${opts.invFreq.length} inverse frequencies for D = ${D}`);
   const out = new Float64Array(B * T * H * D);
   const half = D / 2;
   const sign = opts.inverse ? -1 : 1;
@@ -30,7 +34,7 @@ export function ropeRef(x: ArrayLike<number>, B: number, T: number, H: number, D
       for (let h = 0; h < H; h++) {
         const base = ((b * T + t) * H + h) * D;
         for (let k = 0; k < half; k++) {
-          const ang = ropeAngle(pos, k, D, opts.theta);
+          const ang = opts.invFreq ? pos * opts.invFreq[k]! : ropeAngle(pos, k, D, opts.theta);
           const c = Math.cos(ang);
           const s = sign * Math.sin(ang);
           const ia = opts.interleaved ? base + 2 * k : base + k;
