@@ -22,7 +22,12 @@ export interface GenerateRequest {
   /** Tenant id: admission slots and device time are shared per tenant. */
   tenant: string;
   target: ResolvedVersion;
+  /** The prompt text (encoded with BOS); ignored when prompt_ids or messages is given. */
   prompt: string;
+  /** The prompt as token ids, used as they are (no BOS added); each must be in the vocabulary (400). */
+  prompt_ids?: number[];
+  /** A chat, rendered by the model's chat template with the assistant's turn opened (400 without a template). */
+  messages?: ChatMessage[];
   max_tokens: number;
   temperature: number;
   top_k: number;
@@ -31,6 +36,8 @@ export interface GenerateRequest {
   stop: string[];
   /** 0 = none; n = also return the top-n alternatives per token (OpenAI `logprobs`). */
   logprobs: number;
+  /** Return each generated token's log-probability even when logprobs is 0 (chat `logprobs: true`). */
+  token_logprobs?: boolean;
   /** Return the prompt tokens' log-probabilities too (OpenAI `echo`). */
   echo: boolean;
   /** Aborted when the client goes away. */
@@ -44,6 +51,8 @@ export interface TokenLogprob {
   logprob: number | null;
   /** top alternatives, text → logprob. */
   top?: Record<string, number>;
+  /** the same alternatives as a list, most likely first (texts may repeat: chat logprobs). */
+  topList?: { id: number; text: string; logprob: number }[];
   /** character offset of this token in the returned text. */
   offset: number;
 }
@@ -71,7 +80,14 @@ export interface GenerationService {
 export type Example =
   | { prompt: string; completion: string }
   | { text: string }
-  | { prompt: string; candidates: string[]; label: number };
+  | { prompt: string; candidates: string[]; label: number }
+  /** A chat rendered by the model's chat template; the loss is on the assistant turns. */
+  | { messages: ChatMessage[] };
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
 
 export interface EvaluationService {
   evaluate(req: { tenant: string; target: ResolvedVersion; examples: Example[]; signal?: AbortSignal }): Promise<{

@@ -329,3 +329,23 @@ describe('tiny checkpoints vs PyTorch goldens: generation paths', () => {
     }, 120_000);
   }
 });
+
+describe('end of sequence', () => {
+  test("generation stops at any id of config.json's eos_token_id list (Llama 3 Instruct: 128001, 128008, 128009)", async () => {
+    const { weights } = load('llama3');
+    expect(weights.config.eosTokenIds).toEqual([2, 3]);
+    const V = weights.config.vocabSize;
+    const logits = (top: number) => Float32Array.from({ length: V }, (_, i) => (i === top ? 5 : 0));
+    const run = async (eosIds?: number[]) => {
+      const s = new TokenStream(idTokenizer(V), [1, 7], { ...greedy, stopAtEos: true, eosIds }, {}, weights.config.maxSeqLen);
+      const next = await s.push(logits(3)); // the second eos id
+      return { next, r: s.result() };
+    };
+    const withList = await run(weights.config.eosTokenIds);
+    expect(withList.next).toBeNull();
+    expect(withList.r.finishReason).toBe('stop');
+    expect(withList.r.tokenIds).toEqual([]);
+    const without = await run(); // the tokenizer's EOS only (none here): 3 is an ordinary token
+    expect(without.next).toBe(3);
+  });
+});

@@ -15,6 +15,10 @@
 // targets[i] = seq[i+1] for i < n-1, targets[n-1] = -1. A target is -1 (ignored by the loss)
 // when the token it predicts is a prompt token (completion-only loss), and on padding.
 // For `{text}` every next token is a target (the BOS itself is never a target).
+// `{messages}` (a chat): the model's chat template renders the conversation (it writes BOS and the
+// turn markers itself: no BOS is prepended and no EOS appended); a target counts when the token it
+// predicts belongs to an assistant turn (the turn's content and the template's end-of-turn
+// marker), located by `EncodeOptions.chat` (src/model/chat.ts). Truncation cuts at the end.
 //
 // Truncation to maxSeqLen (n ≤ maxSeqLen):
 //   {prompt, completion}: the completion is kept. Prompt tokens are dropped from the START of
@@ -50,7 +54,19 @@ export interface TokenizerLike {
   readonly eos: number | null;
 }
 
-export type Example = { text: string } | { prompt: string; completion: string };
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+export type Example = { text: string } | { prompt: string; completion: string } | { messages: ChatMessage[] };
+
+/** A chat template's encoding of a conversation: its ids and which tokens are assistant turns. */
+export interface ChatEncoder {
+  encode(messages: readonly ChatMessage[]): { ids: number[]; assistant: boolean[] };
+}
+
+export const MAX_CHAT_MESSAGES = 256;
 
 export const MAX_SEQ_LEN = 65_536;
 export const MAX_BATCH = 4_096;
@@ -63,6 +79,8 @@ export interface EncodeOptions {
   maxSeqLen: number;
   /** Append EOS after the completion / text (teaches the model to stop). Default true. */
   appendEos?: boolean;
+  /** The model's chat template, for `{messages}` examples (absent: they are refused). */
+  chat?: ChatEncoder | null;
 }
 
 export interface EncodedExample {
@@ -78,7 +96,7 @@ export interface EncodedExample {
 /** Checks the shape of one example; throws ColaConfigError naming `path`. */
 export function checkExample(x: unknown, path: string): Example {
   if (typeof x !== 'object' || x === null || Array.isArray(x)) {
-    throw new ColaConfigError(path, 'must be an object {text} or {prompt, completion}');
+    throw new ColaConfigError(path, 'must be an object {text}, {prompt, completion} or {messages}');
   }
   const o = x as Record<string, unknown>;
   const str = (k: string, allowEmpty: boolean): string => {
@@ -88,12 +106,30 @@ export function checkExample(x: unknown, path: string): Example {
     if (v.length > MAX_TEXT_CHARS) throw new ColaConfigError(`${path}.${k}`, `longer than ${MAX_TEXT_CHARS} characters`);
     return v;
   };
+  if ('messages' in o) {
+    if ('text' in o || 'prompt' in o || 'completion' in o) throw new ColaConfigError(path, 'has "messages" and "text"/"prompt"/"completion"');
+    const ms = o.messages;
+    if (!Array.isArray(ms) || ms.length === 0 || ms.length > MAX_CHAT_MESSAGES) throw new ColaConfigError(`${path}.messages`, `must be an array of 1 to ${MAX_CHAT_MESSAGES} messages`);
+    let chars = 0;
+    const messages = ms.map((m, i): ChatMessage => {
+      const at = `${path}.messages[${i}]`;
+      if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new ColaConfigError(at, 'must be an object {role, content}');
+      const { role, content } = m as Record<string, unknown>;
+      if (typeof role !== 'string' || !/^[a-z_]{1,32}$/.test(role)) throw new ColaConfigError(`${at}.role`, 'must be a role name such as "system", "user" or "assistant"');
+      if (typeof content !== 'string') throw new ColaConfigError(`${at}.content`, `must be a string, got ${describe(content)}`);
+      chars += content.length;
+      return { role, content };
+    });
+    if (chars > MAX_TEXT_CHARS) throw new ColaConfigError(`${path}.messages`, `longer than ${MAX_TEXT_CHARS} characters in all`);
+    if (!messages.some((m) => m.role === 'assistant')) throw new ColaConfigError(`${path}.messages`, 'needs an assistant message to train on');
+    return { messages };
+  }
   if ('text' in o) {
     if ('prompt' in o || 'completion' in o) throw new ColaConfigError(path, 'has both "text" and "prompt"/"completion"');
     return { text: str('text', false) };
   }
   if ('prompt' in o || 'completion' in o) return { prompt: str('prompt', true), completion: str('completion', false) };
-  throw new ColaConfigError(path, 'must have "text" or "prompt" and "completion"');
+  throw new ColaConfigError(path, 'must have "text", "prompt" and "completion", or "messages"');
 }
 
 function checkIds(ids: number[], what: string): number[] {
@@ -125,6 +161,28 @@ export function encodeExample(tok: TokenizerLike, ex: Example, opts: EncodeOptio
   let seq: number[];
   let nPrompt: number; // tokens of seq (from the start, BOS included) whose NEXT-token targets are ignored
   let truncated = false;
+  if ('messages' in ex) {
+    if (!opts.chat) throw new ColaConfigError(`${path}.messages`, 'the model has no chat template (tokenizer_config.json chat_template), so chat examples cannot be rendered; use {prompt, completion}');
+    let enc: { ids: number[]; assistant: boolean[] };
+    try {
+      enc = opts.chat.encode(ex.messages);
+    } catch (e) {
+      throw new ColaConfigError(`${path}.messages`, (e as Error).message);
+    }
+    checkIds(enc.ids, `${path}.messages`);
+    const n = Math.min(enc.ids.length, maxLen);
+    const ids = enc.ids.slice(0, n);
+    const targets = new Array<number>(n).fill(-1);
+    let lossTokens = 0;
+    for (let i = 0; i < n - 1; i++) {
+      if (enc.assistant[i + 1]) {
+        targets[i] = ids[i + 1]!;
+        lossTokens++;
+      }
+    }
+    if (lossTokens === 0) throw new ColaConfigError(path, enc.ids.length > maxLen ? `has no assistant token within the first ${maxLen} tokens` : 'has no assistant token to train on');
+    return { ids, targets, lossTokens, truncated: enc.ids.length > maxLen };
+  }
   if ('text' in ex) {
     const body = checkIds(tok.encode(ex.text, { bos: false }), `${path}.text`).concat(eos);
     if (body.length === 0) throw new ColaConfigError(`${path}.text`, 'encodes to no tokens');

@@ -6,11 +6,12 @@ import type { Engine } from '../gpu/engine.ts';
 import type { GpuScheduler } from '../gpu/scheduler.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner } from '../services.ts';
 import { loadVersion, resolvePath, tokenizerPathOf } from '../model/versions.ts';
-import { loadModelFromPath } from '../model/registry.ts';
+import { loadModelFromPath, type LoadedModel } from '../model/registry.ts';
 import type { ModelConfig } from '../model/config.ts';
 import { hasBias } from '../model/names.ts';
 import { saveSafetensorsWeights } from '../model/weights.ts';
-import type { Tokenizer, Example } from './data.ts';
+import type { ChatEncoder, Tokenizer, Example } from './data.ts';
+import { ChatTemplateError, encodeChatForTraining } from '../model/chat.ts';
 import { ColaConfigError } from './errors.ts';
 import { layerModules } from './modules.ts';
 import { exportPeftAdapter, parsePeftAdapter, PeftError, type ImportedAdapter } from './peft.ts';
@@ -118,6 +119,20 @@ function zeroBiases(c: ModelConfig): (layer: number, short: string) => Float32Ar
   return (_layer, short) => (hasBias(c, short) ? new Float32Array(out.get(short) ?? 0) : null);
 }
 
+/** The chat template as the trainer's encoder; one whose template is unusable throws its error for chat examples. */
+export function chatEncoderOf(m: LoadedModel): ChatEncoder | null {
+  const tpl = m.chat;
+  if (tpl === null) return null;
+  if (tpl instanceof ChatTemplateError) {
+    return {
+      encode: () => {
+        throw tpl;
+      },
+    };
+  }
+  return { encode: (messages) => encodeChatForTraining(m.tokenizer, tpl, messages) };
+}
+
 function asTrainExamples(xs: FinetuneJobSpec['train'], what: string): Example[] {
   return xs.map((x, i) => {
     if ('candidates' in x) {
@@ -140,7 +155,9 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
     async run(job: FinetuneJobSpec, ctx: JobContext) {
       const base = loadVersion(repoRoot, job.base);
       const tokenizer = base.tokenizer as unknown as Tokenizer;
-      if (base.tokenizer.bos === null || base.tokenizer.eos === null) throw new UserInputError('the base model has no BOS/EOS tokens; fine-tuning needs both');
+      // EOS ends completions and pads batches; BOS is optional (Qwen2 has none).
+      if (base.tokenizer.eos === null) throw new UserInputError('the base model has no EOS token; fine-tuning needs one');
+      const chat = chatEncoderOf(base);
       const train = asTrainExamples(job.train, 'train');
       const validation = asTrainExamples(job.validation, 'validation');
       let config: TrainConfig;
@@ -173,7 +190,7 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       const store = new SnapshotStore(job.storeDir);
       let lastEpoch = 0;
       const res = await trainCola(
-          { e, device: { sched, key: `job:${job.tenantId}:${job.id}` }, weights, tokenizer, train, validation, config, initAdapter, resume, plan },
+          { e, device: { sched, key: `job:${job.tenantId}:${job.id}` }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
           {
             onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
             onStep: async (s) => {

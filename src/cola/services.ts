@@ -45,6 +45,7 @@ import {
   type ModelImporter,
   type ResolvedVersion,
 } from '../services.ts';
+import { CHAT_TEMPLATE_FILES } from '../model/chat.ts';
 import { ConfigError, configToHf, type ModelConfig } from '../model/config.ts';
 import { ModelLoadError, readFileBounded } from '../model/hf.ts';
 import { Llama2cError } from '../model/llama2c.ts';
@@ -185,7 +186,7 @@ export function archConfigOf(c: ModelConfig): ArchConfig {
 // ----------------------------------------------------------------------------------- tokenizer
 
 /** HF tokenizer files copied with a model (the loader reads only these). */
-const HF_TOKENIZER_FILES = ['tokenizer.json', 'vocab.json', 'merges.txt', 'tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json'];
+const HF_TOKENIZER_FILES = ['tokenizer.json', 'vocab.json', 'merges.txt', 'tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json', ...CHAT_TEMPLATE_FILES];
 
 interface TokenizerFiles {
   /** Files to copy (absolute). */

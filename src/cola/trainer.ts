@@ -16,7 +16,7 @@ import { mergeLoraMany, type MergeItem } from '../gpu/ops/merge.ts';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from './optimizer.ts';
 import type { ModelWeights } from '../model/weights.ts';
 import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type LoraWeights } from '../model/transformer.ts';
-import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type Example, type EncodedExample, type Tokenizer } from './data.ts';
+import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type ChatEncoder, type Example, type EncodedExample, type Tokenizer } from './data.ts';
 import { planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
 import { lrAt, type LrSchedule } from './lr.ts';
 import { chainFlops } from './flops.ts';
@@ -113,11 +113,13 @@ export interface TrainInput {
   resume?: ResumePoint;
   /** Explicit plan (e.g. after POST /merge split a link); default: planned from the config. */
   plan?: ChainPlan;
+  /** The model's chat template, for {messages} examples. */
+  chat?: ChatEncoder | null;
 }
 
 /** Encodes the examples once; errors name the offending example. */
-export function encodeAll(tok: Tokenizer, xs: Example[], maxSeqLen: number, what: string): EncodedExample[] {
-  return xs.map((x, i) => encodeExample(tok, x, { maxSeqLen }, `${what}[${i}]`));
+export function encodeAll(tok: Tokenizer, xs: Example[], maxSeqLen: number, what: string, chat: ChatEncoder | null = null): EncodedExample[] {
+  return xs.map((x, i) => encodeExample(tok, x, { maxSeqLen, chat }, `${what}[${i}]`));
 }
 
 /** The chain plan for a config and a training-set size. */
@@ -231,8 +233,8 @@ async function mergeBias(e: Engine, b: Tensor, delta: Tensor): Promise<void> {
 export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promise<TrainResult> {
   const { e, config: cfg, tokenizer } = input;
   const t0 = performance.now();
-  const rows = encodeAll(tokenizer, input.train, cfg.maxSeqLen, 'train');
-  const valRows = input.validation?.length ? encodeAll(tokenizer, input.validation, cfg.maxSeqLen, 'validation') : [];
+  const rows = encodeAll(tokenizer, input.train, cfg.maxSeqLen, 'train', input.chat);
+  const valRows = input.validation?.length ? encodeAll(tokenizer, input.validation, cfg.maxSeqLen, 'validation', input.chat) : [];
   let plan = input.plan ?? planFor(cfg, rows.length);
   // Knots tied on request (POST /merge) before an interruption are not in the planned schedule.
   if (input.resume) plan = replayKnots(plan, input.resume.knotSteps ?? [input.resume.step]);

@@ -28,6 +28,8 @@ export interface SamplingOptions {
   stop: string[];
   /** Stop at the tokenizer's EOS (default true). */
   stopAtEos?: boolean;
+  /** More end-of-sequence ids (config.json's eos_token_id list); ignored with stopAtEos false. */
+  eosIds?: readonly number[];
 }
 
 export interface GenerateResult {
@@ -367,7 +369,7 @@ export class TokenStream {
   private finish: 'stop' | 'length' = 'length';
   private readonly rng: Rng;
   private readonly dec: ReturnType<TextTokenizer['createStreamDecoder']>;
-  private readonly eos: number | null;
+  private readonly eos: ReadonlySet<number>;
   private readonly t0 = performance.now();
   private tFirst = 0;
   private done = false;
@@ -384,7 +386,7 @@ export class TokenStream {
     this.maxNew = Math.min(o.maxTokens, maxSeqLen - promptIds.length);
     this.rng = new Rng(o.seed >>> 0);
     this.dec = tokenizer.createStreamDecoder({ context: promptIds });
-    this.eos = o.stopAtEos === false ? null : tokenizer.eos;
+    this.eos = new Set(o.stopAtEos === false ? [] : [...(tokenizer.eos !== null ? [tokenizer.eos] : []), ...(o.eosIds ?? [])]);
   }
 
   get finished(): boolean {
@@ -401,7 +403,7 @@ export class TokenStream {
     if (this.maxNew <= 0) return this.end('length');
     const id = sample(logits, this.o, this.rng);
     const lsm = logSoftmax(logits);
-    if (this.eos !== null && id === this.eos) return this.end('stop');
+    if (this.eos.has(id)) return this.end('stop');
     this.tokenIds.push(id);
     this.logprobs.push(lsm[id]!);
     if (this.hooks.topLogprobs) this.top.push(topK(lsm, this.hooks.topLogprobs));

@@ -7,6 +7,7 @@ import { loadLlama2c } from './llama2c.ts';
 import { PICKLE_MESSAGE, looksLikePickle, parseSafetensors } from './safetensors.ts';
 import { type TextTokenizer, loadHfTokenizer, loadLlama2cTokenizer, loadSentencePieceTokenizer, MAX_TOKENIZER_FILE_BYTES } from './tokenizer.ts';
 import { type ModelWeights, loadSavedSafetensorsWeights } from './weights.ts';
+import { ChatTemplateError, loadChatTemplate, type ChatTemplate } from './chat.ts';
 
 /** Folder of the bundled stories260K model (llama2.c checkpoint + tokenizers). */
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/stories260K/', import.meta.url));
@@ -39,6 +40,22 @@ export interface LoadedModel {
   format: ModelFormat;
   /** The checkpoint (file) or folder that was loaded. */
   source: string;
+  /**
+   * The tokenizer's chat template (tokenizer_config.json's chat_template, or chat_template.jinja /
+   * .json beside the tokenizer); null when there is none; the error when it is unusable (the model
+   * still serves completions).
+   */
+  chat: ChatTemplate | ChatTemplateError | null;
+}
+
+/** The chat template of a tokenizer folder, or why it cannot be used. */
+export function chatOf(dir: string): ChatTemplate | ChatTemplateError | null {
+  try {
+    return loadChatTemplate(dir);
+  } catch (e) {
+    if (e instanceof ChatTemplateError) return e;
+    return new ChatTemplateError(`cannot read the chat template in ${dir}: ${(e as Error).message}`);
+  }
 }
 
 export interface LoadModelOptions {
@@ -95,7 +112,7 @@ export function loadModelFromPath(path: string = DEFAULT_MODEL_DIR, opts: LoadMo
         ? loadTokenizerFile(opts.tokenizerPath, weights.config.vocabSize)
         : loadHfTokenizer(path, { bos: weights.config.bosTokenId, eos: weights.config.eosTokenId });
       checkVocab(weights, tokenizer, path);
-      return { weights, tokenizer, format: 'hf', source: path };
+      return { weights, tokenizer, format: 'hf', source: path, chat: chatOf(opts.tokenizerPath ? dirname(opts.tokenizerPath) : path) };
     }
     const names = readdirSync(path).sort();
     const ckpts = names.filter((n) => n.endsWith('.bin') && !/^tok.*\.bin$/.test(n));
@@ -113,13 +130,13 @@ export function loadModelFromPath(path: string = DEFAULT_MODEL_DIR, opts: LoadMo
     const tokPath = opts.tokenizerPath ?? findLlama2cTokenizer(dirname(path), basename(path));
     const tokenizer = loadTokenizerFile(tokPath, weights.config.vocabSize);
     checkVocab(weights, tokenizer, path);
-    return { weights, tokenizer, format: 'safetensors', source: path };
+    return { weights, tokenizer, format: 'safetensors', source: path, chat: chatOf(dirname(tokPath)) };
   }
   const weights = loadLlama2c(bytes);
   const tokPath = opts.tokenizerPath ?? findLlama2cTokenizer(dirname(path), basename(path));
   const tokenizer = loadTokenizerFile(tokPath, weights.config.vocabSize);
   checkVocab(weights, tokenizer, path);
-  return { weights, tokenizer, format: 'llama2c', source: path };
+  return { weights, tokenizer, format: 'llama2c', source: path, chat: chatOf(dirname(tokPath)) };
 }
 
 /** Loads a bundled model by name (default stories260K). */

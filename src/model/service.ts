@@ -7,9 +7,12 @@ import { DeviceLostError } from '../gpu/context.ts';
 import type { GpuScheduler } from '../gpu/scheduler.ts';
 import {
   DeviceUnavailableError, ServiceBusyError, UserInputError,
-  type EvaluationService, type GenerateRequest, type GenerateResult, type GenerationService, type TokenLogprob,
+  type ChatMessage, type EvaluationService, type GenerateRequest, type GenerateResult, type GenerationService, type TokenLogprob,
 } from '../services.ts';
 import { logSoftmax } from './generate.ts';
+import { ChatTemplate, ChatTemplateError, encodeChatForTraining, encodeChatPrompt } from './chat.ts';
+import { contextLimitNote, type ModelConfig } from './config.ts';
+import type { TextTokenizer } from './tokenizer.ts';
 import { BusyError, ServingEngine, ServingInputError, type ServingOptions } from './serving.ts';
 
 /** Maps engine errors to the service's error kinds (bad input → 400, busy → 429, device → 503). */
@@ -17,7 +20,7 @@ function mapError(e: unknown): never {
   if (e instanceof DeviceLostError) throw new DeviceUnavailableError(e.message);
   if (e instanceof BusyError) throw new ServiceBusyError(e.message, e.retryAfterS);
   if (e instanceof ShapeError || e instanceof MemoryBudgetError || e instanceof ServingInputError) throw new UserInputError(e.message);
-  if (e instanceof Error && /TokenizerError|ModelLoadError/.test(e.name)) throw new UserInputError(e.message);
+  if (e instanceof Error && /TokenizerError|ModelLoadError|ChatTemplateError/.test(e.name)) throw new UserInputError(e.message);
   throw e;
 }
 
@@ -52,13 +55,13 @@ export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: strin
     admissible: (tenant) => serving.admissible(tenant),
     async generate(req: GenerateRequest, onToken) {
       try {
-        const tok = await serving.tokenizerOf(req.tenant, req.target);
-        const promptIds = tok.encode(req.prompt, { bos: true });
+        const { tok, config, chat } = await serving.withModel(req.tenant, req.target, async (m) => ({ tok: m.loaded.tokenizer, config: m.model.config, chat: m.loaded.chat }));
+        const promptIds = promptIdsOf(req, tok, config, chat);
         const { result: r, live } = await serving.generate(
           req.tenant,
           req.target,
           promptIds,
-          { maxTokens: req.max_tokens, temperature: req.temperature, topK: req.top_k, topP: req.top_p, seed: req.seed, stop: req.stop },
+          { maxTokens: req.max_tokens, temperature: req.temperature, topK: req.top_k, topP: req.top_p, seed: req.seed, stop: req.stop, eosIds: config.eosTokenIds },
           { onToken, topLogprobs: req.logprobs, isAborted: () => !!req.signal?.aborted },
           req.signal,
         );
@@ -70,7 +73,7 @@ export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: strin
             usage: { prompt_tokens: promptIds.length, completion_tokens: r.tokenIds.length },
             timing: { prefill_ms: r.timing.prefillMs, decode_ms: r.timing.decodeMs, tokens_per_s: r.timing.tokensPerS },
           };
-          if (req.logprobs > 0 || req.echo) {
+          if (req.logprobs > 0 || req.echo || req.token_logprobs) {
             const lp: TokenLogprob[] = [];
             let offset = 0;
             const piece = (id: number) => tok.decode([id]);
@@ -97,7 +100,11 @@ export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: strin
             r.tokenIds.forEach((id, i) => {
               const text = piece(id);
               const top = r.topLogprobs?.[i];
-              lp.push({ id, text, logprob: r.logprobs[i]!, top: top ? Object.fromEntries(top.map((x) => [piece(x.id), x.logprob])) : undefined, offset });
+              lp.push({
+                id, text, logprob: r.logprobs[i]!, offset,
+                top: top ? Object.fromEntries(top.map((x) => [piece(x.id), x.logprob])) : undefined,
+                topList: top?.map((x) => ({ id: x.id, text: piece(x.id), logprob: x.logprob })),
+              });
               offset += text.length;
             });
             out.logprobs = lp;
@@ -115,6 +122,24 @@ export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: strin
   const evaluation: EvaluationService = {
     async evaluate({ tenant, target, examples, signal }) {
       try {
+        /** Σ log p(assistant tokens) of a chat and their count: one scheduler unit per conversation. */
+        const scoreChat = (messages: ChatMessage[]): Promise<{ lp: number; n: number }> =>
+          serving.withModel(tenant, target, async (live) => {
+            const tpl = live.loaded.chat;
+            if (!(tpl instanceof ChatTemplate)) throw new UserInputError(noChatMessage(target.model, tpl));
+            const { ids, assistant } = encodeChatForTraining(live.loaded.tokenizer, tpl, messages);
+            const V = live.model.config.vocabSize;
+            if (ids.length > live.model.config.maxSeqLen) throw new UserInputError(`a conversation of ${ids.length} tokens exceeds the model's context of ${live.model.config.maxSeqLen}${contextLimitNote(live.model.config)}`);
+            const logits = await live.generator.promptLogits(ids);
+            let lp = 0;
+            let n = 0;
+            for (let t = 1; t < ids.length; t++) {
+              if (!assistant[t]) continue;
+              lp += logSoftmax(logits.subarray((t - 1) * V, t * V))[ids[t]!]!;
+              n++;
+            }
+            return { lp, n };
+          });
         /** Σ log p(completion tokens | prompt) and the token count: one scheduler unit per scored sequence. */
         const score = (prompt: string, completion: string): Promise<{ lp: number; n: number }> =>
           serving.withModel(tenant, target, async (live) => {
@@ -147,6 +172,10 @@ export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: strin
             classified++;
             nll -= scores[ex.label]!.lp;
             tokens += scores[ex.label]!.n;
+          } else if ('messages' in ex) {
+            const s = await scoreChat(ex.messages);
+            nll -= s.lp;
+            tokens += s.n;
           } else if ('completion' in ex) {
             const s = await score(ex.prompt, ex.completion);
             nll -= s.lp;
@@ -165,6 +194,41 @@ export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: strin
   };
 
   return { generation, evaluation, serving };
+}
+
+/** Why a model cannot chat: no template, or an unusable one. */
+function noChatMessage(model: string, tpl: ChatTemplateError | null): string {
+  return tpl
+    ? `model "${model}" has an unusable chat template: ${tpl.message}`
+    : `model "${model}" has no chat template (tokenizer_config.json "chat_template"); use /v1/completions with a prompt`;
+}
+
+/**
+ * The prompt's token ids: token ids as given (checked against the model's and the tokenizer's
+ * vocabulary), a chat rendered by the template, or the text encoded with BOS. A prompt that leaves
+ * no room in the context is refused here, with the reason when a sliding window or dynamic RoPE
+ * scaling sets the context.
+ */
+function promptIdsOf(req: GenerateRequest, tok: TextTokenizer, config: ModelConfig, chat: ChatTemplate | ChatTemplateError | null): number[] {
+  let ids: number[];
+  if (req.messages) {
+    if (!(chat instanceof ChatTemplate)) throw new UserInputError(noChatMessage(req.target.model, chat));
+    ids = encodeChatPrompt(tok, chat, req.messages);
+  } else if (req.prompt_ids) {
+    ids = req.prompt_ids;
+    const limit = Math.min(config.vocabSize, tok.vocabSize);
+    const bad = ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= limit);
+    if (bad >= 0) {
+      throw new UserInputError(`prompt token id ${ids[bad]} at index ${bad} is outside the vocabulary (ids 0..${limit - 1}${tok.vocabSize < config.vocabSize ? `: the tokenizer has ${tok.vocabSize} tokens` : ''})`);
+    }
+  } else {
+    ids = tok.encode(req.prompt, { bos: true });
+  }
+  if (ids.length === 0) throw new UserInputError('the prompt has no tokens');
+  if (ids.length >= config.maxSeqLen) {
+    throw new UserInputError(`prompt of ${ids.length} tokens leaves no room in the model's context of ${config.maxSeqLen}${contextLimitNote(config)}`);
+  }
+  return ids;
 }
 
 function topMap(s: Float64Array, k: number, piece: (id: number) => string): Record<string, number> {

@@ -639,7 +639,9 @@ export function loadHfTokenizer(dir: string, fallbackIds: { bos?: number | null;
   const stm: Record<string, unknown> = existsSync(stmPath) ? readJson(stmPath) : {};
   const tkConfig: Record<string, unknown> = { ...cfg };
   for (const k of ['bos_token', 'eos_token', 'unk_token', 'pad_token']) if (tkConfig[k] == null && stm[k] != null) tkConfig[k] = stm[k];
-  const ids = (t: HfTokenizer) => ({ bos: t.bos ?? fallbackIds.bos ?? null, eos: t.eos ?? fallbackIds.eos ?? null });
+  // A tokenizer_config.json that says bos_token: null (Qwen2) means no BOS, whatever config.json names.
+  const noBos = 'bos_token' in cfg && cfg.bos_token === null;
+  const ids = (t: HfTokenizer) => ({ bos: t.bos ?? (noBos ? null : (fallbackIds.bos ?? null)), eos: t.eos ?? fallbackIds.eos ?? null });
   if (existsSync(join(dir, 'tokenizer.json'))) {
     const j = readJson(join(dir, 'tokenizer.json'));
     const t = new HfTokenizer(j, tkConfig);

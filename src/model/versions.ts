@@ -1,8 +1,8 @@
 // Loading a stored model version (base checkpoint or snapshot) and keeping a few on the GPU.
-import { isAbsolute, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import type { Engine } from '../gpu/engine.ts';
 import type { ResolvedVersion } from '../services.ts';
-import { loadModelFromPath, type LoadedModel } from './registry.ts';
+import { chatOf, loadModelFromPath, type LoadedModel } from './registry.ts';
 import { TransformerModel } from './transformer.ts';
 import { Generator } from './generate.ts';
 
@@ -15,6 +15,15 @@ export function resolvePath(repoRoot: string, p: string): string {
 export function tokenizerPathOf(repoRoot: string, config: Record<string, unknown>): string | undefined {
   const t = config.tokenizer ?? config.tokenizer_path;
   return typeof t === 'string' ? resolvePath(repoRoot, t) : undefined;
+}
+
+/**
+ * The chat template beside the tokenizer a model's registration config names (without loading the
+ * weights): for admission checks. null when there is none.
+ */
+export function chatTemplateOf(repoRoot: string, config: Record<string, unknown>): LoadedModel['chat'] {
+  const t = tokenizerPathOf(repoRoot, config);
+  return t ? chatOf(dirname(t)) : null;
 }
 
 /** CPU weights and tokenizer of a version. */

@@ -23,7 +23,7 @@ export function checkExample(v: unknown): LineCheck<Example> {
   const r = AnyExample.safeParse(v);
   if (r.success) return { ok: true, value: r.data as Example };
   const first = r.error.issues[0];
-  return { ok: false, message: 'not an example: expected {prompt, completion}, {text} or {prompt, candidates, label}' + (first ? ` (${zodErrors([first])[0]!.path}: ${first.message})` : '') };
+  return { ok: false, message: 'not an example: expected {prompt, completion}, {text}, {prompt, candidates, label} or {messages}' + (first ? ` (${zodErrors([first])[0]!.path}: ${first.message})` : '') };
 }
 
 class QuotaExceeded extends Error {}

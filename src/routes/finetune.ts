@@ -9,6 +9,8 @@ import { getAdapter, getFile, tenantStoredBytes } from '../db/repos/files.ts';
 import { findModel } from '../db/repos/models.ts';
 import { admitFinetune } from '../cola/runner.ts';
 import { configFromRegistration } from '../model/config.ts';
+import { ChatTemplate } from '../model/chat.ts';
+import { chatTemplateOf } from '../model/versions.ts';
 import { requestCancel } from '../jobs/transitions.ts';
 import { isTerminal, type JobStatus } from '../jobs/states.ts';
 import type { Job } from '../db/schema.ts';
@@ -71,6 +73,16 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       const adapter = body.init_adapter ? await getAdapter(d.db, t.id, body.init_adapter) : null;
       if (body.init_adapter && !adapter) throw new ProblemError(404, `adapter ${body.init_adapter} not found`);
       if (body.output_model) await refuseSharedName(d, body.output_model, 'output_model');
+      // Chat examples need the base model's chat template.
+      const chatAt = [...(body.train ?? []).map((x, i) => ['train', i, x] as const), ...(body.validation ?? []).map((x, i) => ['validation', i, x] as const)].find(([, , x]) => 'messages' in x);
+      if (chatAt) {
+        const tpl = chatTemplateOf(d.config.repoRoot, base.model.config);
+        if (!(tpl instanceof ChatTemplate)) {
+          const why = tpl ? `its chat template is unusable: ${tpl.message}` : 'it has no chat template (tokenizer_config.json "chat_template")';
+          const path = `${chatAt[0]}[${chatAt[1]}].messages`;
+          throw new ProblemError(400, `${path}: model "${base.model.name}" cannot train on chat examples: ${why}`, { errors: [{ path, message: why }] });
+        }
+      }
       // What the runner would refuse is refused now (400 with the field), not after a 202.
       admitFinetune(
         body,

@@ -13,8 +13,18 @@ export const ChoiceExample = z
   .object({ prompt: Str, candidates: z.array(Str.min(1)).min(2).max(64), label: z.number().int().min(0).max(63) })
   .strict()
   .refine((e) => e.label < e.candidates.length, { message: 'label must index into candidates', path: ['label'] });
-export const TrainExample = z.union([PromptCompletion, TextExample]).openapi('TrainExample');
-export const AnyExample = z.union([PromptCompletion, TextExample, ChoiceExample]).openapi('Example');
+export const ChatMessage = z
+  .object({ role: z.string().regex(/^[a-z_]{1,32}$/, 'a role name such as "system", "user" or "assistant"'), content: Str })
+  .strict()
+  .openapi('ChatMessage');
+/** A chat rendered by the model's chat template; the loss is on the assistant turns only. */
+export const ChatExample = z
+  .object({ messages: z.array(ChatMessage).min(1).max(256) })
+  .strict()
+  .refine((e) => e.messages.some((m) => m.role === 'assistant'), { message: 'needs an assistant message to train on', path: ['messages'] })
+  .openapi('ChatExample');
+export const TrainExample = z.union([PromptCompletion, TextExample, ChatExample]).openapi('TrainExample');
+export const AnyExample = z.union([PromptCompletion, TextExample, ChoiceExample, ChatExample]).openapi('Example');
 
 const Rank = z.number().int().min(1).max(1024);
 
