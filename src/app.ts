@@ -21,6 +21,7 @@ import { finetuneRoutes } from './routes/finetune.ts';
 import { modelRoutes } from './routes/models.ts';
 import { generateRoutes } from './routes/generate.ts';
 import { openaiRoutes } from './routes/openai.ts';
+import { chatRoutes } from './routes/chat.ts';
 import { fileRoutes } from './routes/files.ts';
 import { mergeRoutes } from './routes/merge.ts';
 import { deleteRoutes } from './routes/delete.ts';
@@ -170,6 +171,7 @@ export function createApp(opts: AppOptions): App {
   modelRoutes(app, deps);
   generateRoutes(app, deps);
   openaiRoutes(app, deps);
+  chatRoutes(app, deps);
   fileRoutes(app, deps);
   mergeRoutes(app, deps);
   deleteRoutes(app, deps);

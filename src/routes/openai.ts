@@ -1,4 +1,5 @@
-// OpenAI-compatible surface: GET /v1/models, POST /v1/completions (logprobs, echo, stream).
+// OpenAI-compatible surface: GET /v1/models, POST /v1/completions (logprobs, echo, stream; a prompt
+// as text or token ids, several prompts give several choices). /v1/chat/completions is in chat.ts.
 import crypto from 'node:crypto';
 import { createRoute, z } from '@hono/zod-openapi';
 import { streamSSE } from 'hono/streaming';
@@ -10,11 +11,64 @@ import { listModels } from '../db/repos/models.ts';
 import { MAX_TEXT } from './schemas.ts';
 import { admitGeneration, MAX_TOKENS_HARD, StopSchema, toStopList } from './generate.ts';
 import type { GenerateRequest, GenerateResult } from '../services.ts';
+import { ConfigError, configFromRegistration } from '../model/config.ts';
+
+/** Prompts per request (choices) and token ids per prompt. */
+export const MAX_PROMPTS = 16;
+export const MAX_PROMPT_IDS = 131_072;
+const TokenId = z.number().int().min(0).max(2 ** 31 - 1);
+
+type Prompt = { text: string } | { ids: number[] };
+
+/**
+ * What a stream still owes once generation ends: the final text minus what the token events carried
+ * (the decoder holds back an incomplete UTF-8 character until it ends; at the length limit it is
+ * flushed into the text). Empty when a stop sequence cut text that was already sent.
+ */
+export function streamRemainder(sent: string, final: string): string {
+  return final.length > sent.length && final.startsWith(sent) ? final.slice(sent.length) : '';
+}
+
+/** The request's prompts: one per choice. */
+function promptsOf(p: string | number[] | number[][] | string[]): Prompt[] {
+  if (typeof p === 'string') return [{ text: p }];
+  if (p.every((x): x is number => typeof x === 'number')) return [{ ids: p }];
+  return (p as (string | number[])[]).map((x) => (typeof x === 'string' ? { text: x } : { ids: x }));
+}
+
+/**
+ * Token-id prompts against the model's vocabulary (its registration config, so no weights load):
+ * 400 naming the first id outside it. The service checks the tokenizer's vocabulary too.
+ */
+export function checkPromptIds(prompts: Prompt[], registration: Record<string, unknown>, nested: boolean): void {
+  if (!prompts.some((p) => 'ids' in p)) return;
+  let vocab: number;
+  try {
+    vocab = configFromRegistration(registration).vocabSize;
+  } catch (e) {
+    if (e instanceof ConfigError) return; // a registration without a model config: the service checks the ids
+    throw e;
+  }
+  prompts.forEach((p, i) => {
+    if (!('ids' in p)) return;
+    const j = p.ids.findIndex((id) => id >= vocab);
+    if (j < 0) return;
+    const path = nested ? `prompt[${i}][${j}]` : `prompt[${j}]`;
+    throw new ProblemError(400, `${path}: token id ${p.ids[j]} is outside the model's vocabulary (0..${vocab - 1})`, { errors: [{ path, message: `outside the vocabulary of ${vocab}` }] });
+  });
+}
 
 const CompletionBody = z
   .object({
     model: z.string().min(1).max(160).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*(@(0|[1-9]\d{0,6}))?$/, 'model is "name" or "name@version"'),
-    prompt: z.union([z.string().max(MAX_TEXT), z.array(z.string().max(MAX_TEXT)).length(1)]),
+    // OpenAI / vLLM: a string, a list of strings, a list of token ids, or a list of such lists; every
+    // prompt in a list is one choice (index in list order).
+    prompt: z.union([
+      z.string().max(MAX_TEXT),
+      z.array(TokenId).min(1).max(MAX_PROMPT_IDS),
+      z.array(z.array(TokenId).min(1).max(MAX_PROMPT_IDS)).min(1).max(MAX_PROMPTS),
+      z.array(z.string().max(MAX_TEXT)).min(1).max(MAX_PROMPTS),
+    ]),
     max_tokens: z.number().int().min(1).max(MAX_TOKENS_HARD).nullable().default(16),
     temperature: z.number().min(0).max(2).nullable().default(1),
     top_p: z.number().gt(0).max(1).nullable().default(1),
@@ -115,13 +169,15 @@ export function openaiRoutes(app: App, d: AppDeps) {
       const [name, ver] = b.model.split('@') as [string, string | undefined];
       if (b.echo && b.stream) throw new ProblemError(400, 'echo with stream is not supported', { errors: [{ path: 'echo', message: 'not with stream' }] });
       const maxTokens = b.max_tokens ?? 16;
+      const prompts = promptsOf(b.prompt);
       const { gen, target } = await admitGeneration(d, c, name, ver === undefined ? null : Number(ver), maxTokens);
+      checkPromptIds(prompts, target.config, Array.isArray(b.prompt) && Array.isArray(b.prompt[0]));
       const ac = new AbortController();
-      const prompt = typeof b.prompt === 'string' ? b.prompt : b.prompt[0]!;
-      const req: GenerateRequest = {
+      const reqs: GenerateRequest[] = prompts.map((p) => ({
         tenant: tenantOf(c).id,
         target,
-        prompt,
+        prompt: 'text' in p ? p.text : '',
+        ...('ids' in p ? { prompt_ids: p.ids } : {}),
         max_tokens: maxTokens,
         temperature: b.temperature ?? 1,
         top_k: 0,
@@ -131,21 +187,27 @@ export function openaiRoutes(app: App, d: AppDeps) {
         logprobs: b.logprobs ?? 0,
         echo: b.echo ?? false,
         signal: ac.signal,
-      };
+      }));
       const id = `cmpl-${crypto.randomBytes(12).toString('hex')}`;
       const created = Math.floor(Date.now() / 1000);
       const modelId = `${target.model}@${target.version}`;
+      const usageOf = (rs: GenerateResult[]) => {
+        const prompt_tokens = rs.reduce((a, r) => a + r.usage.prompt_tokens, 0);
+        const completion_tokens = rs.reduce((a, r) => a + r.usage.completion_tokens, 0);
+        return { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens };
+      };
       if (!b.stream) {
-        const r = await gen.generate(req);
-        d.metrics.tokensGenerated += r.usage.completion_tokens;
+        // Several prompts run side by side in the model's continuous batch.
+        const rs = await Promise.all(reqs.map((r) => gen.generate(r)));
+        for (const r of rs) d.metrics.tokensGenerated += r.usage.completion_tokens;
         return c.json(
           {
             id,
             object: 'text_completion' as const,
             created,
             model: modelId,
-            choices: [{ text: (req.echo ? (r.prompt_text ?? prompt) : '') + r.text, index: 0, logprobs: toLogprobs(r, b.logprobs), finish_reason: r.finish_reason }],
-            usage: { prompt_tokens: r.usage.prompt_tokens, completion_tokens: r.usage.completion_tokens, total_tokens: r.usage.prompt_tokens + r.usage.completion_tokens },
+            choices: rs.map((r, i) => ({ text: (reqs[i]!.echo ? (r.prompt_text ?? reqs[i]!.prompt) : '') + r.text, index: i, logprobs: toLogprobs(r, b.logprobs), finish_reason: r.finish_reason })),
+            usage: usageOf(rs),
           },
           200,
         );
@@ -154,24 +216,27 @@ export function openaiRoutes(app: App, d: AppDeps) {
         c,
         async (s) => {
           s.onAbort(() => ac.abort());
-          const r = await gen.generate(req, async (tok) => {
-            await s.writeSSE({
-              data: JSON.stringify({ id, object: 'text_completion', created, model: modelId, choices: [{ text: tok.text, index: 0, logprobs: null, finish_reason: null }] }),
-            });
-          });
-          d.metrics.tokensGenerated += r.usage.completion_tokens;
-          await s.writeSSE({
-            data: JSON.stringify({
-              id,
-              object: 'text_completion',
-              created,
-              model: modelId,
-              choices: [{ text: '', index: 0, logprobs: null, finish_reason: r.finish_reason }],
-              ...(b.stream_options?.include_usage
-                ? { usage: { prompt_tokens: r.usage.prompt_tokens, completion_tokens: r.usage.completion_tokens, total_tokens: r.usage.prompt_tokens + r.usage.completion_tokens } }
-                : {}),
+          const rs = await Promise.all(
+            reqs.map(async (req, i) => {
+              const piece = (text: string) =>
+                s.writeSSE({ data: JSON.stringify({ id, object: 'text_completion', created, model: modelId, choices: [{ text, index: i, logprobs: null, finish_reason: null }] }) });
+              let sent = '';
+              const r = await gen.generate(req, async (tok) => {
+                sent += tok.text;
+                await piece(tok.text);
+              });
+              d.metrics.tokensGenerated += r.usage.completion_tokens;
+              const rest = streamRemainder(sent, r.text);
+              if (rest) await piece(rest);
+              await s.writeSSE({
+                data: JSON.stringify({ id, object: 'text_completion', created, model: modelId, choices: [{ text: '', index: i, logprobs: null, finish_reason: r.finish_reason }] }),
+              });
+              return r;
             }),
-          });
+          );
+          if (b.stream_options?.include_usage) {
+            await s.writeSSE({ data: JSON.stringify({ id, object: 'text_completion', created, model: modelId, choices: [], usage: usageOf(rs) }) });
+          }
           await s.writeSSE({ data: '[DONE]' });
         },
         async (err, s) => {
