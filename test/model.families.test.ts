@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, test } from 'bun:test';
 import { join } from 'node:path';
 import { Engine } from '../src/gpu/engine.ts';
 import { GpuScheduler } from '../src/gpu/scheduler.ts';
-import { ConfigError, configFromHf, configToHf, type ModelConfig } from '../src/model/config.ts';
+import { ConfigError, configFromHf, configToHf, contextLimitNote, type ModelConfig } from '../src/model/config.ts';
 import { loadHfWeights } from '../src/model/hf.ts';
 import { modelInvFreq, ropeInvFreq } from '../src/model/rope.ts';
 import { TransformerModel, type LoraWeights } from '../src/model/transformer.ts';
@@ -101,6 +101,16 @@ describe('config.json of real checkpoints', () => {
     const q = REAL['Qwen2.5-0.5B-Instruct']!;
     expect(configFromHf({ ...q, use_sliding_window: true, sliding_window: 4096 })).toMatchObject({ maxSeqLen: 4096, slidingWindow: { size: 4096, fromLayer: 21 } });
     expect(configFromHf({ ...q, use_sliding_window: true, sliding_window: 32768 }).slidingWindow).toBeNull();
+  });
+
+  test('a context set by a sliding window or dynamic RoPE says so when it refuses a longer prompt', () => {
+    expect(contextLimitNote(configFromHf(REAL['Mistral-7B-v0.1']!))).toMatch(/sliding_window 4096 < max_position_embeddings 32768: sliding-window attention is not implemented/);
+    expect(contextLimitNote(loadHfWeights(join(GOLDEN, 'tiny-llama-dynamic')).config)).toMatch(/rope_scaling "dynamic": HF rescales RoPE only past max_position_embeddings/);
+    expect(contextLimitNote(configFromHf(REAL['Mistral-7B-v0.3']!))).toBe('');
+    // The tiny Mistral (window 24 < 64 positions) serves 24 positions: 24 prompt tokens leave no room.
+    const m = loadHfWeights(join(GOLDEN, 'tiny-mistral')).config;
+    expect(m.maxSeqLen).toBe(24);
+    expect(() => new TokenStream(idTokenizer(64), new Array(24).fill(5), greedy, {}, m.maxSeqLen)).toThrow(/context of 24/);
   });
 
   const base = REAL['TinyLlama-1.1B-Chat-v1.0']!;

@@ -161,6 +161,23 @@ describe('/v1/completions with token-id prompts', () => {
   }, 60_000);
 });
 
+describe('evaluation on chat examples', () => {
+  test('the loss of {messages} is the loss of its assistant span as a completion of the rendered prefix; 400 without a template', async () => {
+    const chat = [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello!' }];
+    const prefix = tpl.render(chat.slice(0, 1), { addGenerationPrompt: true });
+    const evaluate = async (model: string, examples: unknown[]) =>
+      fetch(`${s.url}/evaluate`, { method: 'POST', headers: h, body: JSON.stringify({ model, examples }) });
+    const a = (await (await evaluate('qwen-tiny', [{ messages: chat }])).json()) as { loss: number; examples: number };
+    const b = (await (await evaluate('qwen-tiny', [{ prompt: prefix, completion: 'Hello!<|im_end|>\n' }])).json()) as { loss: number };
+    expect(a.examples).toBe(1);
+    expect(a.loss).toBeGreaterThan(0);
+    expect(Math.abs(a.loss - b.loss)).toBeLessThan(1e-9); // the same tokens scored from the same logits
+    const r = await evaluate('stories260K', [{ messages: chat }]);
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { detail: string }).detail).toMatch(/has no chat template/);
+  }, 60_000);
+});
+
 describe('fine-tuning on chat examples', () => {
   const chatTrain = [
     { messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello!' }] },
