@@ -8,7 +8,7 @@ import { streamSSE } from 'hono/streaming';
 import type { Context } from 'hono';
 import type { App, AppDeps, AppEnv } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
-import { tenantOf } from './common.ts';
+import { quotasOf, tenantOf } from './common.ts';
 import { MAX_TEXT } from './schemas.ts';
 import { admitGeneration, MAX_TOKENS_HARD, StopSchema, toStopList } from './generate.ts';
 import { streamRemainder } from './openai.ts';
@@ -17,7 +17,7 @@ import { chatTemplateOf } from '../model/versions.ts';
 import type { ChatMessage, GenerateRequest, GenerateResult, TokenLogprob } from '../services.ts';
 
 export const MAX_CHAT_MESSAGES = 256;
-/** max_tokens when the request gives none (OpenAI's default is the rest of the context). */
+/** max_tokens when the request gives none, or the tenant's per-request quota if lower (OpenAI's default is the rest of the context). */
 export const DEFAULT_CHAT_MAX_TOKENS = 256;
 
 const TextPart = z.object({ type: z.literal('text'), text: z.string().max(MAX_TEXT) });
@@ -116,7 +116,7 @@ export function chatRoutes(app: App, d: AppDeps) {
     (async (c: Context<AppEnv>) => {
       const b = (c.req as any).valid('json') as z.infer<typeof ChatBody>;
       const [name, ver] = b.model.split('@') as [string, string | undefined];
-      const maxTokens = b.max_completion_tokens ?? b.max_tokens ?? DEFAULT_CHAT_MAX_TOKENS;
+      const maxTokens = b.max_completion_tokens ?? b.max_tokens ?? Math.min(DEFAULT_CHAT_MAX_TOKENS, quotasOf(d, tenantOf(c)).max_tokens_per_request);
       const { gen, target } = await admitGeneration(d, c, name, ver === undefined ? null : Number(ver), maxTokens);
       // Checked before a stream opens: a model without a (usable) chat template is a 400.
       const tpl = chatTemplateOf(d.config.repoRoot, target.config);
