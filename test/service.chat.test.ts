@@ -192,6 +192,16 @@ describe('fine-tuning on chat examples', () => {
     expect(p.detail).toMatch(/no chat template/);
   });
 
+  test('JSONL files take chat lines (and name a bad one)', async () => {
+    const up = (body: string) => fetch(`${s.url}/files`, { method: 'POST', headers: { ...h, 'content-type': 'application/jsonl' }, body });
+    const ok = await up(chatTrain.map((x) => JSON.stringify(x)).join('\n'));
+    expect(ok.status).toBe(201);
+    expect(((await ok.json()) as { examples: number }).examples).toBe(2);
+    const bad = await up(JSON.stringify({ messages: [{ role: 'user', content: 'no answer' }] }));
+    expect(bad.status).toBe(400);
+    expect(JSON.stringify(await bad.json())).toMatch(/line 1.*needs an assistant message/);
+  });
+
   test('a LoRA job on chat examples runs to a knot, which then chats', async () => {
     const r = await fetch(`${s.url}/finetune`, {
       method: 'POST', headers: h,
