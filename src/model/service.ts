@@ -55,7 +55,7 @@ export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: strin
     admissible: (tenant) => serving.admissible(tenant),
     async generate(req: GenerateRequest, onToken) {
       try {
-        const { tok, config, chat } = await serving.withModel(req.tenant, req.target, async (m) => ({ tok: m.loaded.tokenizer, config: m.model.config, chat: m.loaded.chat }));
+        const { tokenizer: tok, config, chat } = await serving.modelInfo(req.tenant, req.target);
         const promptIds = promptIdsOf(req, tok, config, chat);
         const { result: r, live } = await serving.generate(
           req.tenant,

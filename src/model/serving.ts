@@ -117,9 +117,15 @@ export class ServingEngine {
 
   /** Tokenizer of a version (a resident model's at once; otherwise the model is loaded in a unit). */
   async tokenizerOf(tenant: string, target: ResolvedVersion): Promise<LiveModel['loaded']['tokenizer']> {
+    return (await this.modelInfo(tenant, target)).tokenizer;
+  }
+
+  /** Tokenizer, config and chat template of a version (as tokenizerOf: a resident model's at once). */
+  async modelInfo(tenant: string, target: ResolvedVersion): Promise<{ tokenizer: LiveModel['loaded']['tokenizer']; config: LiveModel['model']['config']; chat: LiveModel['loaded']['chat'] }> {
+    const of = (m: LiveModel) => ({ tokenizer: m.loaded.tokenizer, config: m.model.config, chat: m.loaded.chat });
     const hit = this.cache.peek(target);
-    if (hit) return hit.loaded.tokenizer;
-    return this.withModel(tenant, target, async (m) => m.loaded.tokenizer);
+    if (hit) return of(hit);
+    return this.withModel(tenant, target, async (m) => of(m));
   }
 
   /** Whether a new request of `tenant` would get a place in the queue now. */
