@@ -38,7 +38,8 @@ function fakeGeneration(delayMs = 0, capacity = Infinity): GenerationService & {
         return o;
       });
       return {
-        text: toks.map((t) => t.text).join(''),
+        // Prompt 'held': the decoder held back a partial character that only the final text carries.
+        text: toks.map((t) => t.text).join('') + (req.prompt === 'held' ? 'é' : ''),
         token_ids: toks.map((t) => t.id),
         finish_reason: 'length' as const,
         usage: { prompt_tokens: promptToks.length, completion_tokens: toks.length },
@@ -130,6 +131,15 @@ describe('in-process app with test-double ML services', () => {
     expect(evs.map((e) => e.event)).toEqual(['token', 'token', 'token', 'token', 'done']);
     expect(JSON.parse(evs[0]!.data)).toEqual({ text: ' w0', id: 100 });
     expect(JSON.parse(evs[4]!.data).text).toBe(' w0 w1 w2 w3');
+  });
+
+  test('/generate with stream: text held back by the decoder comes as a last token event (id null); the events add up to the text', async () => {
+    const r = await fetch(`${url}/generate`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'm', prompt: 'held', max_tokens: 2, stream: true }) });
+    const evs = await readSSE(r);
+    expect(evs.map((e) => e.event)).toEqual(['token', 'token', 'token', 'done']);
+    expect(JSON.parse(evs[2]!.data)).toEqual({ text: 'é', id: null });
+    const streamed = evs.filter((e) => e.event === 'token').map((e) => JSON.parse(e.data).text).join('');
+    expect(streamed).toBe(JSON.parse(evs[3]!.data).text);
   });
 
   test('a full generation service answers 429 with Retry-After (before a stream opens), not a failure', async () => {

@@ -100,6 +100,12 @@ describe('fine-tune to generation on one process (PGlite)', () => {
       streamed += chunk.choices[0]!.text;
     }
     expect(streamed).toBe(gen.text);
+    // logprobs: 0 gives the sampled tokens' log-probabilities and no alternatives (OpenAI's meaning).
+    const lp = await client.completions.create({ model: 'story-bot@2', prompt: 'Once upon a time', max_tokens: 4, temperature: 0, logprobs: 0 });
+    const l = lp.choices[0]!.logprobs!;
+    expect(l.token_logprobs!.length).toBe(4);
+    for (const x of l.token_logprobs!) expect(x).toBeLessThanOrEqual(0);
+    expect(l.top_logprobs).toBeNull();
   }, 180_000);
 });
 

@@ -11,7 +11,7 @@ import { problems, ProblemError } from './problem.ts';
 import { quotasOf, tenantOf } from './common.ts';
 import { MAX_TEXT } from './schemas.ts';
 import { admitGeneration, MAX_TOKENS_HARD, StopSchema, toStopList } from './generate.ts';
-import { streamRemainder } from './openai.ts';
+import { streamRemainder } from './common.ts';
 import { ChatTemplate } from '../model/chat.ts';
 import { chatTemplateOf } from '../model/versions.ts';
 import type { ChatMessage, GenerateRequest, GenerateResult, TokenLogprob } from '../services.ts';

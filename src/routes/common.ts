@@ -74,3 +74,12 @@ export async function refuseSharedName(d: AppDeps, name: string, field: string):
     });
   }
 }
+
+/**
+ * What a stream still owes once generation ends: the final text minus what the token events carried
+ * (the decoder holds back an incomplete UTF-8 character until it ends; at the length limit it is
+ * flushed into the text). Empty when a stop sequence cut text that was already sent.
+ */
+export function streamRemainder(sent: string, final: string): string {
+  return final.length > sent.length && final.startsWith(sent) ? final.slice(sent.length) : '';
+}

@@ -5,6 +5,7 @@ import type { App, AppDeps, AppEnv } from './deps.ts';
 import { problems, ProblemError, notImplemented } from './problem.ts';
 import { ModelName, quotasOf, resolveVersion, tenantOf, VersionNumber } from './common.ts';
 import { MAX_TEXT } from './schemas.ts';
+import { streamRemainder } from './common.ts';
 import type { GenerateRequest, GenerateResult, GenerationService, ResolvedVersion } from '../services.ts';
 
 export const MAX_TOKENS_HARD = 32_768;
@@ -125,9 +126,15 @@ export function generateRoutes(app: App, d: AppDeps) {
         c,
         async (s) => {
           s.onAbort(() => ac.abort());
+          let sent = '';
           const r = await gen.generate(req, async (tok) => {
+            sent += tok.text;
             await s.writeSSE({ event: 'token', data: JSON.stringify({ text: tok.text, id: tok.id }) });
           });
+          // Text the stream decoder held back (a partial character at the end) comes out at the
+          // end: one more `token` event with id null, so the events' texts add up to `text`.
+          const rest = streamRemainder(sent, r.text);
+          if (rest) await s.writeSSE({ event: 'token', data: JSON.stringify({ text: rest, id: null }) });
           d.metrics.tokensGenerated += r.usage.completion_tokens;
           await s.writeSSE({ event: 'done', data: JSON.stringify(view(r)) });
         },

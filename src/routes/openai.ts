@@ -6,7 +6,7 @@ import { streamSSE } from 'hono/streaming';
 import type { Context } from 'hono';
 import type { App, AppDeps, AppEnv } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
-import { tenantOf } from './common.ts';
+import { streamRemainder, tenantOf } from './common.ts';
 import { listModels } from '../db/repos/models.ts';
 import { MAX_TEXT } from './schemas.ts';
 import { admitGeneration, MAX_TOKENS_HARD, StopSchema, toStopList } from './generate.ts';
@@ -20,14 +20,6 @@ const TokenId = z.number().int().min(0).max(2 ** 31 - 1);
 
 type Prompt = { text: string } | { ids: number[] };
 
-/**
- * What a stream still owes once generation ends: the final text minus what the token events carried
- * (the decoder holds back an incomplete UTF-8 character until it ends; at the length limit it is
- * flushed into the text). Empty when a stop sequence cut text that was already sent.
- */
-export function streamRemainder(sent: string, final: string): string {
-  return final.length > sent.length && final.startsWith(sent) ? final.slice(sent.length) : '';
-}
 
 /** The request's prompts: one per choice. */
 function promptsOf(p: string | number[] | number[][] | string[]): Prompt[] {
@@ -185,6 +177,8 @@ export function openaiRoutes(app: App, d: AppDeps) {
         seed: b.seed ?? 0,
         stop: toStopList(b.stop ?? []),
         logprobs: b.logprobs ?? 0,
+        // logprobs: 0 asks for the sampled tokens' log-probabilities with no alternatives (OpenAI).
+        token_logprobs: b.logprobs != null,
         echo: b.echo ?? false,
         signal: ac.signal,
       }));
