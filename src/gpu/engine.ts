@@ -6,10 +6,11 @@
 // when the CPU needs the data.
 import { checkDevice, getGpu, type GpuContext } from './context.ts';
 import type { MatmulVariant, SizeMode } from './kernels/matmul.ts';
-import { f16ToF32 } from '../util/f16.ts';
+import { bf16ToF32, f16ToF32 } from '../util/f16.ts';
 
-export type DType = 'f32' | 'f16' | 'i32' | 'u32';
-export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, i32: 4, u32: 4 };
+// f16 and bf16 tensors hold 16-bit values packed two per u32 word (frozen weights: kernels/half.ts).
+export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'u32';
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i32: 4, u32: 4 };
 
 export class MemoryBudgetError extends Error {
   override name = 'MemoryBudgetError';
@@ -614,15 +615,16 @@ export class Engine {
       case 'u32':
         return new Uint32Array(bytes);
       case 'f16':
-        return new Uint16Array(bytes);
+      case 'bf16':
+        return new Uint16Array(bytes, 0, t.numel);
     }
   }
 
-  /** Reads an f32 tensor (f16 is widened) as Float32Array. */
+  /** Reads an f32 tensor (f16 and bf16 are widened) as Float32Array. */
   async readF32(t: Tensor): Promise<Float32Array> {
     const data = await this.read(t);
     if (data instanceof Float32Array) return data;
-    if (data instanceof Uint16Array) return f16ToF32(data);
+    if (data instanceof Uint16Array) return t.dtype === 'bf16' ? bf16ToF32(data) : f16ToF32(data);
     throw new Error(`readF32 of ${t}`);
   }
 

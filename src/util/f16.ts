@@ -38,6 +38,14 @@ export function f16BytesToF32(d: Uint8Array, n: number): Float32Array {
   return out;
 }
 
+/** bf16 bit patterns → floats (exact: the bits are the f32's high half). */
+export function bf16ToF32(h: Uint16Array): Float32Array {
+  const out = new Float32Array(h.length);
+  const bits = new Uint32Array(out.buffer);
+  for (let i = 0; i < h.length; i++) bits[i] = h[i]! << 16;
+  return out;
+}
+
 /** Little-endian bf16 bytes (any alignment) → floats (exact: bf16 is the high half of an f32). */
 export function bf16BytesToF32(d: Uint8Array, n: number): Float32Array {
   const out = new Float32Array(n);
@@ -89,4 +97,11 @@ export function f32ToBf16Bits(x: number): number {
   const u = ubuf[0]!;
   if ((u & 0x7fffffff) > 0x7f800000) return (u >>> 16) | 0x40;
   return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** floats → bf16 bit patterns (round to nearest even). */
+export function f32ToBf16(f: ArrayLike<number>): Uint16Array {
+  const out = new Uint16Array(f.length);
+  for (let i = 0; i < f.length; i++) out[i] = f32ToBf16Bits(f[i]!);
+  return out;
 }
