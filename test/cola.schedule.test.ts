@@ -208,7 +208,7 @@ describe('automatic knots (src/cola/auto.ts)', () => {
       [{ min_link_steps: 60 }, 'chain.auto.min_link_steps'],
       [{ threshold: 1 }, 'chain.auto.threshold'],
       [{ ema: 1 }, 'chain.auto.ema'],
-      [{ min_link_steps: 10, window: 10 }, 'chain.auto.window'],
+      [{ window: 0 }, 'chain.auto.window'],
       [{ max_links: 0 }, 'chain.auto.max_links'],
       [{ every: 3 }, 'chain.auto.every'],
     ];

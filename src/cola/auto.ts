@@ -10,7 +10,7 @@
 //   initial = the largest rate_n seen so far in the link (for a decaying loss curve: its rate
 //             right after the knot; the maximum makes the reference robust to a noisy first value).
 // Decision after step n of link j: tie a knot when
-//   n ≥ min_link_steps, j + 1 < max_links, the link has ≥ min_link_steps steps left after the knot,
+//   n ≥ min_link_steps, n > w (the rate exists), j + 1 < max_links, the link has ≥ min_link_steps steps left after the knot,
 //   and rate_n ≤ threshold · initial.
 // Pure arithmetic on the losses the trainer reads back: the same request gives the same losses
 // (bit-identical GPU work) and therefore the same knots, on a rerun and after a resume.
@@ -47,12 +47,10 @@ export function checkAuto(a: unknown, total: number): AutoChain {
   if (!(threshold > 0 && threshold < 1)) throw new ColaConfigError('chain.auto.threshold', `must be in (0, 1), got ${threshold}`);
   const ema = checkNum('chain.auto.ema', o.ema ?? AUTO_DEFAULTS.ema, 0, 1);
   if (ema >= 1) throw new ColaConfigError('chain.auto.ema', 'must be < 1');
-  const window = checkInt('chain.auto.window', o.window ?? AUTO_DEFAULTS.window, 1, 10_000_000);
+  // Default window: 10 steps, at most half a minimal link (the rate exists before a knot may be tied).
+  const window = checkInt('chain.auto.window', o.window ?? Math.max(1, Math.min(AUTO_DEFAULTS.window, Math.floor(min / 2))), 1, 10_000_000);
   if (maxLinks > 1 && 2 * min > total) {
     throw new ColaConfigError('chain.auto.min_link_steps', `${min} steps per link leave no room for a knot in a run of ${total} steps (needs ≤ ${Math.floor(total / 2)})`);
-  }
-  if (maxLinks > 1 && window >= min) {
-    throw new ColaConfigError('chain.auto.window', `must be less than min_link_steps (${min}), so the rate is measured before a knot may be tied; got ${window}`);
   }
   return { min_link_steps: min, max_links: maxLinks, threshold, ema, window };
 }
