@@ -89,6 +89,55 @@ describe('one-dispatch decoder (small Llama models)', () => {
   });
 });
 
+describe('streaming delivery', () => {
+  test('tokens reach onToken in order, the result resolves after the last delivery, and a reader that never drains holds the sequence after 32 tokens', async () => {
+    const c = golden.cases[0]!;
+    // A slow reader: every delivery takes a few ms; generation does not wait for each one.
+    const seen: number[] = [];
+    let delivered = 0;
+    const r = await gen.generate(c.prompt_ids, { ...greedy, maxTokens: 40 }, {
+      onToken: async (t) => {
+        await Bun.sleep(2);
+        seen.push(t.id);
+        delivered++;
+      },
+    });
+    expect(delivered).toBe(r.tokenIds.length);
+    expect(seen).toEqual(r.tokenIds);
+    // A reader that never drains: sampling stops at the bound (32 unsent + the one that waits).
+    let calls = 0;
+    let sampled = 0; // isAborted is asked once per sampled token that was not held back
+    let release!: () => void;
+    const gate = new Promise<void>((res) => (release = res));
+    const p = gen.generate(c.prompt_ids, { ...greedy, maxTokens: 100 }, {
+      onToken: async () => {
+        calls++;
+        await gate;
+      },
+      isAborted: () => {
+        sampled++;
+        return false;
+      },
+    });
+    await Bun.sleep(1500);
+    expect(calls).toBe(1); // the first delivery hangs; the rest queue behind it in order
+    expect(sampled).toBe(32); // the 33rd token waits for the reader
+    release();
+    const r2 = await p;
+    expect(calls).toBe(r2.tokenIds.length);
+    expect(r2.tokenIds.length).toBeGreaterThan(33);
+  });
+  test('a failed delivery (the client went away) fails the generation', async () => {
+    const c = golden.cases[0]!;
+    const p = gen.generate(c.prompt_ids, { ...greedy, maxTokens: 60 }, {
+      onToken: async () => {
+        throw new Error('socket closed');
+      },
+    });
+    await expect(p).rejects.toThrow('socket closed');
+  });
+});
+
 describe('sampling', () => {
   test('seeded sampling is reproducible and differs across seeds', async () => {
     const ids = golden.cases[0]!.prompt_ids;

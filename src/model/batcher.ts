@@ -98,7 +98,11 @@ export class DecodeBatch {
     s.blocks = [];
     this.onLeave(s);
     if (err !== undefined) s.reject(err);
-    else s.resolve(s.stream.result());
+    else {
+      // The result is complete now; the caller sees it once its last tokens are delivered.
+      const r = s.stream.result();
+      s.stream.flushed().then(() => s.resolve(r), (e: unknown) => s.reject(e));
+    }
   }
 
   private async forward(): Promise<{ owners: BatchSequence[]; logits: Float32Array } | null> {

@@ -351,7 +351,9 @@ export class Generator {
       this.freeCache(kv);
       fusedLogits?.free();
     }
-    return stream.result();
+    const r = stream.result();
+    await stream.flushed();
+    return r;
   }
 }
 
@@ -360,6 +362,9 @@ export class Generator {
  * stop sequences, streaming text, logprobs and timing. Shared by the batch-1 path above and the
  * continuous batcher (batcher.ts), so both give the same tokens for the same logits.
  */
+/** Tokens a stream may have sampled but not yet delivered to its reader (see TokenStream.deliver). */
+const MAX_UNSENT = 32;
+
 export class TokenStream {
   readonly maxNew: number;
   readonly tokenIds: number[] = [];
@@ -373,6 +378,10 @@ export class TokenStream {
   private readonly t0 = performance.now();
   private tFirst = 0;
   private done = false;
+  /** Deliveries (`onToken`, a network write each) run in order behind the sampling, not inside it. */
+  private sink: Promise<void> = Promise.resolve();
+  private unsent = 0;
+  private sinkError: { err: unknown } | null = null;
 
   constructor(
     readonly tokenizer: TextTokenizer,
@@ -414,10 +423,38 @@ export class TokenStream {
       this.text = this.text.slice(0, hit);
       return this.end('stop');
     }
-    await this.hooks.onToken?.({ id, text: piece });
+    this.deliver({ id, text: piece });
+    // A slow reader holds its sequence (and so its batch) back only once MAX_UNSENT tokens wait.
+    if (this.unsent > MAX_UNSENT) await this.sink;
+    if (this.sinkError) throw this.sinkError.err;
     if (this.hooks.isAborted?.()) return this.end('length');
     if (this.tokenIds.length >= this.maxNew) return this.end('length');
     return id;
+  }
+
+  /**
+   * Queues a token for `onToken` without waiting for it: the caller (a batch's decode loop) goes on
+   * to its next iteration at once instead of after a network write, so it never leaves the device
+   * to another class between two iterations just because a socket was slow to drain.
+   */
+  private deliver(t: { id: number; text: string }): void {
+    const on = this.hooks.onToken;
+    if (!on) return;
+    this.unsent++;
+    this.sink = this.sink
+      .then(() => (this.sinkError ? undefined : on(t)))
+      .catch((err: unknown) => {
+        this.sinkError ??= { err };
+      })
+      .finally(() => {
+        this.unsent--;
+      });
+  }
+
+  /** Resolves when every token has been delivered; rejects with the first delivery error. */
+  async flushed(): Promise<void> {
+    await this.sink;
+    if (this.sinkError) throw this.sinkError.err;
   }
 
   /** Ends the sequence early (e.g. the client went away). */
