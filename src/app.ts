@@ -25,6 +25,7 @@ import { chatRoutes } from './routes/chat.ts';
 import { fileRoutes } from './routes/files.ts';
 import { mergeRoutes } from './routes/merge.ts';
 import { deleteRoutes } from './routes/delete.ts';
+import { docsRoutes } from './routes/docs.ts';
 
 export type { AppOptions, AppDeps } from './routes/deps.ts';
 
@@ -176,12 +177,7 @@ export function createApp(opts: AppOptions): App {
   mergeRoutes(app, deps);
   deleteRoutes(app, deps);
 
-  app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
-  app.doc31('/openapi.json', {
-    openapi: '3.1.0',
-    info: { title: 'COLA fine-tune-and-serve service', version: '1' },
-    security: [{ bearer: [] }],
-  });
+  docsRoutes(app);
   app.get('/docs', swaggerUI({ url: '/openapi.json' }));
   return app;
 }

@@ -105,6 +105,9 @@ export function fileRoutes(app: App, d: AppDeps) {
           content: {
             // Plain JSON Schema (documentation only): the body is parsed and validated line by line in the handler.
             'application/jsonl': { schema: { type: 'string', description: 'one JSON example per line' } },
+            'application/x-ndjson': { schema: { type: 'string', description: 'the same as application/jsonl' } },
+            'application/json': { schema: { type: 'string', description: 'the same as application/jsonl (one JSON example per line)' } },
+            'text/plain': { schema: { type: 'string', description: 'the same as application/jsonl' } },
             'multipart/form-data': { schema: { type: 'object', properties: { file: { type: 'string', format: 'binary' } }, required: ['file'] } },
           },
         },

@@ -219,7 +219,13 @@ export function finetuneRoutes(app: App, d: AppDeps) {
         headers: z.object({ 'last-event-id': z.string().regex(/^\d{1,9}$/, 'must be an event id (a number)').optional() }),
         query: z.object({ last_event_id: z.coerce.number().int().min(0).max(999_999_999).optional() }),
       },
-      responses: { 200: { description: 'event stream', content: { 'text/event-stream': { schema: z.string() } } }, ...problems(400, 401, 404) },
+      responses: {
+        200: {
+          description: 'event stream: each event has an id (resume with Last-Event-ID), a name and JSON data, typed by the JobEvents schema under that name',
+          content: { 'text/event-stream': { schema: z.string().openapi({ description: 'SSE; data: JSON of JobEvents[event]' }) } },
+        },
+        ...problems(400, 401, 404),
+      },
     }),
     async (c) => {
       const t = tenantOf(c);

@@ -85,7 +85,7 @@ export function generateRoutes(app: App, d: AppDeps) {
       responses: {
         200: {
           description: 'generation (JSON), or an SSE stream when stream: true',
-          content: { 'application/json': { schema: GenerateOut }, 'text/event-stream': { schema: z.string() } },
+          content: { 'application/json': { schema: GenerateOut }, 'text/event-stream': { schema: z.string().openapi({ description: 'SSE; data: JSON of GenerateEvents[event]' }) } },
         },
         ...problems(400, 401, 404, 413, 415, 429, 501, 503),
       },

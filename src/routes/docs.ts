@@ -1,0 +1,85 @@
+// The OpenAPI document (/openapi.json) and what completes it: the error responses every route can
+// give (added from the middleware's rules, so no route forgets one), the SSE event payloads as
+// named schemas, and the routes served outside the registry (/openapi.json, /docs) described too.
+import { createRoute, z } from '@hono/zod-openapi';
+import type { App } from './deps.ts';
+import { problems, ProblemSchema } from './problem.ts';
+import { JobStatusSchema } from './schemas.ts';
+
+export const OPENAPI_INFO = {
+  openapi: '3.1.0',
+  info: { title: 'COLA fine-tune-and-serve service', version: '1' },
+  security: [{ bearer: [] as string[] }],
+};
+
+/** The data of each event of GET /finetune/{id}/events, by event name (each `data:` line is this JSON). */
+export const JobEvents = z
+  .object({
+    status: z.object({ status: JobStatusSchema, attempt: z.number().int().optional(), reason: z.string().optional(), error: z.object({ type: z.string(), detail: z.string() }).optional() }),
+    link_started: z.object({ link: z.number().int(), rank: z.number().int() }),
+    step: z.object({ step: z.number().int(), loss: z.number().nullable(), lr: z.number().nullable(), link: z.number().int(), epoch: z.number().int() }),
+    knot: z.object({ link: z.number().int(), step: z.number().int(), version: z.number().int(), rank: z.number().int(), val_loss: z.number().nullable() }),
+    eval: z.object({ link: z.number().int(), val_loss: z.number() }),
+    done: z.object({ status: JobStatusSchema }),
+  })
+  .openapi('JobEvents', { description: 'SSE payloads of GET /finetune/{id}/events: the `data` JSON of each event, keyed by the event name' });
+
+/** The data of each event of POST /generate with stream: true. */
+export const GenerateEvents = z
+  .object({
+    token: z.object({ text: z.string(), id: z.number().int().nullable() }),
+    done: z.object({}).passthrough().openapi({ description: 'the GenerateResponse of the whole generation' }),
+    error: z.object({ detail: z.string() }),
+  })
+  .openapi('GenerateEvents', { description: 'SSE payloads of POST /generate with stream: true, keyed by the event name; `done` carries a GenerateResponse' });
+
+const PUBLIC_PATHS = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', '/docs', '/ui']);
+
+type RouteDef = { type: string; route?: { method: string; path: string; request?: { body?: unknown }; responses: Record<string, unknown> } };
+
+/**
+ * Adds to every registered route the problem+json responses the middleware in app.ts can give:
+ * 401 and 429 (request-rate quota; not on /admin) on authenticated routes, 413 and 415 on routes with a body,
+ * 500 everywhere but the public endpoints. A route's own description of a status wins.
+ */
+export function completeErrorResponses(app: App) {
+  for (const d of app.openAPIRegistry.definitions as RouteDef[]) {
+    if (d.type !== 'route' || !d.route) continue;
+    const r = d.route;
+    const add: number[] = [];
+    // The request-rate quota (429) is a tenant's: admin routes do not take it.
+    if (!PUBLIC_PATHS.has(r.path)) add.push(...(r.path.startsWith('/admin/') ? [401, 500] : [401, 429, 500]));
+    if (r.request?.body) add.push(413, 415);
+    for (const [s, v] of Object.entries(problems(...add))) if (!(s in r.responses)) r.responses[s] = v;
+  }
+}
+
+/** /openapi.json and the description of the routes this module serves outside app.openapi. */
+export function docsRoutes(app: App) {
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
+  app.openAPIRegistry.register('JobEvents', JobEvents);
+  app.openAPIRegistry.register('GenerateEvents', GenerateEvents);
+  app.openAPIRegistry.register('Problem', ProblemSchema);
+  app.openAPIRegistry.registerPath(
+    createRoute({
+      method: 'get',
+      path: '/openapi.json',
+      tags: ['ops'],
+      security: [],
+      summary: 'This document (OpenAPI 3.1)',
+      responses: { 200: { description: 'the OpenAPI document', content: { 'application/json': { schema: z.object({}).passthrough() } } } },
+    }),
+  );
+  app.openAPIRegistry.registerPath(
+    createRoute({
+      method: 'get',
+      path: '/docs',
+      tags: ['ops'],
+      security: [],
+      summary: 'The API reference page (Swagger UI)',
+      responses: { 200: { description: 'HTML page', content: { 'text/html': { schema: z.string() } } } },
+    }),
+  );
+  completeErrorResponses(app);
+  app.doc31('/openapi.json', OPENAPI_INFO);
+}
