@@ -6,8 +6,9 @@
 // when the CPU needs the data.
 import { checkDevice, getGpu, type GpuContext } from './context.ts';
 
-export type DType = 'f32' | 'f16' | 'i32' | 'u32';
-export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, i32: 4, u32: 4 };
+// f16 and bf16 tensors hold 16-bit values packed two per u32 word (frozen weights: kernels/half.ts).
+export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'u32';
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i32: 4, u32: 4 };
 
 export class MemoryBudgetError extends Error {
   override name = 'MemoryBudgetError';
@@ -557,15 +558,16 @@ export class Engine {
       case 'u32':
         return new Uint32Array(bytes);
       case 'f16':
-        return new Uint16Array(bytes);
+      case 'bf16':
+        return new Uint16Array(bytes, 0, t.numel);
     }
   }
 
-  /** Reads an f32 tensor (f16 is widened) as Float32Array. */
+  /** Reads an f32 tensor (f16 and bf16 are widened) as Float32Array. */
   async readF32(t: Tensor): Promise<Float32Array> {
     const data = await this.read(t);
     if (data instanceof Float32Array) return data;
-    if (data instanceof Uint16Array) return f16ToF32(data);
+    if (data instanceof Uint16Array) return t.dtype === 'bf16' ? bf16ToF32(data) : f16ToF32(data);
     throw new Error(`readF32 of ${t}`);
   }
 
@@ -654,6 +656,14 @@ function defaultBudget(): number {
 function padTo4(data: ArrayBufferView): Uint8Array {
   const out = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
   out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  return out;
+}
+
+/** bfloat16 → float (exact: the bits are the f32's high half). */
+export function bf16ToF32(h: Uint16Array): Float32Array {
+  const out = new Float32Array(h.length);
+  const bits = new Uint32Array(out.buffer);
+  for (let i = 0; i < h.length; i++) bits[i] = h[i]! << 16;
   return out;
 }
 

@@ -23,6 +23,8 @@
 // Edges: loads clamp row/column indices into range (the clamped products are discarded) and
 // stores are guarded, so any M, N ≥ 1 works; K is split into KU-deep chunks plus a scalar tail.
 
+import { halfWGSL, type HalfKind } from './half.ts';
+
 export type MatmulVariant = 'sg' | 'uni' | 'tiled';
 
 export interface RegTileSpec {
@@ -43,6 +45,8 @@ export interface RegTileSpec {
   /** Each lane owns groups of 4 adjacent columns read/written as vec4 (needs !transB, N % 4 == 0, CN % 4 == 0). */
   nVec: boolean;
   sizes: SizeMode;
+  /** B holds 16-bit values packed in u32 (a frozen weight, kernels/half.ts); unset: f32. */
+  bHalf?: HalfKind;
 }
 
 export interface TiledSpec {
@@ -55,12 +59,13 @@ export interface TiledSpec {
   TM: number;
   TN: number;
   sizes: SizeMode;
+  bHalf?: HalfKind;
 }
 
 export type MatmulSpec = RegTileSpec | TiledSpec;
 
 export function matmulKernelName(s: MatmulSpec): string {
-  const t = `${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}${s.sizes === 'uniform' ? '.u' : ''}`;
+  const t = `${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}${s.sizes === 'uniform' ? '.u' : ''}${s.bHalf ? `.${s.bHalf}` : ''}`;
   if (s.variant === 'tiled') return `matmul.tiled.${t}.${s.BM}x${s.BN}x${s.BK}.${s.TM}x${s.TN}`;
   return `matmul.${s.variant}.${t}.R${s.R}.CN${s.CN}.KU${s.KU}.LW${s.LW}.${s.aVec ? 'av' : 'as'}${s.bVec ? 'bv' : 'bs'}${s.nVec ? 'nv' : ''}`;
 }
@@ -104,6 +109,16 @@ const VT = (n: number) => (n === 1 ? 'f32' : `vec${n}f`);
 const COMP = ['x', 'y', 'z', 'w'];
 const range = (n: number) => [...Array(n).keys()];
 
+/**
+ * B loads over 16-bit packed words: b1(i) is element i, b4(i) elements i..i+3 (i a multiple of 4,
+ * so the two words are one aligned pair).
+ */
+function halfLoads(kind: HalfKind): string {
+  return `${halfWGSL(kind)}
+fn b1(i: u32) -> f32 { let v = h2(b[i >> 1u]); return select(v.x, v.y, (i & 1u) == 1u); }
+fn b4(i: u32) -> vec4f { let j = i >> 1u; return vec4f(h2(b[j]), h2(b[j + 1u])); }`;
+}
+
 /** Epilogue for one output element: scale, bias, accumulate, store. */
 function store(idx: string, col: string, acc: string): string {
   return `{ let i = ${idx}; var v = ALPHA * ${acc}; if (HAS_BIAS) { v += bias[${col}]; } if (ACC) { v += c[i]; } c[i] = v; }`;
@@ -126,7 +141,9 @@ export function regTileWGSL(s: RegTileSpec): string {
   L.push(sg ? 'enable subgroups;' : '');
   L.push(common(s.sizes));
   L.push(`@group(0) @binding(0) var<storage, read> a: array<${aVec ? 'vec4f' : 'f32'}>; // (batch|1, ${TA ? 'K, M' : 'M, K'})${aVec ? ' as vec4 along K' : ''}`);
-  L.push(`@group(0) @binding(1) var<storage, read> b: array<${bVec || NV === 4 ? 'vec4f' : 'f32'}>; // (batch|1, ${TB ? 'N, K' : 'K, N'})${bVec ? ' as vec4 along K' : NV === 4 ? ' as vec4 along N' : ''}`);
+  const bh = s.bHalf;
+  if (bh) L.push(`@group(0) @binding(1) var<storage, read> b: array<u32>; // (${TB ? 'N, K' : 'K, N'}) ${bh} packed two per word\n${halfLoads(bh)}`);
+  else L.push(`@group(0) @binding(1) var<storage, read> b: array<${bVec || NV === 4 ? 'vec4f' : 'f32'}>; // (batch|1, ${TB ? 'N, K' : 'K, N'})${bVec ? ' as vec4 along K' : NV === 4 ? ' as vec4 along N' : ''}`);
   L.push(`@group(0) @binding(2) var<storage, read_write> c: array<${CT}>; // (batch, M, N)${NV === 4 ? ' as vec4 along N' : ''}`);
   L.push(`@group(0) @binding(3) var<storage, read> bias: array<${CT}>; // (N), or a dummy (4 floats) when !HAS_BIAS`);
   const laneB = sg ? '@builtin(subgroup_invocation_id) lane: u32' : '@builtin(local_invocation_index) lane: u32';
@@ -161,12 +178,13 @@ export function regTileWGSL(s: RegTileSpec): string {
     // B fragment: b{u}_{q} = B[k+u, group q's column(s)].
     for (const q of groups) {
       if (bv) {
-        o.push(`    let bq${q} = b[(bOff + bc${q} * K + k) / 4u];`);
+        o.push(bh ? `    let bq${q} = b4(bOff + bc${q} * K + k);` : `    let bq${q} = b[(bOff + bc${q} * K + k) / 4u];`);
         for (const u of range(ku)) o.push(`    let b${u}_${q} = bq${q}.${COMP[u]};`);
       } else {
         for (const u of range(ku)) {
           let e: string;
-          if (NV === 4) e = `b[(bOff + (k + ${u}u) * N + bc${q}) / 4u]`;
+          if (NV === 4) e = bh ? `b4(bOff + (k + ${u}u) * N + bc${q})` : `b[(bOff + (k + ${u}u) * N + bc${q}) / 4u]`;
+          else if (bh) e = TB ? `b1(bOff + bc${q} * K + k + ${u}u)` : `b1(bOff + (k + ${u}u) * N + bc${q})`;
           else e = TB ? `b[bOff + bc${q} * K + k + ${u}u]` : `b[bOff + (k + ${u}u) * N + bc${q}]`;
           o.push(`    let b${u}_${q} = ${e};`);
         }
@@ -221,7 +239,7 @@ export function tiledWGSL(s: TiledSpec): string {
   const idx = (i: number, j: number) => i * TN + j;
   return `${common(s.sizes)}
 @group(0) @binding(0) var<storage, read> a: array<f32>; // (batch|1, ${TA ? 'K, M' : 'M, K'})
-@group(0) @binding(1) var<storage, read> b: array<f32>; // (batch|1, ${TB ? 'N, K' : 'K, N'})
+${s.bHalf ? `@group(0) @binding(1) var<storage, read> b: array<u32>; // (${TB ? 'N, K' : 'K, N'}) ${s.bHalf} packed two per word\n${halfLoads(s.bHalf)}` : `@group(0) @binding(1) var<storage, read> b: array<f32>; // (batch|1, ${TB ? 'N, K' : 'K, N'})`}
 @group(0) @binding(2) var<storage, read_write> c: array<f32>; // (batch, M, N)
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N), or a dummy when !HAS_BIAS
 
@@ -249,7 +267,7 @@ ${sizeLets(s.sizes)}  let aOff = w.z * SA; let bOff = w.z * SB; let cOff = w.z *
       let gn = n0 + nn; let gk = k0 + kk;
       let inb = gn < N && gk < K;
       let src = ${TB ? 'min(gn, N - 1u) * K + min(gk, K - 1u)' : 'min(gk, K - 1u) * N + min(gn, N - 1u)'};
-      Bs[kk * ${BN}u + nn] = select(0.0, b[bOff + src], inb);
+      Bs[kk * ${BN}u + nn] = select(0.0, ${s.bHalf ? 'b1(bOff + src)' : 'b[bOff + src]'}, inb);
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${BK}u; kk++) {
@@ -327,3 +345,13 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   y[(4u * cb + 3u) * br + rb] = vec4f(a0.w, a1.w, a2.w, a3.w);
 }
 `;
+
+/** TRANSPOSE4_WGSL reading a 16-bit (f16/bf16) x packed two per word, writing f32 y. */
+export function transpose4HalfWGSL(kind: HalfKind): string {
+  const src = TRANSPOSE4_WGSL.replace(
+    '@group(0) @binding(0) var<storage, read> x: array<vec4f>;        // (ROWS, COLS) as vec4 along COLS',
+    `@group(0) @binding(0) var<storage, read> x: array<vec2<u32>>;    // (ROWS, COLS) ${kind}, 4 values per vec2 of words\n${halfWGSL(kind)}\nfn x4(i: u32) -> vec4f { let p = x[i]; return vec4f(h2(p.x), h2(p.y)); }`,
+  ).replace(/let a(\d) = x\[([^\]]+)\];/g, 'let a$1 = x4($2);');
+  if (!src.includes('fn x4') || /let a\d = x\[/.test(src)) throw new Error('transpose4HalfWGSL: template changed');
+  return src;
+}

@@ -1,6 +1,35 @@
 import src from '../kernels/embedding.wgsl' with { type: 'text' };
 import { ShapeError, type Engine, type Tensor } from '../engine.ts';
 import { grid1d } from './util.ts';
+import { halfWGSL, type HalfKind } from '../kernels/half.ts';
+
+/** The gather over a 16-bit table (f16/bf16 packed two per word): f32 rows out. */
+function gatherHalfWGSL(kind: HalfKind): string {
+  return `override C: u32;
+override WG: u32 = 64;
+struct Params { n: u32, v: u32 }
+@group(0) @binding(0) var<storage, read> g_ids: array<i32>;        // (N)
+@group(0) @binding(1) var<storage, read> g_table: array<u32>;      // (V, C) ${kind}, two per word
+@group(0) @binding(2) var<storage, read_write> g_out: array<f32>;  // (N, C)
+@group(0) @binding(3) var<uniform> g_p: Params;
+${halfWGSL(kind)}
+@compute @workgroup_size(WG)
+fn emb_fwd(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= g_p.n * C) { return; }
+  let n = i / C;
+  let c = i - n * C;
+  let id = g_ids[n];
+  var v = 0.0;
+  if (id >= 0 && u32(id) < g_p.v) {
+    let j = u32(id) * C + c;
+    let p = h2(g_table[j >> 1u]);
+    v = select(p.x, p.y, (j & 1u) == 1u);
+  }
+  g_out[i] = v;
+}
+`;
+}
 
 const WG = 64;
 
@@ -14,12 +43,13 @@ function params(e: Engine, n: number, v: number) {
  */
 export function embedding(e: Engine, ids: Tensor, table: Tensor): Tensor {
   if (ids.dtype !== 'i32') throw new ShapeError(`embedding: ids must be i32, got ${ids}`);
-  if (table.dtype !== 'f32' || table.shape.length !== 2) throw new ShapeError(`embedding: table must be f32 (V, C), got ${table}`);
+  const half = table.dtype === 'f16' || table.dtype === 'bf16' ? table.dtype : null;
+  if ((table.dtype !== 'f32' && !half) || table.shape.length !== 2) throw new ShapeError(`embedding: table must be f32, f16 or bf16 (V, C), got ${table}`);
   const [V, C] = table.shape as [number, number];
   const N = ids.numel;
   const out = e.empty([...ids.shape, C]);
   if (N * C === 0) return out;
-  const p = e.pipeline('embedding', () => src, { C, WG: 256 }, 'emb_fwd');
+  const p = half ? e.pipeline(`embedding.${half}`, () => gatherHalfWGSL(half), { C, WG: 256 }, 'emb_fwd') : e.pipeline('embedding', () => src, { C, WG: 256 }, 'emb_fwd');
   e.dispatch(p, [ids, table, out, params(e, N, V)], grid1d(e, N * C, 256));
   return out;
 }

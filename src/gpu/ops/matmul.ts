@@ -1,7 +1,10 @@
-// Matmul, linear and linear backward (f32). Kernel families and why: ../kernels/matmul.ts.
+// Matmul, linear and linear backward (f32 arithmetic). Kernel families and why: ../kernels/matmul.ts.
+// B may be a 2-D f16/bf16 tensor (a frozen weight stored 16-bit): every kernel family then reads its
+// packed words directly (kernels/half.ts); A, C, the bias and the accumulation stay f32.
 import gemvSrc from '../kernels/gemv.wgsl' with { type: 'text' };
 import { ShapeError, type Binding, type Engine, type Tensor, type UniformBlock } from '../engine.ts';
-import { COLSUM_WGSL, TRANSPOSE4_WGSL, matmulKernelName, matmulWGSL, type MatmulSpec, type MatmulVariant, type SizeMode } from '../kernels/matmul.ts';
+import { halfWGSL, type HalfKind } from '../kernels/half.ts';
+import { COLSUM_WGSL, TRANSPOSE4_WGSL, transpose4HalfWGSL, matmulKernelName, matmulWGSL, type MatmulSpec, type MatmulVariant, type SizeMode } from '../kernels/matmul.ts';
 import { grid1d } from './util.ts';
 
 export type { MatmulVariant, SizeMode } from '../kernels/matmul.ts';
@@ -81,6 +84,7 @@ export function planMatmul(
   transB: boolean,
   variant: MatmulVariant,
   sizes: SizeMode = defaultSizes,
+  bHalf?: HalfKind,
 ): { spec: MatmulSpec; grid: [number, number] } {
   if (variant === 'tiled') {
     // 64×64 tiles with 16×16 invocations of 4×4 outputs when the device allows 256 invocations and
@@ -90,7 +94,7 @@ export function planMatmul(
     const big = inv >= 256 && e.limits.maxComputeWorkgroupStorageSize >= 16 * 64 * 2 * 4 && M * N >= 64 * 64 * 64;
     const BM = big ? 64 : 32;
     const BN = big ? 64 : 32;
-    const spec: MatmulSpec = { variant, transA, transB, BM, BN, BK: 16, TM: 4, TN: 4, sizes };
+    const spec: MatmulSpec = { variant, transA, transB, BM, BN, BK: 16, TM: 4, TN: 4, sizes, ...(bHalf ? { bHalf } : {}) };
     return { spec, grid: [ceil(N, BN), ceil(M, BM)] };
   }
   const sg = variant === 'sg';
@@ -115,6 +119,7 @@ export function planMatmul(
     bVec: transB && K % 4 === 0,
     nVec: matmulTuning.nVec && !transB && N % 4 === 0 && CN % 4 === 0,
     sizes,
+    ...(bHalf ? { bHalf } : {}),
   };
   return { spec, grid: [ceil(M, R), ceil(N, LW * CN)] };
 }
@@ -132,7 +137,9 @@ function dummy(e: Engine): Tensor {
  */
 export function matmul(e: Engine, a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const { transA = false, transB = false, alpha = 1, accumulate, bias } = opts;
-  if (a.dtype !== 'f32' || b.dtype !== 'f32') throw new ShapeError(`matmul: f32 only, got ${a} and ${b}`);
+  const bHalf = isHalf(b) ? b.dtype : undefined;
+  if (a.dtype !== 'f32' || (b.dtype !== 'f32' && !bHalf)) throw new ShapeError(`matmul: A f32 and B f32, f16 or bf16, got ${a} and ${b}`);
+  if (bHalf && (b.shape.length !== 2 || b.byteOffset % 4 !== 0)) throw new ShapeError(`matmul: a 16-bit B must be a whole 2-D weight, got ${b}`);
   if (a.shape.length < 2 || b.shape.length < 2) throw new ShapeError(`matmul: operands must be at least 2-D, got ${a} and ${b}`);
   const ar = a.shape.length;
   const br = b.shape.length;
@@ -178,7 +185,8 @@ export function matmul(e: Engine, a: Tensor, b: Tensor, opts: MatmulOptions = {}
     const groups = ceil(N, 8);
     const max = e.limits.maxComputeWorkgroupsPerDimension;
     const gy = ceil(groups, max);
-    e.dispatch(e.pipeline('gemv', () => gemvSrc, { MR: Mk }), [a, b, c, bias ?? dummy(e), e.uniform(new Uint8Array(params))], [ceil(groups, gy), gy]);
+    const pipe = bHalf ? e.pipeline(`gemv.${bHalf}`, () => gemvHalfWGSL(bHalf), { MR: Mk }) : e.pipeline('gemv', () => gemvSrc, { MR: Mk });
+    e.dispatch(pipe, [a, b, c, bias ?? dummy(e), e.uniform(new Uint8Array(params))], [ceil(groups, gy), gy]);
     return c;
   }
   // x·Wᵀ with a shared W on the register tiles: transpose W (one pass over K·N elements) and run the
@@ -190,7 +198,7 @@ export function matmul(e: Engine, a: Tensor, b: Tensor, opts: MatmulOptions = {}
     bt.free(); // later dispatches that reuse its buffer are ordered after this one
     return r;
   }
-  const { spec, grid } = planMatmul(e, Mk, N, K, transA, transB, variant, sizes);
+  const { spec, grid } = planMatmul(e, Mk, N, K, transA, transB, variant, sizes, bHalf);
   const bindings: (Tensor | Binding | UniformBlock)[] = [a, b, c, bias ?? dummy(e)];
   let p: GPUComputePipeline;
   if (sizes === 'override') {
@@ -255,12 +263,28 @@ export function colSum(e: Engine, x: Tensor, out: Tensor, accumulate = false): T
   return out;
 }
 
-/** y = xᵀ for a 2-D x whose dims are multiples of 4. */
+/** y = xᵀ (f32) for a 2-D x (f32, f16 or bf16) whose dims are multiples of 4. */
 export function transpose2d(e: Engine, x: Tensor, out?: Tensor): Tensor {
   const [rows, cols] = x.shape as [number, number];
   if (x.shape.length !== 2 || rows % 4 || cols % 4) throw new ShapeError(`transpose2d: ${x} (2-D, dims multiples of 4)`);
   const y = out ?? e.empty([cols, rows]);
-  const p = e.pipeline('matmul.transpose4', () => TRANSPOSE4_WGSL);
+  const h = isHalf(x) ? x.dtype : null;
+  if (!h && x.dtype !== 'f32') throw new ShapeError(`transpose2d: ${x} must be f32, f16 or bf16`);
+  const p = h ? e.pipeline(`matmul.transpose4.${h}`, () => transpose4HalfWGSL(h)) : e.pipeline('matmul.transpose4', () => TRANSPOSE4_WGSL);
   e.dispatch(p, [x, y, e.uniform(new Uint32Array([rows, cols]))], grid1d(e, (rows * cols) / 16, 64));
   return y;
+}
+
+/** Whether t holds 16-bit floats (f16 or bf16) packed two per u32 word. */
+export function isHalf(t: Tensor): t is Tensor & { dtype: HalfKind } {
+  return t.dtype === 'f16' || t.dtype === 'bf16';
+}
+
+/** kernels/gemv.wgsl with W read as 16-bit values packed in words (4 values per vec2 of words). */
+export function gemvHalfWGSL(kind: HalfKind): string {
+  const src = gemvSrc
+    .replace('@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;      // (N, K/4)', `@group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;      // (N, K/4) ${kind}, 4 values per vec2 of words\n${halfWGSL(kind)}`)
+    .replace('let wv = w[n * P.K4 + k];', 'let wp = w[n * P.K4 + k]; let wv = vec4f(h2(wp.x), h2(wp.y));');
+  if (!src.includes('fn h2') || !src.includes('let wp')) throw new Error('gemvHalfWGSL: template changed');
+  return src;
 }
