@@ -2892,7 +2892,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The API reference page (Swagger UI) */
+        /** The API reference page (Swagger UI, its assets served from this server: works offline) */
         get: {
             parameters: {
                 query?: never;

@@ -24,6 +24,15 @@ import type { ChainConfig, ChainPlan } from './schedule.ts';
 type Req = Record<string, any>;
 
 /** The trainer's config from the validated request body (snake_case, defaults applied by zod). Throws ColaConfigError. */
+/**
+ * The scheduler key of a job's training steps: its tenant. Device time is shared fairly between
+ * tenants, not jobs, so a tenant with two running jobs gets the same share as one with one; the
+ * jobs of one tenant take turns in arrival order.
+ */
+export function trainKey(tenantId: string): string {
+  return `job:${tenantId}`;
+}
+
 export function trainConfigFromRequest(req: Req, modelConfig: ModelConfig): TrainConfig {
   const lora = req.lora ?? {};
   if ((lora.dropout ?? 0) > 0) throw new ColaConfigError('lora.dropout', 'dropout > 0 is not implemented: this trainer has no dropout; leave it at 0');
@@ -190,7 +199,7 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       const store = new SnapshotStore(job.storeDir);
       let lastEpoch = 0;
       const res = await trainCola(
-          { e, device: { sched, key: `job:${job.tenantId}:${job.id}` }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
+          { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
           {
             onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
             onStep: async (s) => {
