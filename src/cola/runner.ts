@@ -20,8 +20,9 @@ import { SnapshotStore } from '../store/snapshot-store.ts';
 import { archConfigOf, initLoraHost, resolveLoraSpec, type LoraHost } from './lora.ts';
 import { planFor, trainCola, type TrainConfig } from './trainer.ts';
 import type { ChainConfig, ChainPlan } from './schedule.ts';
+import type { FinetuneRequestBody } from '../domain/schemas.ts';
 
-type Req = Record<string, any>;
+type Req = FinetuneRequestBody;
 
 /** The trainer's config from the validated request body (snake_case, defaults applied by zod). Throws ColaConfigError. */
 /**
