@@ -215,6 +215,11 @@ export interface JobRunner {
 }
 
 // ---------------------------------------------------------------- engine health and gauges
+/** What the routes enqueue jobs through (src/jobs/queue.ts implements it). */
+export interface JobQueue {
+  enqueue(jobId: string): Promise<void>;
+}
+
 export interface EngineHealth {
   /** Whether the GPU device is usable; with a reason when it is not. */
   health(): Promise<{ ok: boolean; detail?: string }>;

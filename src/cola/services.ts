@@ -22,20 +22,16 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import {
-  closeSync,
-  constants,
   copyFileSync,
   existsSync,
-  fsyncSync,
   mkdirSync,
-  openSync,
   readdirSync,
   renameSync,
   rmSync,
   statSync,
-  writeSync,
 } from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
+import { writeFileAtomicSync } from '../util/atomic.ts';
 import {
   UserInputError,
   type AdapterValidator,
@@ -106,32 +102,6 @@ function checkPathString(p: unknown, what: string): string {
 }
 
 // ------------------------------------------------------------------------------------ helpers
-
-/** temp file in the target's directory → write → fsync → rename; readers never see a partial file. */
-function writeFileAtomic(finalPath: string, bytes: Uint8Array): void {
-  const dir = dirname(finalPath);
-  mkdirSync(dir, { recursive: true });
-  const tmp = join(dir, `.tmp-${basename(finalPath)}-${process.pid}-${randomBytes(6).toString('hex')}`);
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
-  let renamed = false;
-  try {
-    try {
-      let off = 0;
-      while (off < bytes.length) {
-        const n = writeSync(fd, bytes, off, Math.min(1 << 20, bytes.length - off));
-        if (n <= 0) throw new Error(`short write to ${tmp}`);
-        off += n;
-      }
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, finalPath);
-    renamed = true;
-  } finally {
-    if (!renamed) rmSync(tmp, { force: true });
-  }
-}
 
 function sha256Hex(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
@@ -247,7 +217,7 @@ function storeTokenizer(storeDir: string, t: TokenizerFiles): string {
     const tmp = join(root, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     mkdirSync(tmp);
     try {
-      for (const [name, bytes] of contents) writeFileAtomic(join(tmp, name), bytes);
+      for (const [name, bytes] of contents) writeFileAtomicSync(join(tmp, name), bytes);
       try {
         renameSync(tmp, dir);
       } catch (e) {
@@ -542,7 +512,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
       }
       const zip = packAdapter({ config: configJson as Record<string, unknown>, weights: weightsBytes });
       const zipPath = join(storeDir, 'adapters', `${sha256Hex(zip)}.zip`);
-      if (!isFile(zipPath)) writeFileAtomic(zipPath, zip);
+      if (!isFile(zipPath)) writeFileAtomicSync(zipPath, zip);
       return { weights: { path: obj.path, sha256: obj.sha256, bytes: obj.bytes }, adapterPath: zipPath };
     },
   };
@@ -559,7 +529,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
       const actual = sha256Hex(raw);
       if (actual !== v.sha256) throw new Error(`${src} hashes to ${actual}, but version ${v.model} v${v.version} records ${v.sha256}`);
       const loaded = loadVersion(repoRoot, v);
-      writeFileAtomic(out, saveSafetensorsWeights(loaded.weights));
+      writeFileAtomicSync(out, saveSafetensorsWeights(loaded.weights));
       return out;
     })();
     inFlight.set(v.sha256, job);
@@ -591,7 +561,7 @@ export function createModelServices(opts: ModelServicesOptions): ModelServices {
         const config = JSON.parse(new TextDecoder().decode(cfgBytes)) as Record<string, unknown>;
         const zip = packAdapter({ config, weights });
         const out = join(exportDir, 'adapters', `${sha256Hex(zip)}.zip`);
-        if (!isFile(out)) writeFileAtomic(out, zip);
+        if (!isFile(out)) writeFileAtomicSync(out, zip);
         return { path: out, contentType: 'application/zip', filename };
       }
       return null;

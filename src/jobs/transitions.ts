@@ -13,7 +13,7 @@ import type { Db } from '../db/index.ts';
 import { jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
 import { appendEvent } from '../db/repos/jobs.ts';
 import { ensureTenantModel, guardStorePaths, insertVersion, type NewVersion } from '../db/repos/models.ts';
-import type { JobStatus } from './states.ts';
+import type { JobStatus } from '../domain/job-states.ts';
 import { UserInputError } from '../services.ts';
 
 export class StaleLeaseError extends Error {

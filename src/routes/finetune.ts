@@ -12,7 +12,7 @@ import { configFromRegistration } from '../model/config.ts';
 import { ChatTemplate } from '../model/chat.ts';
 import { chatTemplateOf } from '../model/versions.ts';
 import { requestCancel } from '../jobs/transitions.ts';
-import { isTerminal, type JobStatus } from '../jobs/states.ts';
+import { isTerminal, type JobStatus } from '../domain/job-states.ts';
 import type { Job } from '../db/schema.ts';
 import { newId } from '../db/ids.ts';
 

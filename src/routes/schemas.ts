@@ -1,6 +1,6 @@
 // Request/response schemas shared by several routes (the contract in docs/API.md).
 import { z } from '@hono/zod-openapi';
-import { JOB_STATES } from '../jobs/states.ts';
+import { JOB_STATES } from '../domain/job-states.ts';
 import { IdParam, ModelName, VersionNumber } from './common.ts';
 
 export const MAX_TEXT = 100_000; // characters per prompt/completion/text

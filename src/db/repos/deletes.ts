@@ -16,7 +16,7 @@
 import { and, eq, inArray, ne, or, sql } from 'drizzle-orm';
 import type { Db } from '../index.ts';
 import { adapters, files, jobs, models, modelVersions, type Model } from '../schema.ts';
-import { ACTIVE_STATES } from '../../jobs/states.ts';
+import { ACTIVE_STATES } from '../../domain/job-states.ts';
 import { lockStorePaths } from './models.ts';
 
 export type DeleteResult = { ok: true; bytes: number } | { ok: false; conflict: string };
