@@ -57,6 +57,8 @@ const opt = {
   methods: arg('methods', METHODS.join(',')).split(',') as Method[],
   out: arg('out', 'bench/results/adapt'),
   fresh: process.argv.includes('--fresh'),
+  /** Only write results.md from runs.jsonl (e.g. while a run is still going). */
+  reportOnly: process.argv.includes('--report-only'),
   nVal: Number(arg('val', '48')),
   nTest: Number(arg('test', '160')),
 };
@@ -308,12 +310,12 @@ for (const d of opt.domains) {
   const data = datasets.get(d)!;
   baseNll.set(d, perToken(await nllBatches(base.weights, data.test)));
   // Grid on seed 0, then the other seeds at the chosen LR, seed by seed (a cut-short run still has whole seeds).
-  for (const m of opt.methods) for (const lr of opt.lrs) await runOne(d, m, 0, lr, data);
+  if (!opt.reportOnly) for (const m of opt.methods) for (const lr of opt.lrs) await runOne(d, m, 0, lr, data);
   for (const m of opt.methods) {
-    const g = opt.lrs.map((lr) => runs.find((r) => r.key === keyOf(d, m, 0, lr))!);
-    chosen.set(`${d}|${m}`, g.reduce((a, b) => (b.valNll < a.valNll ? b : a)).lr);
+    const g = opt.lrs.map((lr) => runs.find((r) => r.key === keyOf(d, m, 0, lr))).filter((r) => r !== undefined);
+    if (g.length) chosen.set(`${d}|${m}`, g.reduce((a, b) => (b.valNll < a.valNll ? b : a)).lr);
   }
-  for (let s = 1; s < opt.seeds; s++) for (const m of opt.methods) await runOne(d, m, s, chosen.get(`${d}|${m}`)!, data);
+  if (!opt.reportOnly) for (let s = 1; s < opt.seeds; s++) for (const m of opt.methods) await runOne(d, m, s, chosen.get(`${d}|${m}`)!, data);
   report();
 }
 report();
