@@ -844,7 +844,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Server-Sent Events: status, link_started, step, knot, eval, done; resumable with Last-Event-ID */
+        /** Server-Sent Events: status, link_started, step, knot, eval, knot_decision, done; resumable with Last-Event-ID */
         get: {
             parameters: {
                 query?: {
@@ -2892,7 +2892,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The API reference page (Swagger UI) */
+        /** The API reference page (Swagger UI, its assets served from this server: works offline) */
         get: {
             parameters: {
                 query?: never;
@@ -2957,6 +2957,18 @@ export interface components {
             eval: {
                 link: number;
                 val_loss: number;
+            };
+            /** @description chain.auto: a knot decision and the signal it was taken on (src/cola/auto.ts) */
+            knot_decision: {
+                /** @enum {string} */
+                decision: "tie" | "last_link";
+                link: number;
+                step: number;
+                steps_in_link: number;
+                ema_loss: number | null;
+                rate: number | null;
+                initial_rate: number | null;
+                threshold: number;
             };
             done: {
                 status: components["schemas"]["JobStatus"];
@@ -3047,7 +3059,8 @@ export interface components {
              *         0.999
              *       ],
              *       "eps": 1e-8,
-             *       "momentum": 0
+             *       "momentum": 0,
+             *       "reset_keep": 0
              *     }
              */
             optimizer?: {
@@ -3075,11 +3088,14 @@ export interface components {
                 /** @default 0 */
                 momentum?: number;
                 max_grad_norm?: number;
+                /** @default 0 */
+                reset_keep?: number;
             };
             /**
              * @default {
              *       "name": "linear",
-             *       "warmup_steps": 0
+             *       "warmup_steps": 0,
+             *       "knot_warmup_steps": 0
              *     }
              */
             schedule?: {
@@ -3090,6 +3106,8 @@ export interface components {
                 name?: "linear" | "constant";
                 /** @default 0 */
                 warmup_steps?: number;
+                /** @default 0 */
+                knot_warmup_steps?: number;
             };
             /** @default 5 */
             epochs?: number;
@@ -3135,6 +3153,17 @@ export interface components {
                 steps: number;
                 rank: number;
             }[];
+        } | {
+            auto: {
+                min_link_steps?: number;
+                /** @default 5 */
+                max_links?: number;
+                /** @default 0.25 */
+                threshold?: number;
+                /** @default 0.9 */
+                ema?: number;
+                window?: number;
+            };
         };
         Job: {
             id: string;

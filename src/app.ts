@@ -2,7 +2,6 @@
 // passed in; nothing is a module-level singleton.
 import path from 'node:path';
 import { OpenAPIHono } from '@hono/zod-openapi';
-import { swaggerUI } from '@hono/swagger-ui';
 import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import type { MiddlewareHandler } from 'hono';
@@ -12,6 +11,7 @@ import { Metrics } from './routes/metrics.ts';
 import { TokenBuckets } from './routes/limits.ts';
 import { ProblemError, problemResponse, validationHook } from './routes/problem.ts';
 import type { App, AppDeps, AppEnv, AppOptions } from './routes/deps.ts';
+import { Store } from './store/store.ts';
 import { DeviceUnavailableError, ServiceBusyError, UserInputError } from './services.ts';
 import { StaleLeaseError } from './jobs/transitions.ts';
 import { publicMessage } from './util/redact.ts';
@@ -50,7 +50,7 @@ export function createApp(opts: AppOptions): App {
     database: opts.db,
     db: opts.db.db,
     engine: opts.engine,
-    store: opts.store ?? { root: path.join(opts.config.dataDir, 'store') },
+    store: opts.store instanceof Store ? opts.store : new Store(opts.store?.root ?? path.join(opts.config.dataDir, 'store')),
     services: opts.services ?? {},
     queue: opts.queue,
     metrics: new Metrics(),
@@ -71,7 +71,8 @@ export function createApp(opts: AppOptions): App {
   // Auth: admin key for /admin, tenant keys elsewhere, nothing for the public endpoints.
   const auth: MiddlewareHandler<AppEnv> = async (c, next) => {
     const p = c.req.path;
-    if (PUBLIC.has(p)) return next();
+    // The API reference and the dashboard's files are public; the calls they make carry a key.
+    if (PUBLIC.has(p) || p.startsWith('/docs/assets/') || p === '/ui' || p.startsWith('/ui/')) return next();
     const h = c.req.header('authorization') ?? '';
     const m = /^Bearer\s+(\S{1,512})\s*$/i.exec(h);
     const challenge = { 'www-authenticate': 'Bearer' };
@@ -178,6 +179,5 @@ export function createApp(opts: AppOptions): App {
   deleteRoutes(app, deps);
 
   docsRoutes(app);
-  app.get('/docs', swaggerUI({ url: '/openapi.json' }));
   return app;
 }

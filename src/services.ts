@@ -181,6 +181,8 @@ export interface ResumePoint {
   version: number;
   path: string;
   sha256: string;
+  /** The knot's adapter ZIP (with a partial optimizer reset it carries the kept optimizer state). */
+  adapterPath?: string | null;
 }
 
 export interface JobContext {
@@ -197,6 +199,8 @@ export interface JobContext {
   /** Persist a tied knot as the next version of the output model. Fenced. Resolves with that version. */
   onKnot(k: KnotInput): Promise<{ model: string; version: number }>;
   onEval(e: Record<string, unknown>): Promise<void>;
+  /** Automatic knots: each decision with its signal values (event `knot_decision`). */
+  onKnotDecision?(d: Record<string, unknown>): Promise<void>;
   /** True once the user asked to cancel (refreshed by heartbeats and every onStep). */
   isCancelled(): boolean;
   /** True once a merge-now was requested (`POST /merge {job}`); the runner ties a knot at the next step. */
@@ -211,6 +215,11 @@ export interface JobRunner {
 }
 
 // ---------------------------------------------------------------- engine health and gauges
+/** What the routes enqueue jobs through (src/jobs/queue.ts implements it). */
+export interface JobQueue {
+  enqueue(jobId: string): Promise<void>;
+}
+
 export interface EngineHealth {
   /** Whether the GPU device is usable; with a reason when it is not. */
   health(): Promise<{ ok: boolean; detail?: string }>;

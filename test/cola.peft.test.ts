@@ -1,6 +1,7 @@
 import { describe, expect, test } from 'bun:test';
 import { zipSync } from 'fflate';
-import { encodeSafetensors, f32ToF16Bits, parseSafetensors, type TensorToWrite } from '../src/model/safetensors.ts';
+import { encodeSafetensors, parseSafetensors, type TensorToWrite } from '../src/model/safetensors.ts';
+import { f32ToF16Bits } from '../src/util/f16.ts';
 import type { ArchConfig } from '../src/cola/modules.ts';
 import {
   buildPeftConfig,

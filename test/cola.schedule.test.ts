@@ -1,6 +1,7 @@
 import { describe, expect, test } from 'bun:test';
 import { ColaConfigError } from '../src/cola/errors.ts';
 import { actionAt, knotSteps, linkForStep, planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan } from '../src/cola/schedule.ts';
+import { AutoKnots, checkAuto } from '../src/cola/auto.ts';
 
 const spans = (p: ChainPlan) => p.links.map((l) => [l.startStep, l.endStep, l.rank]);
 
@@ -198,4 +199,52 @@ describe('replayKnots (resume after requested knots)', () => {
       expect(p).toEqual(live);
     });
   }
+});
+
+describe('automatic knots (src/cola/auto.ts)', () => {
+  test('plans one link; validation names the field', () => {
+    expect(planChain({ totalSteps: 100, chain: { auto: {} }, rank: 8 }).links.map((l) => [l.startStep, l.endStep, l.rank])).toEqual([[0, 100, 8]]);
+    const bad: [object, string][] = [
+      [{ min_link_steps: 60 }, 'chain.auto.min_link_steps'],
+      [{ threshold: 1 }, 'chain.auto.threshold'],
+      [{ ema: 1 }, 'chain.auto.ema'],
+      [{ window: 0 }, 'chain.auto.window'],
+      [{ max_links: 0 }, 'chain.auto.max_links'],
+      [{ every: 3 }, 'chain.auto.every'],
+    ];
+    for (const [auto, path] of bad) {
+      try {
+        planChain({ totalSteps: 100, chain: { auto } as never, rank: 8 });
+        throw new Error(`accepted ${JSON.stringify(auto)}`);
+      } catch (err) {
+        expect((err as ColaConfigError).path).toBe(path);
+      }
+    }
+  });
+
+  test('ties when the EMA rate falls to threshold × the initial rate, not before min_link_steps, never past max_links', () => {
+    const cfg = checkAuto({ min_link_steps: 20, max_links: 2, threshold: 0.25, ema: 0.8, window: 5 }, 200);
+    const c = new AutoKnots(cfg);
+    expect(c.startLink(0, 0)).toBeNull();
+    // loss = 1 + 2·exp(-s/10): the rate ∝ exp(-s/10) falls to 1/4 of its peak ≈ 14 steps after the peak,
+    // which the EMA (β 0.8) and the window (5) delay by several steps: past min_link_steps (20), before 40.
+    let tie: ReturnType<AutoKnots['observe']> = null;
+    let s = 0;
+    while (!tie && s < 200) {
+      s++;
+      tie = c.observe(s, 1 + 2 * Math.exp(-s / 10), 200);
+    }
+    expect(tie!.decision).toBe('tie');
+    expect(tie!.step).toBeGreaterThan(20);
+    expect(tie!.step).toBeLessThan(40);
+    expect(tie!.rate).toBeLessThanOrEqual(0.25 * tie!.initial_rate!);
+    // A flat-then-falling curve is not cut while it still improves at its initial pace.
+    const d = new AutoKnots(checkAuto({ min_link_steps: 20, max_links: 3, threshold: 0.25, ema: 0.8, window: 5 }, 200));
+    d.startLink(0, 0);
+    for (let t = 1; t <= 100; t++) expect(d.observe(t, 10 - 0.05 * t, 200)).toBeNull();
+    // The last link records why no knot follows, and never ties.
+    const last = c.startLink(1, 20);
+    expect(last?.decision).toBe('last_link');
+    for (let t = 21; t <= 200; t++) expect(c.observe(t, 1, 200)).toBeNull();
+  });
 });

@@ -6,7 +6,9 @@ import { Engine } from '../src/gpu/engine.ts';
 import { loadBundledModel, type LoadedModel } from '../src/model/registry.ts';
 import { TransformerModel } from '../src/model/transformer.ts';
 import { saveSafetensorsWeights } from '../src/model/weights.ts';
-import { trainCola, type KnotInfo, type TrainConfig } from '../src/cola/trainer.ts';
+import { trainCola, type KnotInfo, type ResumePoint, type TrainConfig } from '../src/cola/trainer.ts';
+import type { KnotDecision } from '../src/cola/auto.ts';
+import { decodeCarriedState, encodeCarriedState, keptCount } from '../src/cola/optimizer.ts';
 import { initLoraHost, uploadLora, freeLora, resolveLoraSpec } from '../src/cola/lora.ts';
 import type { Tokenizer } from '../src/cola/data.ts';
 import { diff } from './helpers/compare.ts';
@@ -54,19 +56,22 @@ function cfg(over: Partial<TrainConfig> = {}): TrainConfig {
   };
 }
 
-async function run(config: TrainConfig, opts: { weights?: LoadedModel['weights']; resume?: { step: number }; cancelAt?: number; onLinkStart?: any } = {}) {
+async function run(config: TrainConfig, opts: { weights?: LoadedModel['weights']; resume?: ResumePoint; cancelAt?: number; onLinkStart?: any } = {}) {
   const knots: KnotInfo[] = [];
   const losses: number[] = [];
+  const lrs: number[] = [];
+  const decisions: KnotDecision[] = [];
   const res = await trainCola(
     { e, weights: opts.weights ?? base.weights, tokenizer: base.tokenizer as unknown as Tokenizer, train, validation, config, resume: opts.resume },
     {
       onKnot: async (k) => void knots.push(k),
-      onStep: (s) => void losses.push(s.loss),
+      onStep: (s) => void (losses.push(s.loss), lrs.push(s.lr)),
+      onKnotDecision: (d) => void decisions.push(d),
       isCancelled: () => opts.cancelAt !== undefined && losses.length + (opts.resume?.step ?? 0) >= opts.cancelAt,
       onLinkStart: opts.onLinkStart,
     },
   );
-  return { res, knots, losses };
+  return { res, knots, losses, lrs, decisions };
 }
 
 beforeAll(async () => {
@@ -151,6 +156,98 @@ describe('determinism and resume', () => {
     expect(cut2.knots.length).toBe(2);
     const resumed2 = await run(c, { weights: cut2.knots[1]!.weights, resume: { step: steps[1]! } });
     expect(resumed2.knots.map((k) => sha(k.weights))).toEqual(shas.slice(2));
+  });
+});
+
+describe('partial optimizer reset (optimizer.resetKeep) and knot re-warm-up', () => {
+  test('resetKeep 0 and knotWarmupSteps 0 given explicitly are the default path, bit for bit', async () => {
+    const a = await run(cfg());
+    const b = await run(cfg({ optimizer: { ...cfg().optimizer, resetKeep: 0 }, schedule: { name: 'linear', warmupSteps: 0, knotWarmupSteps: 0 } }));
+    expect(b.knots.map((k) => sha(k.weights))).toEqual(a.knots.map((k) => sha(k.weights)));
+    expect(b.lrs).toEqual(a.lrs);
+    expect(a.knots.every((k) => k.optimizerState === null)).toBe(true);
+  });
+
+  test('the kept fraction is what was asked, the next link starts from it, and a resume reproduces the run', async () => {
+    const keep = 0.1;
+    const c = cfg({ optimizer: { ...cfg().optimizer, resetKeep: keep }, schedule: { name: 'linear', warmupSteps: 0, knotWarmupSteps: 2 } });
+    const starts: { link: number; step: number; m: Float32Array[] }[] = [];
+    const full = await run(c, {
+      onLinkStart: async ({ link, optimizer }: any) => void starts.push({ link, step: optimizer.states[0].step, m: await e.readManyF32(optimizer.states.map((s: any) => s.m)) }),
+    });
+    expect(full.knots.length).toBe(3);
+    const plain = await run(cfg());
+    // The option changes training (the test could fail): same first knot, different later ones.
+    expect(sha(full.knots[0]!.weights)).toBe(sha(plain.knots[0]!.weights));
+    expect(sha(full.knots[1]!.weights)).not.toBe(sha(plain.knots[1]!.weights));
+    const steps = full.res.plan.links.map((l) => l.endStep);
+    for (const j of [0, 1]) {
+      const st = full.knots[j]!.optimizerState!;
+      expect(st.kind).toBe('adamw');
+      expect(st.step).toBe(steps[j]!); // the step counter keeps counting
+      for (const [m, v] of st.buffers) {
+        const nz = m!.reduce((n, x) => n + (x !== 0 ? 1 : 0), 0);
+        expect(nz).toBe(keptCount(m!.length, keep));
+        // One mask for both moments.
+        for (let i = 0; i < m!.length; i++) expect(m![i] === 0).toBe(v![i] === 0);
+      }
+      // The next link's optimizer starts from exactly the kept state.
+      const next = starts.find((s) => s.link === j + 1)!;
+      expect(next.step).toBe(steps[j]!);
+      expect(next.m).toEqual(st.buffers.map((b) => b[0]!));
+      // It survives the file round trip (what the runner stores in the knot's adapter ZIP).
+      expect(decodeCarriedState(encodeCarriedState(st))).toEqual(st);
+    }
+    expect(full.knots[2]!.optimizerState).toBeNull();
+    // Re-warm-up: the first 2 steps after each knot run at 1/3 and 2/3 of the scheduled LR.
+    expect(full.lrs[steps[0]!]! / plain.lrs[steps[0]!]!).toBeCloseTo(1 / 3, 12);
+    expect(full.lrs[steps[0]! + 1]! / plain.lrs[steps[0]! + 1]!).toBeCloseTo(2 / 3, 12);
+    expect(full.lrs[steps[0]! + 2]).toBe(plain.lrs[steps[0]! + 2]!);
+    // Crash inside link 1; resume from knot 0 with its stored state.
+    const cut = await run(c, { cancelAt: steps[0]! + 1 });
+    const st0 = decodeCarriedState(encodeCarriedState(cut.knots[0]!.optimizerState!));
+    const resumed = await run(c, { weights: cut.knots[0]!.weights, resume: { step: steps[0]!, optimizerState: st0 } });
+    expect(resumed.knots.map((k) => sha(k.weights))).toEqual(full.knots.slice(1).map((k) => sha(k.weights)));
+    expect(resumed.losses).toEqual(full.losses.slice(steps[0]!));
+    // Without the state a resume refuses rather than silently training differently.
+    await expect(run(c, { weights: cut.knots[0]!.weights, resume: { step: steps[0]! } })).rejects.toThrow(/optimizer state/);
+  });
+});
+
+describe('automatic knots (chain.auto)', () => {
+  const autoCfg = () => cfg({ chain: { auto: { min_link_steps: 6, max_links: 4, threshold: 0.5, ema: 0.5, window: 2 } }, epochs: 8 });
+  test('ties knots where the signal says, deterministically; a rerun and a resume give the same sha256s', async () => {
+    const c = autoCfg();
+    const a = await run(c);
+    const ties = a.decisions.filter((d) => d.decision === 'tie');
+    console.log('auto decisions:', JSON.stringify(a.decisions));
+    expect(ties.length).toBeGreaterThanOrEqual(1);
+    // Every tie decision is a knot of the final plan, and each obeys the rule it records.
+    expect(a.res.plan.links.slice(0, -1).map((l) => l.endStep)).toEqual(ties.map((d) => d.step));
+    for (const d of ties) {
+      expect(d.rate).toBeLessThanOrEqual(d.threshold * d.initial_rate!);
+      expect(d.steps_in_link).toBeGreaterThanOrEqual(6);
+      expect(a.res.plan.totalSteps - d.step).toBeGreaterThanOrEqual(6);
+    }
+    expect(a.res.plan.links.every((l) => l.steps >= 6)).toBe(true);
+    expect(a.knots.length).toBe(ties.length + 1);
+    const b = await run(c);
+    expect(b.decisions).toEqual(a.decisions);
+    expect(b.knots.map((k) => sha(k.weights))).toEqual(a.knots.map((k) => sha(k.weights)));
+    // Crash after the first knot (one step into link 1), resume from it.
+    const k0 = ties[0]!.step;
+    const cut = await run(c, { cancelAt: k0 + 1 });
+    expect(cut.knots.length).toBe(1);
+    const r = await run(c, { weights: cut.knots[0]!.weights, resume: { step: k0, knotSteps: [k0] } });
+    expect(r.knots.map((k) => sha(k.weights))).toEqual(a.knots.slice(1).map((k) => sha(k.weights)));
+    expect(r.decisions).toEqual(a.decisions.filter((d) => d.link >= 1));
+  });
+
+  test('max_links 1 ties no knot early: plain LoRA, bit for bit', async () => {
+    const lora = await run(cfg({ chain: { links: 1 }, epochs: 2 }));
+    const one = await run(cfg({ chain: { auto: { min_link_steps: 2, max_links: 1, window: 1 } }, epochs: 2 }));
+    expect(one.knots.map((k) => sha(k.weights))).toEqual(lora.knots.map((k) => sha(k.weights)));
+    expect(one.decisions.filter((d) => d.decision === 'tie')).toEqual([]);
   });
 });
 

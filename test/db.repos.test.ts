@@ -7,7 +7,7 @@ import { createKey, createTenant, findTenantByKey, revokeKey } from '../src/db/r
 import { createModel, ensureTenantModel, findModel, getVersion, insertVersion, listModels } from '../src/db/repos/models.ts';
 import { appendEvent, getJobById, insertJob, listEvents, listSteps } from '../src/db/repos/jobs.ts';
 import { claim, fail, heartbeat, recordKnot, recordStep, requestCancel, StaleLeaseError, succeed } from '../src/jobs/transitions.ts';
-import { JOB_STATES } from '../src/jobs/states.ts';
+import { JOB_STATES } from '../src/domain/job-states.ts';
 import type { Db } from '../src/db/index.ts';
 
 async function seed(db: Db, tag: string) {

@@ -4,7 +4,7 @@
 // decoded weights, i.e. the only error left is the kernels' f32 arithmetic.
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { Engine, ShapeError } from '../src/gpu/engine.ts';
-import { availableMatmulVariants, matmul, setMatmulTileCap, transpose2d, type MatmulVariant } from '../src/gpu/ops/matmul.ts';
+import { availableMatmulVariants, matmul, transpose2d, type MatmulVariant } from '../src/gpu/ops/matmul.ts';
 import { embedding } from '../src/gpu/ops/embedding.ts';
 import { halfBits, roundToHalf, toHalf, uploadHalf, type HalfKind } from '../src/gpu/half.ts';
 import { refMatmul } from '../src/gpu/ref/matmul.ts';
@@ -20,9 +20,9 @@ let variants: MatmulVariant[];
 beforeAll(async () => {
   e = await Engine.create();
   variants = availableMatmulVariants(e);
-  setMatmulTileCap({ R: 2, CN: 4 }); // same code paths, fast compiles on lavapipe (see gpu.matmul.test.ts)
+  e.tune({ matmulTileCap: { R: 2, CN: 4 } }); // same code paths, fast compiles on lavapipe (see gpu.matmul.test.ts)
 });
-afterAll(() => setMatmulTileCap(null));
+afterAll(() => e.tune({ matmulTileCap: null }));
 
 /** A random weight already rounded to `kind` (its f32 values are the decoded 16-bit ones). */
 function weight(rng: Rng, n: number, kind: HalfKind): { f: Float32Array; bits: Uint16Array } {

@@ -1,7 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test';
 import { ShapeError } from '../src/gpu/engine.ts';
 import { crossEntropy, rowChunks, tokenLogprobs } from '../src/gpu/ops/loss.ts';
-import { setRowMode } from '../src/gpu/ops/norm.ts';
 import { crossEntropyRef, tokenLogprobsRef } from '../src/gpu/ref/loss.ts';
 import { Rng } from '../src/util/rng.ts';
 import { expectClose } from './helpers/compare.ts';
@@ -45,12 +44,12 @@ const MODES = [
   { name: 'a workgroup of ≤ 64 lanes per row', mode: 'workgroup', lanes: 64 },
   { name: 'a workgroup of ≤ 256 lanes per row', mode: 'workgroup', lanes: 256 },
 ] as const;
-afterAll(() => setRowMode('auto'));
+afterAll(async () => (await testEngine()).tune({ rowMode: 'auto', rowMaxLanes: undefined }));
 
 describe('cross-entropy GPU', () => {
   test.each(MODES)('loss, dLogits and token log-probs vs reference, with forced row chunks ($name)', async ({ mode, lanes }) => {
-    setRowMode(mode, lanes);
     const e = await testEngine();
+    e.tune({ rowMode: mode, rowMaxLanes: lanes });
     const rng = new Rng(62);
     // [N, V, chunkRows]: V = 320 has 1280-byte rows (any row may start a chunk); V = 1001 has
     // 4004-byte rows, so chunk starts must be multiples of 64 rows (256-byte offset alignment).
@@ -85,8 +84,8 @@ describe('cross-entropy GPU', () => {
   }, 60_000);
 
   test.each(MODES)('every row ignored: loss 0, dLogits 0; bad targets give NaN; shape errors ($name)', async ({ mode, lanes }) => {
-    setRowMode(mode, lanes);
     const e = await testEngine();
+    e.tune({ rowMode: mode, rowMaxLanes: lanes });
     const rng = new Rng(63);
     const [N, V] = [4, 320];
     const logits = e.upload(rng.normalArray(N * V), [N, V]);
@@ -104,8 +103,8 @@ describe('cross-entropy GPU', () => {
   }, 60_000);
 
   test('logits over the 128 MiB storage-binding limit (8×132×32000 f32 = 135 MB) in natural chunks', async () => {
-    setRowMode('auto');
     const e = await testEngine();
+    e.tune({ rowMode: 'auto', rowMaxLanes: undefined });
     // NB 8×128×32000 f32 is 131,072,000 B = 125 MiB, just under the limit: use 132 tokens.
     const [N, V] = [8 * 132, 32000];
     // This is about lavapipe's 128 MiB binding limit; a GPU with a larger limit (an H200 allows

@@ -2,7 +2,7 @@
 // references' backward formulas vs central finite differences in f64.
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { Engine, ShapeError, type Tensor } from '../src/gpu/engine.ts';
-import { availableMatmulVariants, defaultMatmulVariant, linear, linearBackward, matmul, setMatmulTileCap, setMatmulVariant, type MatmulVariant } from '../src/gpu/ops/matmul.ts';
+import { availableMatmulVariants, defaultMatmulVariant, linear, linearBackward, matmul, type MatmulVariant } from '../src/gpu/ops/matmul.ts';
 import { loraLinear, loraLinearBackward } from '../src/gpu/ops/lora.ts';
 import { refLinear, refLinearBackward, refLoraLinear, refLoraLinearBackward, refMatmul, type Num, type RefLora } from '../src/gpu/ref/matmul.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -31,11 +31,11 @@ beforeAll(async () => {
   // Small register tiles (R ≤ 2 rows for 'uni', one subgroup's rows for 'sg'; CN ≤ 4 columns per
   // lane) everywhere except the test of the full-size tiles below: lavapipe compiles a 32×(8·4) tile
   // in 10–40 s, a small one in ~1 s, and the generated code paths (loads, edges, epilogue) are the same.
-  setMatmulTileCap({ R: 2, CN: 4 });
+  e.tune({ matmulTileCap: { R: 2, CN: 4 } });
 });
 afterAll(() => {
-  setMatmulVariant(null);
-  setMatmulTileCap(null);
+  e.tune({ matmulVariant: null });
+  e.tune({ matmulTileCap: null });
 });
 
 async function read(t: Tensor): Promise<Float32Array> {
@@ -141,7 +141,7 @@ describe('matmul vs f64 reference', () => {
   // The default variant's production tile (a full-size 'uni' tile is the same generated code with
   // other unroll counts; it costs another 10–20 s of cold compile, so it is left to bench/matmul.ts).
   test('full-size tiles of the default variant, on a multi-tile shape', async () => {
-    setMatmulTileCap(null);
+    e.tune({ matmulTileCap: null });
     const rng = new Rng(303);
     const [M, K, N] = [70, 132, 140]; // 3×3 tiles of 32×32 rows×columns, partial at both edges
     for (const v of [defaultMatmulVariant(e)]) {
@@ -152,7 +152,7 @@ describe('matmul vs f64 reference', () => {
         expectClose(await read(c), refMatmul(A, B, { batch: 1, M, K, N, transB }), tolK(K), 0, `${v} full tile tB=${transB}`);
       }
     }
-    setMatmulTileCap({ R: 2, CN: 4 });
+    e.tune({ matmulTileCap: { R: 2, CN: 4 } });
   }, T);
 
   test("sizes as override constants (sizes: 'override'), with alpha, bias and accumulate", async () => {
@@ -219,7 +219,7 @@ describe('LoRA linear vs f64 reference', () => {
       const rng = new Rng(withLoraBias ? 505 : 506);
       const [n, k, d, r] = [37, 72, 53, 8];
       for (const v of [defaultMatmulVariant(e)]) {
-        setMatmulVariant(v);
+        e.tune({ matmulVariant: v });
         const X = rng.uniformArray(n * k);
         const W = rng.uniformArray(d * k);
         const Bi = rng.uniformArray(d);
@@ -250,7 +250,7 @@ describe('LoRA linear vs f64 reference', () => {
         expect(g2.dx).toBeUndefined();
         expectClose(await read(g2.dA), rg.dA, tolK(n, 2) + n * tolK(d, L.scale), 0, `dA (no dx) ${v}`);
       }
-      setMatmulVariant(null);
+      e.tune({ matmulVariant: null });
     }, T);
   }
 });

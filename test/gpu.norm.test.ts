@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test';
 import { ShapeError } from '../src/gpu/engine.ts';
-import { layernorm, layernormBackward, rmsnorm, rmsnormBackward, setRowMode } from '../src/gpu/ops/norm.ts';
+import { layernorm, layernormBackward, rmsnorm, rmsnormBackward } from '../src/gpu/ops/norm.ts';
 import { layernormBackwardRef, layernormRef, rmsnormBackwardRef, rmsnormRef } from '../src/gpu/ref/norm.ts';
 import { Rng } from '../src/util/rng.ts';
 import { expectClose } from './helpers/compare.ts';
@@ -26,7 +26,7 @@ const MODES = [
   { name: 'a workgroup of ≤ 64 lanes per row', mode: 'workgroup', lanes: 64 },
   { name: 'a workgroup of ≤ 256 lanes per row', mode: 'workgroup', lanes: 256 },
 ] as const;
-afterAll(() => setRowMode('auto'));
+afterAll(async () => (await testEngine()).tune({ rowMode: 'auto', rowMaxLanes: undefined }));
 
 // Few distinct C on purpose: C is a pipeline override and each new value is a shader compile
 // (~0.5 s on lavapipe).
@@ -66,8 +66,8 @@ describe('RMSNorm', () => {
   });
 
   test.each(MODES)('GPU forward and backward match the reference ($name)', async ({ mode, lanes }) => {
-    setRowMode(mode, lanes);
     const e = await testEngine();
+    e.tune({ rowMode: mode, rowMaxLanes: lanes });
     const rng = new Rng(13);
     // 256-lane kernels take seconds each to compile on lavapipe: one width (C = 65 < 256 lanes) there.
     for (const [N, C] of SHAPES.filter(([, C]) => lanes !== 256 || C === 65)) {
@@ -93,8 +93,8 @@ describe('RMSNorm', () => {
   }, 60_000);
 
   test('leading batch dims, shape errors, and bit-reproducible gradients', async () => {
-    setRowMode('auto');
     const e = await testEngine();
+    e.tune({ rowMode: 'auto', rowMaxLanes: undefined });
     const rng = new Rng(14);
     const [B, T, C] = [3, 50, 65];
     const x = e.upload(rng.normalArray(B * T * C), [B, T, C]);
@@ -113,8 +113,8 @@ describe('RMSNorm', () => {
 
 describe('row grid folding', () => {
   test('more rows than maxComputeWorkgroupsPerDimension (a workgroup per row folds into y)', async () => {
-    setRowMode('workgroup', 64);
     const e = await testEngine();
+    e.tune({ rowMode: 'workgroup', rowMaxLanes: 64 });
     const [N, C] = [e.limits.maxComputeWorkgroupsPerDimension + 1000, 7];
     const rng = new Rng(15);
     const xh = rng.normalArray(N * C);
@@ -123,7 +123,7 @@ describe('row grid folding', () => {
     const ref = rmsnormRef(xh, wh, N, C, 1e-5);
     near(await readF64(e, y), ref.y, 'y (folded grid)');
     near(await readF64(e, rstd), ref.rstd, 'rstd (folded grid)');
-    setRowMode('auto');
+    e.tune({ rowMode: 'auto', rowMaxLanes: undefined });
   }, 60_000);
 });
 
@@ -142,8 +142,8 @@ describe('LayerNorm', () => {
   });
 
   test.each(MODES)('GPU forward and backward match the reference ($name)', async ({ mode, lanes }) => {
-    setRowMode(mode, lanes);
     const e = await testEngine();
+    e.tune({ rowMode: mode, rowMaxLanes: lanes });
     const rng = new Rng(22);
     for (const [N, C] of SHAPES.filter(([, C]) => lanes !== 256 || C === 65)) {
       const eps = 1e-5;

@@ -3,6 +3,7 @@
 // share, fairness between keys, and checkpoints that hand the device over only when someone waits.
 import { describe, expect, test } from 'bun:test';
 import { GpuScheduler, type WorkClass } from '../src/gpu/scheduler.ts';
+import { trainKey } from '../src/cola/runner.ts';
 
 function rig(trainShare: number) {
   let t = 0;
@@ -91,6 +92,17 @@ describe('GPU scheduler policy', () => {
     const firstHalf = r.log.slice(0, 30).map((x) => x.key);
     expect(firstHalf.filter((k) => k === 'job:a').length).toBeGreaterThanOrEqual(13);
     expect(firstHalf.filter((k) => k === 'job:b').length).toBeGreaterThanOrEqual(13);
+  });
+
+  test('training is fair between tenants, not jobs: two jobs of one tenant share what one job of another gets', async () => {
+    const r = rig(1);
+    const A = trainKey('tenant-a');
+    const B = trainKey('tenant-b');
+    await Promise.all([r.stream('train', A, 10, 30), r.stream('train', A, 10, 30), r.stream('train', B, 10, 30)]);
+    // While all three run, tenant B gets about half of the steps (not a third).
+    const firstHalf = r.log.slice(0, 40).map((x) => x.key);
+    expect(firstHalf.filter((k) => k === B).length).toBeGreaterThanOrEqual(18);
+    expect(firstHalf.filter((k) => k === A).length).toBeGreaterThanOrEqual(18);
   });
 
   test('a session hands the device over at a checkpoint only when someone waits', async () => {

@@ -7,7 +7,8 @@ import { ConfigError, configFromHf, configToHf, type ModelConfig } from '../src/
 import { ModelLoadError, hfFolderFiles, loadHfWeights, shardWeights } from '../src/model/hf.ts';
 import { Llama2cError, loadLlama2c } from '../src/model/llama2c.ts';
 import { DEFAULT_MODEL, DEFAULT_MODEL_DIR, loadBundledModel, loadModelFromPath } from '../src/model/registry.ts';
-import { encodeSafetensors, f32ToBf16Bits, f32ToF16Bits, parseSafetensors, SafetensorsError } from '../src/model/safetensors.ts';
+import { encodeSafetensors, parseSafetensors, SafetensorsError } from '../src/model/safetensors.ts';
+import { f32ToBf16Bits, f32ToF16Bits } from '../src/util/f16.ts';
 import {
   type ModelWeights,
   WeightsError,

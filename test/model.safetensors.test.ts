@@ -2,11 +2,10 @@ import { describe, expect, test } from 'bun:test';
 import {
   SafetensorsError,
   encodeSafetensors,
-  f32ToBf16Bits,
-  f32ToF16Bits,
   parseSafetensors,
   toFloat32,
 } from '../src/model/safetensors.ts';
+import { f32ToBf16Bits, f32ToF16Bits } from '../src/util/f16.ts';
 import { Rng } from '../src/util/rng.ts';
 
 /** A file from a raw header string (padded to `pad` with spaces) and `dataLen` data bytes. */

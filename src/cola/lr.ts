@@ -12,6 +12,10 @@
 // With `restartAtKnots`, each link restarts the schedule on its own steps: s → s - startStep,
 // T → link.steps, and the warmup W → min(W, link.steps) (a link shorter than the warmup
 // warms up over its whole length and linear decay then has nothing left, λ = s/W throughout).
+// With `knotWarmupSteps` K > 0 (used with a partial optimizer reset, ReLoRA's "jagged" schedule),
+// the first K steps of every link after the first are scaled by (s - startStep + 1)/(K + 1): the
+// first step after a knot uses 1/(K+1) of the scheduled LR, step K after the knot the full LR.
+// K = 0 (default) leaves the schedule as above.
 
 import { ColaConfigError, checkInt, checkNum } from './errors.ts';
 import { linkForStep, type ChainPlan } from './schedule.ts';
@@ -24,6 +28,8 @@ export interface LrSchedule {
   lr: number;
   warmupSteps?: number;
   restartAtKnots?: boolean;
+  /** Re-warm-up over this many steps after each knot (0 = none). */
+  knotWarmupSteps?: number;
 }
 
 /** Validates a schedule against the run length; throws ColaConfigError. */
@@ -35,6 +41,7 @@ export function checkSchedule(s: LrSchedule, totalSteps: number): void {
   if (!(s.lr > 0)) throw new ColaConfigError('optimizer.lr', 'must be > 0');
   checkInt('total_steps', totalSteps, 1, 10_000_000);
   checkInt('schedule.warmup_steps', s.warmupSteps ?? 0, 0, totalSteps);
+  checkInt('schedule.knot_warmup_steps', s.knotWarmupSteps ?? 0, 0, totalSteps);
 }
 
 /** λ(s) for a run (or link) of `total` steps with `warmup` warm-up steps; pure, no validation. */
@@ -54,7 +61,7 @@ export function lrAt(step: number, sched: LrSchedule, totalSteps: number, plan?:
   if (!Number.isInteger(step) || step < 0 || step >= totalSteps) {
     throw new RangeError(`step ${step} outside [0, ${totalSteps})`);
   }
-  if (sched.restartAtKnots) checkPlan(totalSteps, plan);
+  if (sched.restartAtKnots || sched.knotWarmupSteps) checkPlan(totalSteps, plan);
   return unchecked(step, sched, totalSteps, plan);
 }
 
@@ -64,6 +71,15 @@ function checkPlan(totalSteps: number, plan?: ChainPlan): void {
 }
 
 function unchecked(step: number, sched: LrSchedule, totalSteps: number, plan?: ChainPlan): number {
+  const k = sched.knotWarmupSteps ?? 0;
+  const base = scheduled(step, sched, totalSteps, plan);
+  if (k === 0) return base;
+  const link = linkForStep(step, plan!);
+  const since = step - link.startStep;
+  return link.index > 0 && since < k ? (base * (since + 1)) / (k + 1) : base;
+}
+
+function scheduled(step: number, sched: LrSchedule, totalSteps: number, plan?: ChainPlan): number {
   const warmup = sched.warmupSteps ?? 0;
   if (!sched.restartAtKnots) return sched.lr * lrFactor(sched.name, step, totalSteps, warmup);
   const link = linkForStep(step, plan!);
@@ -73,7 +89,7 @@ function unchecked(step: number, sched: LrSchedule, totalSteps: number, plan?: C
 /** The whole LR curve (length T), e.g. for progress reports and plots. */
 export function lrCurve(sched: LrSchedule, totalSteps: number, plan?: ChainPlan): Float64Array {
   checkSchedule(sched, totalSteps);
-  if (sched.restartAtKnots) checkPlan(totalSteps, plan);
+  if (sched.restartAtKnots || sched.knotWarmupSteps) checkPlan(totalSteps, plan);
   const out = new Float64Array(totalSteps);
   for (let s = 0; s < totalSteps; s++) out[s] = unchecked(s, sched, totalSteps, plan);
   return out;

@@ -19,16 +19,25 @@
 //   {links: [{steps, rank?}, …]}      per-link lengths and ranks (rank step-down); the steps must
 //                                     sum to totalSteps when it is given, or define it when it
 //                                     is omitted. A missing rank is the default rank.
+//   {auto: {min_link_steps, …}}      automatic knots (src/cola/auto.ts): planned as ONE link of T
+//                                     steps at the default rank; the trainer splits it (splitAt)
+//                                     where the loss-improvement rate says so.
 // Without per-link ranks every link uses the default rank (lora.rank).
 
 import { ColaConfigError, checkInt } from './errors.ts';
+import { checkAuto, type AutoChain } from './auto.ts';
 
 export const MAX_TOTAL_STEPS = 10_000_000;
 export const MAX_LINKS = 1_000;
 export const MAX_RANK = 1_024;
 
 export type LinkSpec = { steps: number; rank?: number };
-export type ChainConfig = { links: number } | { knots: number[] } | { links: LinkSpec[] };
+export type ChainConfig = { links: number } | { knots: number[] } | { links: LinkSpec[] } | { auto: Partial<AutoChain> };
+
+/** The auto-knot settings of a chain config (validated for `totalSteps`), or null for a fixed chain. */
+export function autoOf(chain: ChainConfig | undefined, totalSteps: number): AutoChain | null {
+  return chain && 'auto' in chain ? checkAuto(chain.auto, totalSteps) : null;
+}
 
 export interface PlannedLink {
   index: number;
@@ -67,8 +76,8 @@ export function planChain(input: PlanInput): ChainPlan {
   }
   const c = chain as Record<string, unknown>;
   const keys = Object.keys(c);
-  if (keys.length !== 1 || !(keys[0] === 'links' || keys[0] === 'knots')) {
-    throw new ColaConfigError('chain', `must have exactly one of "links" or "knots", got keys [${keys.join(', ')}]`);
+  if (keys.length !== 1 || !(keys[0] === 'links' || keys[0] === 'knots' || keys[0] === 'auto')) {
+    throw new ColaConfigError('chain', `must have exactly one of "links", "knots" or "auto", got keys [${keys.join(', ')}]`);
   }
 
   // Per-link form: the steps may define the total.
@@ -108,6 +117,10 @@ export function planChain(input: PlanInput): ChainPlan {
     throw new ColaConfigError('total_steps', 'is required unless the chain lists per-link steps');
   }
   const T = checkInt('total_steps', input.totalSteps, 1, MAX_TOTAL_STEPS);
+  if ('auto' in c) {
+    checkAuto(c.auto, T);
+    return build([T], [defaultRank]);
+  }
 
   if ('links' in c) {
     const M = checkInt('chain.links', c.links, 1, MAX_LINKS);

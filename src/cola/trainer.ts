@@ -10,14 +10,21 @@
 // model). Resume: the merged weights of the last persisted knot plus (seed, link, step) are the
 // whole state (optimizer state is zero at a knot, A comes from (seed, link), the data order from
 // (seed, epoch)), so a run restarted from its last knot reproduces the uninterrupted run bit for bit.
+// Two options beyond the paper (issue 13), both off by default:
+//  - partial optimizer reset (optimizer.resetKeep > 0): at a knot the link's optimizer state is
+//    pruned to its largest entries (pruneState) and loaded into the next link's optimizer; the
+//    pruned state is part of the knot (KnotInfo.optimizerState) and is given back on resume;
+//  - automatic knots (chain {auto}): the plan is one link and the trainer splits it where the
+//    loss-improvement rate says so (src/cola/auto.ts); each decision goes to onKnotDecision.
 import type { Engine, Tensor } from '../gpu/engine.ts';
 import type { GpuScheduler } from '../gpu/scheduler.ts';
 import { mergeLoraMany, type MergeItem } from '../gpu/ops/merge.ts';
-import { createOptimizer, type Optimizer, type OptimizerConfig } from './optimizer.ts';
+import { createOptimizer, loadState, pruneState, type CarriedState, type Optimizer, type OptimizerConfig } from './optimizer.ts';
+import { AutoKnots, type KnotDecision } from './auto.ts';
 import type { ModelWeights } from '../model/weights.ts';
 import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type GpuLinear, type LoraWeights } from '../model/transformer.ts';
 import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type ChatEncoder, type Example, type EncodedExample, type Tokenizer } from './data.ts';
-import { planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
+import { autoOf, planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
 import { lrAt, type LrSchedule } from './lr.ts';
 import { chainFlops } from './flops.ts';
 import { archConfigOf, freeLora, initLoraHost, loraParams, readLora, uploadLora, type LoraHost, type LoraSpec } from './lora.ts';
@@ -45,6 +52,8 @@ export interface StepInfo {
   lr: number;
   link: number;
   epoch: number;
+  /** Links of the chain as planned now (grows when a knot is tied on request or automatically). */
+  links: number;
 }
 
 export interface KnotInfo {
@@ -58,6 +67,8 @@ export interface KnotInfo {
   adapter: LoraHost;
   valLoss: number | null;
   flops: number;
+  /** With a partial reset: the optimizer state carried into the next link (null otherwise and at the last knot). */
+  optimizerState: CarriedState | null;
 }
 
 export interface TrainerCallbacks {
@@ -70,6 +81,8 @@ export interface TrainerCallbacks {
   isCancelled?(): boolean | Promise<boolean>;
   /** Checked between steps: true ties a knot now (POST /merge {job}); the link is split there. */
   takeMergeRequest?(): boolean;
+  /** Automatic knots: every decision, with the signal values it was taken on. */
+  onKnotDecision?(d: KnotDecision): void | Promise<void>;
 }
 
 export interface ResumePoint {
@@ -77,6 +90,8 @@ export interface ResumePoint {
   step: number;
   /** Steps of every knot persisted so far, in order (default: [step]); see replayKnots. */
   knotSteps?: readonly number[];
+  /** With a partial reset: the state carried by that knot (KnotInfo.optimizerState). */
+  optimizerState?: CarriedState | null;
 }
 
 export interface TrainResult {
@@ -261,6 +276,14 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
   const model = await unit(async () => TransformerModel.upload(e, weights));
   let tokens = 0;
   let done = startLink < plan.links.length ? plan.links[startLink]!.startStep : plan.totalSteps;
+  const keep = cfg.optimizer.resetKeep ?? 0;
+  if (keep > 0 && new Set(plan.links.map((l) => l.rank)).size > 1) {
+    throw new ColaConfigError('optimizer.reset_keep', 'a partial optimizer reset needs every link to have the same rank (the kept moments are per entry of A and B)');
+  }
+  let carried: CarriedState | null = input.resume?.optimizerState ?? null;
+  if (input.resume && startLink > 0 && keep > 0 && !carried) throw new Error('resuming a run with a partial optimizer reset needs the optimizer state of its last knot');
+  const autoCfg = autoOf(cfg.chain, plan.totalSteps);
+  const auto = autoCfg ? new AutoKnots(autoCfg) : null;
 
   /** One training step: forward, backward, optimizer update; returns the loss and the batch's tokens. */
   const step = async (lora: LoraWeights, params: ReturnType<typeof loraParams>, opt: Optimizer, at: number, lr: number, indices: number[]) => {
@@ -296,13 +319,19 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
       const { lora, params, opt } = await unit(async () => {
         const lora = uploadLora(e, host);
         const params = loraParams(lora);
-        return { lora, params, opt: createOptimizer(e, cfg.optimizer, params.map((p) => p.t)) as Optimizer };
+        const opt = createOptimizer(e, cfg.optimizer, params.map((p) => p.t)) as Optimizer;
+        if (carried) loadState(e, opt.states, carried);
+        return { lora, params, opt };
       });
+      carried = null;
       try {
         await cb.onLinkStart?.({ link: j, rank: link.rank, step: done, lora, optimizer: opt });
+        const last = auto?.startLink(j, done);
+        if (last) await cb.onKnotDecision?.(last);
+        let autoTie = false;
         for (; done < link.endStep; done++) {
           if (await cb.isCancelled?.()) return { status: 'cancelled', steps: done, plan, tokens, seconds: (performance.now() - t0) / 1000 };
-          if (done > link.startStep && cb.takeMergeRequest?.()) {
+          if (done > link.startStep && (autoTie || cb.takeMergeRequest?.())) {
             plan = splitAt(plan, done);
             flops = flopsOf(plan);
             link = plan.links[j]!;
@@ -312,17 +341,24 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
           const lr = lrAt(done, sched, plan.totalSteps, plan);
           const r = await step(lora, params, opt, done, lr, indices);
           tokens += r.tokens;
-          await cb.onStep?.({ step: done + 1, loss: r.lossV, lr, link: j, epoch });
+          await cb.onStep?.({ step: done + 1, loss: r.lossV, lr, link: j, epoch, links: plan.links.length });
+          const d = auto?.observe(done + 1, r.lossV, link.endStep);
+          if (d) {
+            await cb.onKnotDecision?.(d);
+            autoTie = true; // tied before the next step (the loop's split above)
+          }
         }
         // Tie the knot: keep the link's adapter for export, merge, persist, then extend.
         const adapter = await unit(async () => {
           const a = await readLora(e, lora, host);
           await tieKnot(e, model, lora);
           weights = await snapshotWeights(e, model, weights, cfg.lora);
+          // Partial reset: the pruned state goes to the next link (none after the last knot).
+          if (keep > 0 && link.endStep < plan.totalSteps) carried = await pruneState(e, opt.states, keep);
           return a;
         });
         const valLoss = cfg.evalEveryKnot && valRows.length ? await validationLoss(e, model, valRows, cfg.batchSize, padId, cfg.maxSeqLen, unit) : null;
-        await cb.onKnot({ link: j, rank: link.rank, startStep: link.startStep, endStep: link.endStep, weights, adapter, valLoss, flops: flops.links[j]!.flops });
+        await cb.onKnot({ link: j, rank: link.rank, startStep: link.startStep, endStep: link.endStep, weights, adapter, valLoss, flops: flops.links[j]!.flops, optimizerState: carried });
       } finally {
         opt.free();
         freeLora(lora);

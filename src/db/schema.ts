@@ -16,7 +16,7 @@ import {
   bigserial,
   doublePrecision,
 } from 'drizzle-orm/pg-core';
-import { JOB_STATES } from '../jobs/states.ts';
+import { JOB_STATES } from '../domain/job-states.ts';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 

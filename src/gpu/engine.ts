@@ -5,6 +5,8 @@
 // an awaited promise makes dawn.node poll with setImmediate, so we submit rarely and await only
 // when the CPU needs the data.
 import { checkDevice, getGpu, type GpuContext } from './context.ts';
+import type { MatmulVariant, SizeMode } from './kernels/matmul.ts';
+import { bf16ToF32, f16ToF32 } from '../util/f16.ts';
 
 // f16 and bf16 tensors hold 16-bit values packed two per u32 word (frozen weights: kernels/half.ts).
 export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'u32';
@@ -95,9 +97,50 @@ class TensorView extends Tensor {
   }
 }
 
+/**
+ * How row kernels map rows: 'workgroup' (a workgroup per row, lanes across the row: coalesced,
+ * for real GPUs) or 'lane' (a lane per row, no barriers: ~10× faster on CPU drivers, where loads
+ * are per-lane scalar anyway and barriers are costly). 'auto' picks by the adapter.
+ */
+export type RowMode = 'auto' | 'lane' | 'workgroup';
+
+/**
+ * Kernel choices of one engine (not process-global: two engines may differ). The defaults are the
+ * production choices; tests force each path (so every kernel is verified on any machine) and
+ * benchmarks compare them, through EngineOptions.tuning or Engine.tune.
+ */
+export interface EngineTuning {
+  /** Force one matmul kernel family (linear and LoRA included); null: chosen from the device. */
+  matmulVariant: MatmulVariant | null;
+  /** How matmuls pass problem sizes: override constants or a uniform block (see kernels/matmul.ts). */
+  matmulSizes: SizeMode;
+  /**
+   * Caps the register tile of the 'sg'/'uni' kernels (null: no cap). Tests use it: the same generated
+   * code paths with less unrolling compile in ~1 s instead of 10–40 s on lavapipe.
+   */
+  matmulTileCap: { R: number; CN: number } | null;
+  /** Register-tile parameters for lavapipe-class devices (chosen with bench/matmul.ts). */
+  matmulTiles: { sgR: number; sgCN: number; uniR: number; uniCN: number; nVec: boolean; transposeB: boolean };
+  /** Row kernels' mapping (norm, loss); see RowMode. */
+  rowMode: RowMode;
+  /** Largest row workgroup (default: 64 on CPU drivers, 256 on GPUs); tests set 256 anywhere. */
+  rowMaxLanes: number | undefined;
+}
+
+export const DEFAULT_TUNING: Readonly<EngineTuning> = Object.freeze({
+  matmulVariant: null,
+  matmulSizes: 'uniform',
+  matmulTileCap: null,
+  matmulTiles: Object.freeze({ sgR: 32, sgCN: 4, uniR: 16, uniCN: 4, nVec: true, transposeB: true }),
+  rowMode: 'auto',
+  rowMaxLanes: undefined,
+});
+
 export interface EngineOptions {
   /** Bytes of GPU buffers this engine may hold at once (live + pooled). */
   memoryBudget?: number;
+  /** Kernel choices other than DEFAULT_TUNING (tests, benchmarks). */
+  tuning?: Partial<EngineTuning>;
 }
 
 export interface Binding {
@@ -156,6 +199,20 @@ export class Engine {
     this.device = ctx.device;
     this.budget = opts.memoryBudget ?? defaultBudget();
     this.uniformAlign = ctx.limits.minUniformBufferOffsetAlignment;
+    this.tuningNow = { ...DEFAULT_TUNING, ...opts.tuning };
+  }
+
+  private tuningNow: EngineTuning;
+  /** This engine's kernel choices (read by the ops when they plan a dispatch). */
+  get tuning(): Readonly<EngineTuning> {
+    return this.tuningNow;
+  }
+  /**
+   * Changes some kernel choices of this engine for later dispatches (tests and benchmarks that
+   * compare paths on one engine; pipelines already compiled stay cached under their own keys).
+   */
+  tune(patch: Partial<EngineTuning>): void {
+    this.tuningNow = { ...this.tuningNow, ...patch };
   }
 
   static async create(opts: EngineOptions = {}): Promise<Engine> {
@@ -656,68 +713,5 @@ function defaultBudget(): number {
 function padTo4(data: ArrayBufferView): Uint8Array {
   const out = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
   out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-  return out;
-}
-
-/** bfloat16 → float (exact: the bits are the f32's high half). */
-export function bf16ToF32(h: Uint16Array): Float32Array {
-  const out = new Float32Array(h.length);
-  const bits = new Uint32Array(out.buffer);
-  for (let i = 0; i < h.length; i++) bits[i] = h[i]! << 16;
-  return out;
-}
-
-/** IEEE half → float. */
-export function f16ToF32(h: Uint16Array): Float32Array {
-  const out = new Float32Array(h.length);
-  for (let i = 0; i < h.length; i++) {
-    const x = h[i]!;
-    const s = x & 0x8000 ? -1 : 1;
-    const e = (x >> 10) & 0x1f;
-    const m = x & 0x3ff;
-    out[i] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
-  }
-  return out;
-}
-
-/** float → IEEE half (round to nearest even). */
-export function f32ToF16(f: Float32Array): Uint16Array {
-  const out = new Uint16Array(f.length);
-  const fb = new Float32Array(1);
-  const ib = new Uint32Array(fb.buffer);
-  for (let i = 0; i < f.length; i++) {
-    fb[0] = f[i]!;
-    const x = ib[0]!;
-    const sign = (x >>> 16) & 0x8000;
-    const exp = (x >>> 23) & 0xff;
-    let mant = x & 0x7fffff;
-    if (exp === 0xff) {
-      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
-      continue;
-    }
-    let e = exp - 127 + 15;
-    if (e >= 31) {
-      out[i] = sign | 0x7c00;
-      continue;
-    }
-    if (e <= 0) {
-      if (e < -10) {
-        out[i] = sign;
-        continue;
-      }
-      mant |= 0x800000;
-      const shift = 14 - e;
-      let h = mant >>> shift;
-      const rem = mant & ((1 << shift) - 1);
-      const half = 1 << (shift - 1);
-      if (rem > half || (rem === half && h & 1)) h++;
-      out[i] = sign | h;
-      continue;
-    }
-    let h = (e << 10) | (mant >>> 13);
-    const rem = mant & 0x1fff;
-    if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++;
-    out[i] = sign | h;
-  }
   return out;
 }

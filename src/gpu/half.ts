@@ -1,21 +1,12 @@
 // Host side of 16-bit weights: rounding f32 values to f16/bf16 (nearest even) and the packed bits the
 // kernels read (kernels/half.ts). The f32 values a model keeps on the host for a 16-bit tensor are
 // exactly the decoded 16-bit values, so encoding them again is lossless; `halfBits` checks that.
-import { bf16ToF32, f16ToF32, f32ToF16, type Engine, type Tensor } from './engine.ts';
+import type { Engine, Tensor } from './engine.ts';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../util/f16.ts';
 import type { HalfKind } from './kernels/half.ts';
 
 export type { HalfKind };
-
-/** f32 → bf16 bits (round to nearest even; NaN stays NaN). */
-export function f32ToBf16(f: Float32Array): Uint16Array {
-  const u = new Uint32Array(f.buffer, f.byteOffset, f.length);
-  const out = new Uint16Array(f.length);
-  for (let i = 0; i < u.length; i++) {
-    const x = u[i]!;
-    out[i] = (x & 0x7fffffff) > 0x7f800000 ? (x >>> 16) | 0x40 : ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
-  }
-  return out;
-}
+export { f32ToBf16 };
 
 export function toHalf(f: Float32Array, kind: HalfKind): Uint16Array {
   return kind === 'bf16' ? f32ToBf16(f) : f32ToF16(f);

@@ -4,7 +4,7 @@
 // (finished, or leased by a live worker) is a no-op, so duplicates and retries are harmless.
 import { PgBoss } from 'pg-boss';
 import type { Database } from '../db/index.ts';
-import type { JobQueue } from '../routes/deps.ts';
+import type { JobQueue } from '../services.ts';
 import type { JobWorker } from './worker.ts';
 
 export const QUEUE = 'cola-finetune';

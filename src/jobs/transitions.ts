@@ -13,7 +13,7 @@ import type { Db } from '../db/index.ts';
 import { jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
 import { appendEvent } from '../db/repos/jobs.ts';
 import { ensureTenantModel, guardStorePaths, insertVersion, type NewVersion } from '../db/repos/models.ts';
-import type { JobStatus } from './states.ts';
+import type { JobStatus } from '../domain/job-states.ts';
 import { UserInputError } from '../services.ts';
 
 export class StaleLeaseError extends Error {
@@ -83,7 +83,7 @@ export async function release(db: Db, l: Lease, reason = 'worker shutting down')
       .where(fenced(l))
       .returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    await appendEvent(tx as unknown as Db, l.jobId, 'status', { status: 'queued', reason });
+    await appendEvent(tx, l.jobId, 'status', { status: 'queued', reason });
   });
 }
 
@@ -111,7 +111,7 @@ export async function recordStep(
         .values({ jobId: l.jobId, step: s.progress.step, ...row })
         .onConflictDoUpdate({ target: [jobSteps.jobId, jobSteps.step], set: { ...row, createdAt: sql`now()` } });
     }
-    await appendEvent(tx as unknown as Db, l.jobId, 'step', { step: s.progress.step, loss: s.loss ?? null, lr: s.lr ?? null, link: s.progress.link, epoch: s.progress.epoch });
+    await appendEvent(tx, l.jobId, 'step', { step: s.progress.step, loss: s.loss ?? null, lr: s.lr ?? null, link: s.progress.link, epoch: s.progress.epoch });
     return { cancelRequested: r.cancel, mergeRequests: r.merges };
   });
 }
@@ -121,7 +121,7 @@ export async function recordEvent(db: Db, l: Lease, type: string, data: Record<s
   await db.transaction(async (tx) => {
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    await appendEvent(tx as unknown as Db, l.jobId, type, data);
+    await appendEvent(tx, l.jobId, type, data);
   });
 }
 
@@ -145,24 +145,24 @@ export async function recordKnot(
   return db.transaction(async (tx) => {
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    if (guard) await guardStorePaths(tx as unknown as Db, guard.paths, guard.exists);
+    if (guard) await guardStorePaths(tx, guard.paths, guard.exists);
     let modelId: string;
     if (typeof version.modelId === 'string') modelId = version.modelId;
     else {
       const want = version.modelId;
-      const m = await ensureTenantModel(tx as unknown as Db, want);
+      const m = await ensureTenantModel(tx, want);
       if (m.architecture !== want.architecture) {
         throw new UserInputError(`output model "${want.name}" exists with architecture ${m.architecture}, not ${want.architecture}`);
       }
       modelId = m.id;
     }
-    const v = await insertVersion(tx as unknown as Db, { ...version, modelId });
+    const v = await insertVersion(tx, { ...version, modelId });
     const full: JobKnot = { ...knot, version: v.version };
     await tx
       .update(jobs)
       .set({ knots: sql`${jobs.knots} || ${JSON.stringify([full])}::jsonb` })
       .where(eq(jobs.id, l.jobId));
-    await appendEvent(tx as unknown as Db, l.jobId, 'knot', { link: knot.link, step: knot.step, version: v.version, rank: knot.rank, val_loss: knot.val_loss ?? null });
+    await appendEvent(tx, l.jobId, 'knot', { link: knot.link, step: knot.step, version: v.version, rank: knot.rank, val_loss: knot.val_loss ?? null });
     return v;
   });
 }
@@ -182,8 +182,8 @@ async function finish(db: Db, l: Lease, status: JobStatus, error: { type: string
       .where(fenced(l))
       .returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    await appendEvent(tx as unknown as Db, l.jobId, 'status', { status, ...(error ? { error } : {}) });
-    await appendEvent(tx as unknown as Db, l.jobId, 'done', { status });
+    await appendEvent(tx, l.jobId, 'status', { status, ...(error ? { error } : {}) });
+    await appendEvent(tx, l.jobId, 'done', { status });
   });
 }
 
@@ -204,8 +204,8 @@ export async function requestCancel(db: Db, tenantId: string, jobId: string): Pr
       .where(and(eq(jobs.id, jobId), eq(jobs.tenantId, tenantId), eq(jobs.status, 'queued')))
       .returning({ id: jobs.id });
     if (q) {
-      await appendEvent(tx as unknown as Db, jobId, 'status', { status: 'cancelled' });
-      await appendEvent(tx as unknown as Db, jobId, 'done', { status: 'cancelled' });
+      await appendEvent(tx, jobId, 'status', { status: 'cancelled' });
+      await appendEvent(tx, jobId, 'done', { status: 'cancelled' });
       return 'cancelled';
     }
     const [r] = await tx

@@ -10,6 +10,7 @@
 //
 // PyTorch pickle checkpoints (`pytorch_model.bin`, `.pt`, zip or raw pickle) are refused and never
 // unpickled: unpickling runs arbitrary code.
+import { bf16BytesToF32, f16BytesToF32 } from '../util/f16.ts';
 
 export class SafetensorsError extends Error {
   constructor(message: string) {
@@ -286,21 +287,49 @@ function safeNonNegInt(v: JsonValue, what: string): number {
 // ---------------------------------------------------------------------------------------------
 // Reader
 
-export function parseSafetensors(bytes: Uint8Array, opts: ParseOptions = {}): ParsedSafetensors {
-  const maxHeader = opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES;
-  if (!(bytes instanceof Uint8Array)) throw new SafetensorsError('input must be a Uint8Array');
-  if (looksLikePickle(bytes)) throw new SafetensorsError(PICKLE_MESSAGE);
-  if (bytes.length < 8) throw new SafetensorsError(`file is ${bytes.length} bytes; a safetensors file has at least an 8-byte header length`);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const n64 = dv.getBigUint64(0, true);
+/** One tensor's header entry; begin/end are relative to the data section. */
+export interface TensorEntry {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+export interface SafetensorsHeader {
+  /** Bytes before the data section (8 + the header length). */
+  dataStart: number;
+  /** Tensors in header order. */
+  entries: TensorEntry[];
+  metadata: Record<string, string>;
+}
+
+/**
+ * The header length from a file's first 8 bytes, checked against the limit and the file size
+ * (the one place that reads it; parseSafetensors and readSafetensorsHeader use it).
+ */
+function headerLength(first8: Uint8Array, fileSize: number, maxHeader: number): number {
+  if (fileSize < 8 || first8.length < 8) throw new SafetensorsError(`file is ${fileSize} bytes; a safetensors file has at least an 8-byte header length`);
+  const n64 = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
   if (n64 > BigInt(maxHeader)) throw new SafetensorsError(`header length ${n64} exceeds the limit of ${maxHeader} bytes`);
   const n = Number(n64);
-  if (8 + n > bytes.length) throw new SafetensorsError(`header length ${n} runs past the end of the ${bytes.length}-byte file (truncated?)`);
+  if (8 + n > fileSize) throw new SafetensorsError(`header length ${n} runs past the end of the ${fileSize}-byte file (truncated?)`);
   if (n < 2) throw new SafetensorsError(`header length ${n} is too small to hold a JSON object`);
+  return n;
+}
 
+/**
+ * Parses and checks the header of a safetensors file of `fileSize` bytes whose first 8 + N bytes
+ * are `head` (N the header length): strict JSON, known dtypes, shapes, offsets that match the
+ * shapes and tile the data section exactly. Reads no tensor data.
+ */
+export function parseSafetensorsHeader(head: Uint8Array, fileSize: number, opts: ParseOptions = {}): SafetensorsHeader {
+  if (looksLikePickle(head)) throw new SafetensorsError(PICKLE_MESSAGE);
+  const n = headerLength(head, fileSize, opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES);
+  if (head.length < 8 + n) throw new SafetensorsError(`header of ${n} bytes is incomplete`);
   let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes.subarray(8, 8 + n));
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(head.subarray(8, 8 + n));
   } catch {
     throw new SafetensorsError('header is not valid UTF-8');
   }
@@ -308,10 +337,9 @@ export function parseSafetensors(bytes: Uint8Array, opts: ParseOptions = {}): Pa
   if (!(root instanceof Map)) throw new SafetensorsError('header must be a JSON object');
 
   const dataStart = 8 + n;
-  const dataLen = bytes.length - dataStart;
+  const dataLen = fileSize - dataStart;
   const metadata: Record<string, string> = Object.create(null);
-  const tensors = new Map<string, SafeTensor>();
-  const spans: { name: string; begin: number; end: number }[] = [];
+  const entries: TensorEntry[] = [];
 
   for (const [name, entry] of root) {
     if (name === '__metadata__') {
@@ -357,12 +385,11 @@ export function parseSafetensors(bytes: Uint8Array, opts: ParseOptions = {}): Pa
       throw new SafetensorsError(`${what}: ${dtype} × shape [${dims.join(', ')}] needs ${nbytes} bytes but data_offsets span ${end - begin}`);
     }
     if (end > dataLen) throw new SafetensorsError(`${what}: data_offsets end ${end} is past the data section (${dataLen} bytes; truncated?)`);
-    spans.push({ name, begin, end });
-    tensors.set(name, { dtype, shape: dims, data: bytes.subarray(dataStart + begin, dataStart + end) });
+    entries.push({ name, dtype, shape: dims, begin, end });
   }
 
   // Contiguous, non-overlapping, covering the data section exactly.
-  spans.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  const spans = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
   let pos = 0;
   for (const s of spans) {
     if (s.begin < pos) throw new SafetensorsError(`tensor ${JSON.stringify(s.name)} overlaps the previous tensor (begins at ${s.begin}, previous ends at ${pos})`);
@@ -370,26 +397,30 @@ export function parseSafetensors(bytes: Uint8Array, opts: ParseOptions = {}): Pa
     pos = s.end;
   }
   if (pos !== dataLen) throw new SafetensorsError(`data section has ${dataLen - pos} trailing bytes not covered by any tensor`);
-  return { tensors, metadata };
+  return { dataStart, entries, metadata };
+}
+
+/** The checked header of a safetensors file on disk, reading only its first 8 + N bytes. */
+export async function readSafetensorsHeader(path: string, opts: ParseOptions = {}): Promise<SafetensorsHeader> {
+  const f = Bun.file(path);
+  const size = f.size;
+  const first8 = new Uint8Array(await f.slice(0, Math.min(size, 9)).arrayBuffer());
+  if (looksLikePickle(first8)) throw new SafetensorsError(PICKLE_MESSAGE);
+  const n = headerLength(first8, size, opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES);
+  return parseSafetensorsHeader(new Uint8Array(await f.slice(0, 8 + n).arrayBuffer()), size, opts);
+}
+
+export function parseSafetensors(bytes: Uint8Array, opts: ParseOptions = {}): ParsedSafetensors {
+  if (!(bytes instanceof Uint8Array)) throw new SafetensorsError('input must be a Uint8Array');
+  const h = parseSafetensorsHeader(bytes, bytes.length, opts);
+  const tensors = new Map<string, SafeTensor>();
+  for (const t of h.entries) tensors.set(t.name, { dtype: t.dtype, shape: t.shape, data: bytes.subarray(h.dataStart + t.begin, h.dataStart + t.end) });
+  return { tensors, metadata: h.metadata };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Conversion
 
-const F16_TABLE = (() => {
-  const t = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const s = h & 0x8000 ? -1 : 1;
-    const e = (h >> 10) & 0x1f;
-    const m = h & 0x3ff;
-    let v: number;
-    if (e === 0) v = m * 2 ** -24;
-    else if (e === 31) v = m === 0 ? Infinity : NaN;
-    else v = (1 + m / 1024) * 2 ** (e - 15);
-    t[h] = s * v;
-  }
-  return t;
-})();
 
 export function numelOf(shape: readonly number[]): number {
   let n = 1;
@@ -411,17 +442,10 @@ export function toFloat32(t: SafeTensor, opts: { copy?: boolean } = {}): Float32
       new Uint8Array(out.buffer).set(d);
       return out;
     }
-    case 'F16': {
-      const out = new Float32Array(n);
-      for (let i = 0; i < n; i++) out[i] = F16_TABLE[d[2 * i]! | (d[2 * i + 1]! << 8)]!;
-      return out;
-    }
-    case 'BF16': {
-      const out = new Float32Array(n);
-      const bits = new Uint32Array(out.buffer);
-      for (let i = 0; i < n; i++) bits[i] = ((d[2 * i]! | (d[2 * i + 1]! << 8)) << 16) >>> 0;
-      return out;
-    }
+    case 'F16':
+      return f16BytesToF32(d, n);
+    case 'BF16':
+      return bf16BytesToF32(d, n);
     case 'F64': {
       const src = d.byteOffset % 8 === 0 ? new Float64Array(d.buffer, d.byteOffset, n) : new Float64Array(d.slice().buffer);
       return Float32Array.from(src);
@@ -429,39 +453,6 @@ export function toFloat32(t: SafeTensor, opts: { copy?: boolean } = {}): Float32
     default:
       throw new SafetensorsError(`cannot convert dtype ${t.dtype} to f32`);
   }
-}
-
-/** f32 → f16 bits, round to nearest even (for tests and writers). */
-export function f32ToF16Bits(x: number): number {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer)[0]!;
-  const sign = (u >>> 16) & 0x8000;
-  const exp = (u >>> 23) & 0xff;
-  let mant = u & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let h = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && h & 1)) h++;
-    return sign | h;
-  }
-  let h = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++;
-  return sign | h;
-}
-
-/** f32 → bf16 bits, round to nearest even. */
-export function f32ToBf16Bits(x: number): number {
-  const u = new Uint32Array(new Float32Array([x]).buffer)[0]!;
-  if ((u & 0x7fffffff) > 0x7f800000) return (u >>> 16) | 0x40; // NaN stays NaN
-  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,25 +2,21 @@ import type { OpenAPIHono } from '@hono/zod-openapi';
 import type { Config } from '../config.ts';
 import type { Database, Db } from '../db/index.ts';
 import type { Tenant } from '../db/schema.ts';
-import type { EngineHealth, Services } from '../services.ts';
+import type { EngineHealth, JobQueue, Services } from '../services.ts';
+
+export type { JobQueue } from '../services.ts';
+import type { Store } from '../store/store.ts';
 import type { Metrics } from './metrics.ts';
 import type { TokenBuckets } from './limits.ts';
 
-export interface Store {
-  /** Root directory of the snapshot store (weights, adapters, uploads). */
-  root: string;
-}
-
-/** What the routes enqueue jobs through (src/jobs/queue.ts implements it). */
-export interface JobQueue {
-  enqueue(jobId: string): Promise<void>;
-}
+export type { Store } from '../store/store.ts';
 
 export interface AppOptions {
   config: Config;
   db: Database;
   engine?: EngineHealth;
-  store?: Store;
+  /** The store (or its root folder; default <dataDir>/store). */
+  store?: Store | { root: string };
   services?: Services;
   queue?: JobQueue;
 }

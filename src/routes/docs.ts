@@ -1,8 +1,10 @@
 // The OpenAPI document (/openapi.json) and what completes it: the error responses every route can
 // give (added from the middleware's rules, so no route forgets one), the SSE event payloads as
 // named schemas, and the routes served outside the registry (/openapi.json, /docs) described too.
+import path from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App } from './deps.ts';
+import { fileResponse, packageDir } from './assets.ts';
 import { problems, ProblemSchema } from './problem.ts';
 import { JobStatusSchema } from './schemas.ts';
 
@@ -20,6 +22,16 @@ export const JobEvents = z
     step: z.object({ step: z.number().int(), loss: z.number().nullable(), lr: z.number().nullable(), link: z.number().int(), epoch: z.number().int() }),
     knot: z.object({ link: z.number().int(), step: z.number().int(), version: z.number().int(), rank: z.number().int(), val_loss: z.number().nullable() }),
     eval: z.object({ link: z.number().int(), val_loss: z.number() }),
+    knot_decision: z.object({
+      decision: z.enum(['tie', 'last_link']),
+      link: z.number().int(),
+      step: z.number().int(),
+      steps_in_link: z.number().int(),
+      ema_loss: z.number().nullable(),
+      rate: z.number().nullable(),
+      initial_rate: z.number().nullable(),
+      threshold: z.number(),
+    }).openapi({ description: 'chain.auto: a knot decision and the signal it was taken on (src/cola/auto.ts)' }),
     done: z.object({ status: JobStatusSchema }),
   })
   .openapi('JobEvents', { description: 'SSE payloads of GET /finetune/{id}/events: the `data` JSON of each event, keyed by the event name' });
@@ -76,10 +88,40 @@ export function docsRoutes(app: App) {
       path: '/docs',
       tags: ['ops'],
       security: [],
-      summary: 'The API reference page (Swagger UI)',
+      summary: 'The API reference page (Swagger UI, its assets served from this server: works offline)',
       responses: { 200: { description: 'HTML page', content: { 'text/html': { schema: z.string() } } } },
     }),
   );
   completeErrorResponses(app);
   app.doc31('/openapi.json', OPENAPI_INFO);
+  app.get('/docs', (c) => c.html(DOCS_HTML));
+  const swagger = packageDir('swagger-ui-dist');
+  app.get('/docs/assets/:file', (c) => {
+    const f = c.req.param('file');
+    if (!DOCS_ASSETS.has(f)) return c.notFound();
+    return fileResponse(path.join(swagger, f)) ?? c.notFound();
+  });
 }
+
+/** What /docs/assets serves from swagger-ui-dist (pinned in package.json). */
+const DOCS_ASSETS = new Set(['swagger-ui.css', 'swagger-ui-bundle.js', 'favicon-32x32.png']);
+
+/** Swagger UI with every asset from this server; no validator badge (it would call validator.swagger.io). */
+export const DOCS_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>COLA service API</title>
+<link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png">
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({ url: '/openapi.json', dom_id: '#swagger-ui', validatorUrl: null, deepLinking: true, persistAuthorization: false });
+</script>
+</body>
+</html>
+`;

@@ -1,6 +1,5 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import crypto from 'node:crypto';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { App, AppDeps, AppEnv } from './deps.ts';
@@ -39,23 +38,16 @@ async function storeJsonl(
   body: ReadableStream<Uint8Array>,
   budget: number,
 ): Promise<{ path: string; bytes: number; examples: number }> {
-  const dir = path.join(d.store.root, 'files');
-  await fs.mkdir(dir, { recursive: true });
-  const final = path.join(dir, `${id}.jsonl`);
-  const tmp = path.join(dir, `.tmp-${id}-${crypto.randomBytes(6).toString('hex')}`);
-  const fh = await fs.open(tmp, 'wx', 0o644);
-  let closed = false;
-  let installed = false;
+  const file = d.store.newDataFile(id);
   try {
     let batch: string[] = [];
     let batchBytes = 0;
     let written = 0;
-    const flush = async () => {
+    const flush = () => {
       if (batch.length === 0) return;
-      const buf = Buffer.from(batch.join(''));
+      file.write(Buffer.from(batch.join('')));
       batch = [];
       batchBytes = 0;
-      await fh.write(buf);
     };
     const r = await readJsonl(
       body,
@@ -68,24 +60,19 @@ async function storeJsonl(
         if (written > budget) throw new QuotaExceeded();
         batch.push(line);
         batchBytes += n;
-        if (batchBytes >= WRITE_BATCH) await flush();
+        if (batchBytes >= WRITE_BATCH) flush();
       },
     );
     if (r.errors.length) throw new ProblemError(400, `the file has invalid lines (first ${r.errors.length} shown)`, { errors: r.errors });
     if (r.examples === 0) throw new ProblemError(400, 'the file has no examples');
-    await flush();
-    await fh.sync();
-    await fh.close();
-    closed = true;
-    await fs.rename(tmp, final);
-    installed = true;
-    return { path: final, bytes: written, examples: r.examples };
+    flush();
+    file.commit();
+    return { path: file.finalPath, bytes: written, examples: r.examples };
   } catch (e) {
     if (e instanceof JsonlTooLargeError) throw new ProblemError(413, `the file exceeds the limit of ${d.config.fileLimitBytes} bytes (COLA_FILE_LIMIT_BYTES)`);
     throw e;
   } finally {
-    if (!closed) await fh.close().catch(() => {});
-    if (!installed) await fs.rm(tmp, { force: true });
+    file.abort();
   }
 }
 

@@ -12,7 +12,7 @@ import { configFromRegistration } from '../model/config.ts';
 import { ChatTemplate } from '../model/chat.ts';
 import { chatTemplateOf } from '../model/versions.ts';
 import { requestCancel } from '../jobs/transitions.ts';
-import { isTerminal, type JobStatus } from '../jobs/states.ts';
+import { isTerminal, type JobStatus } from '../domain/job-states.ts';
 import type { Job } from '../db/schema.ts';
 import { newId } from '../db/ids.ts';
 
@@ -213,7 +213,7 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       method: 'get',
       path: '/finetune/{id}/events',
       tags: ['finetune'],
-      summary: 'Server-Sent Events: status, link_started, step, knot, eval, done; resumable with Last-Event-ID',
+      summary: 'Server-Sent Events: status, link_started, step, knot, eval, knot_decision, done; resumable with Last-Event-ID',
       request: {
         params: JobId,
         headers: z.object({ 'last-event-id': z.string().regex(/^\d{1,9}$/, 'must be an event id (a number)').optional() }),

@@ -14,6 +14,7 @@ import { jobs } from '../db/schema.ts';
 import { newId } from '../db/ids.ts';
 import { UserInputError } from '../services.ts';
 import { parsePeftConfig, PeftError, storedPeftConfig, type ParsedPeftConfig } from '../cola/peft.ts';
+import { readSafetensorsHeader, SafetensorsError, type SafetensorsHeader } from '../model/safetensors.ts';
 
 /** Size of a file the merge wrote (0 when it is gone): counted in the tenant's stored bytes. */
 function fileSize(p: string): number {
@@ -30,39 +31,17 @@ const MergeAdapter = z
   .strict();
 const MergeBody = z.union([MergeJob, MergeAdapter]).openapi('MergeRequest');
 
-const SAFETENSORS_DTYPES = new Set(['F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'F8_E4M3', 'F8_E5M2']);
-const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1, F8_E4M3: 1, F8_E5M2: 1 };
-
-/** Structural check of a safetensors file: header length, JSON header, dtypes, shapes and offsets. */
+/** Structural check of an uploaded adapter's safetensors file (the one header parser, model/safetensors.ts). */
 export async function checkSafetensors(p: string): Promise<{ tensors: Record<string, { dtype: string; shape: number[] }> }> {
-  const f = Bun.file(p);
-  const size = f.size;
-  if (size < 8) throw new UserInputError('adapter_model.safetensors: file too small');
-  const head = new DataView(await f.slice(0, 8).arrayBuffer());
-  const n = Number(head.getBigUint64(0, true));
-  if (n < 2 || n > 100 * 1024 * 1024 || 8 + n > size) throw new UserInputError('adapter_model.safetensors: bad header length');
-  let header: unknown;
+  let h: SafetensorsHeader;
   try {
-    header = JSON.parse(await f.slice(8, 8 + n).text());
-  } catch {
-    throw new UserInputError('adapter_model.safetensors: header is not JSON');
+    h = await readSafetensorsHeader(p);
+  } catch (e) {
+    if (e instanceof SafetensorsError) throw new UserInputError(`adapter_model.safetensors: ${e.message}`);
+    throw e;
   }
-  if (!header || typeof header !== 'object' || Array.isArray(header)) throw new UserInputError('adapter_model.safetensors: header is not an object');
-  const dataLen = size - 8 - n;
-  const tensors: Record<string, { dtype: string; shape: number[] }> = {};
-  for (const [name, v] of Object.entries(header as Record<string, any>)) {
-    if (name === '__metadata__') continue;
-    const ok =
-      v && typeof v === 'object' && SAFETENSORS_DTYPES.has(v.dtype) && Array.isArray(v.shape) && v.shape.length <= 8 &&
-      v.shape.every((x: unknown) => Number.isInteger(x) && (x as number) >= 0) && Array.isArray(v.data_offsets) && v.data_offsets.length === 2 &&
-      Number.isInteger(v.data_offsets[0]) && Number.isInteger(v.data_offsets[1]) && v.data_offsets[0] >= 0 && v.data_offsets[0] <= v.data_offsets[1] && v.data_offsets[1] <= dataLen;
-    if (!ok) throw new UserInputError(`adapter_model.safetensors: tensor "${name.slice(0, 100)}" has a bad entry`);
-    const count = (v.shape as number[]).reduce((a, b) => a * b, 1);
-    if (count * DTYPE_BYTES[v.dtype]! !== v.data_offsets[1] - v.data_offsets[0]) throw new UserInputError(`adapter_model.safetensors: tensor "${name.slice(0, 100)}" size does not match its shape`);
-    tensors[name] = { dtype: v.dtype, shape: v.shape };
-  }
-  if (Object.keys(tensors).length === 0) throw new UserInputError('adapter_model.safetensors: no tensors');
-  return { tensors };
+  if (h.entries.length === 0) throw new UserInputError('adapter_model.safetensors: no tensors');
+  return { tensors: Object.fromEntries(h.entries.map((t) => [t.name, { dtype: t.dtype, shape: t.shape }])) };
 }
 
 export function mergeRoutes(app: App, d: AppDeps) {
@@ -120,7 +99,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
         target: target.resolved,
         adapter: { config: adapter.config, path: adapter.path },
         scale: b.scale,
-        storeDir: path.join(d.store.root, 'weights'),
+        storeDir: d.store.weightsDir,
       });
       const out = await ensureTenantModel(d.db, { tenantId: t.id, name: outName, architecture: target.model.architecture, params: target.model.params, config: target.model.config });
       const v = await insertVersion(d.db, {
@@ -199,21 +178,18 @@ export function mergeRoutes(app: App, d: AppDeps) {
         throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} would be exceeded`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
       }
       const id = newId('adp');
-      const dir = path.join(d.store.root, 'adapters', id);
-      fs.mkdirSync(dir, { recursive: true });
-      const stPath = path.join(dir, 'adapter_model.safetensors');
+      const staged = await d.store.stageAdapter(id, m);
       try {
-        await Bun.write(stPath, m);
-        await checkSafetensors(stPath);
+        await checkSafetensors(staged.weightsPath);
         let config: Record<string, unknown> = { ...storedPeftConfig(cfg) };
-        if (d.services.adapterValidator) config = (await d.services.adapterValidator.validate({ config: cfgJson, safetensorsPath: stPath })).config;
-        await Bun.write(path.join(dir, 'adapter_config.json'), JSON.stringify(config, null, 2));
-        const bytes = fs.statSync(stPath).size;
-        const sha256 = crypto.createHash('sha256').update(new Uint8Array(await Bun.file(stPath).arrayBuffer())).digest('hex');
-        await createAdapter(d.db, { id, tenantId: t.id, config, path: dir, sha256, bytes });
+        if (d.services.adapterValidator) config = (await d.services.adapterValidator.validate({ config: cfgJson, safetensorsPath: staged.weightsPath })).config;
+        await staged.install(config);
+        const bytes = fs.statSync(staged.weightsPath).size;
+        const sha256 = crypto.createHash('sha256').update(new Uint8Array(await Bun.file(staged.weightsPath).arrayBuffer())).digest('hex');
+        await createAdapter(d.db, { id, tenantId: t.id, config, path: staged.dir, sha256, bytes });
         return c.json({ id }, 201);
       } catch (e) {
-        fs.rmSync(dir, { recursive: true, force: true });
+        await staged.discard();
         throw e;
       }
     }) as never,

@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
@@ -161,16 +160,13 @@ export function modelRoutes(app: App, d: AppDeps) {
       let tmp: string | null = null;
       try {
         if (source === null) {
-          const root = path.join(d.store.root, 'uploads');
-          await fsp.mkdir(root, { recursive: true });
-          tmp = await fsp.mkdtemp(path.join(root, 'up-'));
-          for (const f of uploads) await Bun.write(path.join(tmp, f.name), f);
+          tmp = await d.store.stageUpload(uploads);
           source = tmp;
         }
-        const imp = await importer.import({ source, storeDir: path.join(d.store.root, 'weights') });
+        const imp = await importer.import({ source, storeDir: d.store.weightsDir });
         const tok = [imp.config['tokenizer'], imp.config['tokenizer_model']].filter((x): x is string => typeof x === 'string').map((p) => path.dirname(p));
         await d.db.transaction(async (tx) => {
-          const db = tx as unknown as typeof d.db;
+          const db = tx;
           // A concurrent delete must not remove the (shared, content-addressed) files this row will reference.
           await guardStorePaths(db, [imp.weights.path, ...tok], fs.existsSync);
           const m = await createModel(db, { tenantId: t.id, name, architecture: imp.architecture, params: imp.params, config: imp.config });
@@ -195,7 +191,7 @@ export function modelRoutes(app: App, d: AppDeps) {
         });
         return c.json({ name, version: 0 as const }, 201);
       } finally {
-        if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
+        if (tmp) await d.store.discard(tmp);
       }
     },
   );

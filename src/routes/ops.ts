@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
 import { countJobsByStatus } from '../db/repos/jobs.ts';
-import { JOB_STATES } from '../jobs/states.ts';
+import { JOB_STATES } from '../domain/job-states.ts';
 
 const Ready = z.object({
   status: z.enum(['ok', 'unavailable']),

@@ -2,7 +2,7 @@ import { and, asc, desc, eq, gt, inArray, sql } from 'drizzle-orm';
 import type { Db } from '../index.ts';
 import { jobEvents, jobs, jobSteps, type Job, type JobEvent } from '../schema.ts';
 import { newId } from '../ids.ts';
-import { ACTIVE_STATES } from '../../jobs/states.ts';
+import { ACTIVE_STATES } from '../../domain/job-states.ts';
 
 export async function insertJob(
   db: Db,

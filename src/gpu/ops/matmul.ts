@@ -25,31 +25,10 @@ export interface MatmulOptions {
   sizes?: SizeMode;
 }
 
-let defaultSizes: SizeMode = 'uniform';
 /** Rows up to which x·Wᵀ on GPUs runs the GEMV kernel (kernels/gemv.wgsl). */
 export const GEMV_MAX_ROWS = 8;
 
-/** Register-tile parameters for lavapipe-class devices (chosen with bench/matmul.ts; mutable for experiments). */
-export const matmulTuning = { sgR: 32, sgCN: 4, uniR: 16, uniCN: 4, nVec: true, transposeB: true };
-
-let tileCap: { R: number; CN: number } | null = null;
-/**
- * Caps the register tile of the 'sg'/'uni' kernels (null: no cap). Tests use it: the same generated
- * code paths with less unrolling compile in ~1 s instead of 10–40 s on lavapipe.
- */
-export function setMatmulTileCap(cap: { R: number; CN: number } | null): void {
-  tileCap = cap;
-}
-/** Sets how later matmuls pass problem sizes (benchmarks compare both). */
-export function setMatmulSizeMode(m: SizeMode): void {
-  defaultSizes = m;
-}
-
-let forcedVariant: MatmulVariant | null = null;
-/** Forces every later matmul (including linear/lora) to one kernel family; null restores the default. */
-export function setMatmulVariant(v: MatmulVariant | null): void {
-  forcedVariant = v;
-}
+// Tile sizes, a forced family, the size mode and a tile cap are the engine's (Engine.tuning).
 
 /** Families this device can run. 'sg' needs subgroups of one known size. */
 export function availableMatmulVariants(e: Engine): MatmulVariant[] {
@@ -83,7 +62,7 @@ export function planMatmul(
   transA: boolean,
   transB: boolean,
   variant: MatmulVariant,
-  sizes: SizeMode = defaultSizes,
+  sizes: SizeMode = e.tuning.matmulSizes,
   bHalf?: HalfKind,
 ): { spec: MatmulSpec; grid: [number, number] } {
   if (variant === 'tiled') {
@@ -103,7 +82,9 @@ export function planMatmul(
   // Register tile: R rows × CN columns per lane. Bigger tiles load fewer elements per multiply-add
   // (the cost on llvmpipe); shrink them for thin problems (decode M=1, LoRA rank N=8) so that no
   // work is wasted on clamped rows/columns.
-  const [Rmax, CNmax] = sg ? [matmulTuning.sgR, matmulTuning.sgCN] : [matmulTuning.uniR, matmulTuning.uniCN];
+  const tiles = e.tuning.matmulTiles;
+  const tileCap = e.tuning.matmulTileCap;
+  const [Rmax, CNmax] = sg ? [tiles.sgR, tiles.sgCN] : [tiles.uniR, tiles.uniCN];
   // Sizes are rounded up to powers of two so that few distinct kernels get compiled.
   const R = Math.min(tileCap ? Math.max(tileCap.R, sg ? LW : 1) : Rmax, Rmax, Math.max(sg ? LW : 1, pow2(M)));
   const CN = Math.min(tileCap?.CN ?? CNmax, CNmax, pow2(ceil(N, LW)));
@@ -117,7 +98,7 @@ export function planMatmul(
     LW,
     aVec: !transA && K % 4 === 0,
     bVec: transB && K % 4 === 0,
-    nVec: matmulTuning.nVec && !transB && N % 4 === 0 && CN % 4 === 0,
+    nVec: tiles.nVec && !transB && N % 4 === 0 && CN % 4 === 0,
     sizes,
     ...(bHalf ? { bHalf } : {}),
   };
@@ -174,8 +155,8 @@ export function matmul(e: Engine, a: Tensor, b: Tensor, opts: MatmulOptions = {}
     if (!accumulate) e.clear(c);
     return c;
   }
-  const variant = opts.variant ?? forcedVariant ?? defaultMatmulVariant(e);
-  const sizes = opts.sizes ?? defaultSizes;
+  const variant = opts.variant ?? e.tuning.matmulVariant ?? defaultMatmulVariant(e);
+  const sizes = opts.sizes ?? e.tuning.matmulSizes;
   // Up to 8 rows against a shared (N, K) weight on a GPU (decode of a continuous batch): the GEMV
   // kernel, each weight load shared by the rows.
   if (variant === 'tiled' && Mk <= GEMV_MAX_ROWS && batch === 1 && transB && !transA && !SB && K % 4 === 0) {
@@ -192,7 +173,7 @@ export function matmul(e: Engine, a: Tensor, b: Tensor, opts: MatmulOptions = {}
   // x·Wᵀ with a shared W on the register tiles: transpose W (one pass over K·N elements) and run the
   // untransposed kernel, whose lane-contiguous vec4 B loads measured ~1.5× faster on lavapipe than
   // strided ones. Only worth it when the product (Mk·K·N MACs) dwarfs the pass: not for decode (M=1).
-  if (transB && !SB && variant !== 'tiled' && matmulTuning.transposeB && N % 4 === 0 && K % 4 === 0 && N >= 32 && Mk >= 64) {
+  if (transB && !SB && variant !== 'tiled' && e.tuning.matmulTiles.transposeB && N % 4 === 0 && K % 4 === 0 && N >= 32 && Mk >= 64) {
     const bt = transpose2d(e, b.view([N, K]));
     const r = matmul(e, a, bt, { ...opts, transB: false, variant, sizes, out: c, accumulate });
     bt.free(); // later dispatches that reuse its buffer are ordered after this one

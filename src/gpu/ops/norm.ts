@@ -1,31 +1,26 @@
 import src from '../kernels/norm.wgsl' with { type: 'text' };
 import { ShapeError, type Engine, type Tensor } from '../engine.ts';
+
+export type { RowMode } from '../engine.ts';
 import { grid1d } from './util.ts';
 
 // Lanes per row workgroup. On lavapipe a workgroup is one CPU thread running 8 SIMD lanes, so a
 // small group keeps the tree reduction short; on real GPUs 256 lanes fill a compute unit.
 export function rowLanes(e: Engine, C: number): number {
-  const max = forcedLanes ?? (e.ctx.info.isSoftware ? 64 : 256);
+  const max = e.tuning.rowMaxLanes ?? (e.ctx.info.isSoftware ? 64 : 256);
   let wg = 32;
   while (wg < max && wg < C) wg *= 2;
   return wg;
 }
 
-export type RowMode = 'auto' | 'lane' | 'workgroup';
-let forcedMode: RowMode = 'auto';
-let forcedLanes: number | undefined;
 /**
- * How row kernels map rows: 'workgroup' (a workgroup per row, lanes across the row: coalesced,
- * for real GPUs) or 'lane' (a lane per row, no barriers: ~10× faster on CPU drivers, where loads
- * are per-lane scalar anyway and barriers are costly). 'auto' picks by the adapter. Tests force
- * each mode (and `maxLanes` 256, the real-GPU group size) so every path is verified on any machine.
+ * A lane per row (CPU drivers) or a workgroup per row (GPUs), unless the engine's tuning forces one
+ * (Engine.tuning.rowMode; tests force each mode, and rowMaxLanes 256, the real-GPU group size, so
+ * every path is verified on any machine).
  */
-export function setRowMode(mode: RowMode, maxLanes?: number): void {
-  forcedMode = mode;
-  forcedLanes = maxLanes;
-}
 export function rowPerLane(e: Engine): boolean {
-  return forcedMode === 'auto' ? e.ctx.info.isSoftware : forcedMode === 'lane';
+  const mode = e.tuning.rowMode;
+  return mode === 'auto' ? e.ctx.info.isSoftware : mode === 'lane';
 }
 const LANE_WG = 8; // one SIMD row on lavapipe; more workgroups spread over the CPU threads
 

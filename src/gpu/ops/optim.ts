@@ -53,7 +53,8 @@ export function createAdagradState(e: Engine, param: Tensor): AdagradState {
   return { kind: 'adagrad', step: 0, sum: e.zeros(param.shape) };
 }
 
-function stateTensors(state: OptimState): Tensor[] {
+/** The state's buffers, in a fixed order (AdamW: m, v; SGD: momentum buffer if any; AdaGrad: Σ g²). */
+export function stateTensors(state: OptimState): Tensor[] {
   switch (state.kind) {
     case 'adamw':
       return [state.m, state.v];

@@ -19,9 +19,10 @@
 // written atomically too, first writer wins (the object is identified by its content; a second
 // lineage for identical bytes is not recorded here).
 
-import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync, writeSync, constants } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../util/atomic.ts';
 
 export interface StoredObject {
   sha256: string;
@@ -50,7 +51,6 @@ export class SnapshotStoreError extends Error {
 }
 
 const SHA_RE = /^[0-9a-f]{64}$/;
-const CHUNK = 1 << 20;
 
 export type ObjectExt = 'safetensors' | 'zip';
 
@@ -104,9 +104,7 @@ export class SnapshotStore {
       }
       return { sha256, path, bytes: bytes.length };
     }
-    const dir = join(this.objectsDir, sha256.slice(0, 2));
-    mkdirSync(dir, { recursive: true });
-    await writeAtomic(dir, path, `.tmp-${sha256}`, bytes, hooks);
+    await writeFileAtomic(path, bytes, { afterChunk: hooks.afterChunk, tmpPrefix: `.tmp-${sha256}` });
     return { sha256, path, bytes: bytes.length };
   }
 
@@ -138,7 +136,7 @@ export class SnapshotStore {
     const path = join(dir, `${record.sha256}.json`);
     if (exists(path)) return;
     const json = new TextEncoder().encode(JSON.stringify(record, null, 2) + '\n');
-    await writeAtomic(dir, path, `.tmp-${record.sha256}-lineage`, json, {});
+    await writeFileAtomic(path, json, { tmpPrefix: `.tmp-${record.sha256}-lineage` });
   }
 
   getLineage(sha256: string): LineageRecord | null {
@@ -189,47 +187,6 @@ export class SnapshotStore {
       }
     }
     return removed;
-  }
-}
-
-/** temp file in `dir` → write → fsync → close → rename to `finalPath` → fsync(dir). */
-async function writeAtomic(dir: string, finalPath: string, tmpPrefix: string, bytes: Uint8Array, hooks: PutHooks): Promise<void> {
-  const tmp = join(dir, `${tmpPrefix}-${process.pid}-${randomBytes(6).toString('hex')}`);
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
-  let renamed = false;
-  try {
-    try {
-      let off = 0;
-      while (off < bytes.length) {
-        const n = writeSync(fd, bytes, off, Math.min(CHUNK, bytes.length - off));
-        if (n <= 0) throw new SnapshotStoreError(`short write to ${tmp}`);
-        off += n;
-        if (hooks.afterChunk) await hooks.afterChunk(off, bytes.length);
-      }
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, finalPath);
-    renamed = true;
-    fsyncDir(dir);
-  } finally {
-    if (!renamed) {
-      try {
-        unlinkSync(tmp);
-      } catch {
-        // already gone; nothing to clean
-      }
-    }
-  }
-}
-
-function fsyncDir(dir: string): void {
-  const fd = openSync(dir, constants.O_RDONLY);
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
   }
 }
 
