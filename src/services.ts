@@ -187,7 +187,7 @@ export interface JobContext {
   /** Last persisted knot, null on a fresh start: the runner continues from there. */
   resumeFrom: ResumePoint | null;
   /** Report a step. Fenced: throws StaleLeaseError if this worker lost the job. */
-  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number }): Promise<void>;
+  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number; tokens?: number }): Promise<void>;
   onLinkStarted(e: { link: number; rank: number }): Promise<void>;
   /**
    * Call before writing a knot's files: throws QuotaExceededError when `bytes` more would take the

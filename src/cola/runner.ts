@@ -204,7 +204,7 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
             onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
             onStep: async (s) => {
               lastEpoch = s.epoch;
-              await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: plan.links.length, epoch: s.epoch, loss: s.loss, lr: s.lr });
+              await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: plan.links.length, epoch: s.epoch, loss: s.loss, lr: s.lr, tokens: s.tokens });
             },
             onKnot: async (k) => {
               // No job id in the file: the same request must give the same bytes (same sha256) on any run.
