@@ -10,7 +10,7 @@ import { loadBundledModel } from '../src/model/registry.ts';
 import { saveSafetensorsWeights } from '../src/model/weights.ts';
 import { trainCola, type TrainConfig } from '../src/cola/trainer.ts';
 import { resolveLoraSpec } from '../src/cola/lora.ts';
-import { SnapshotStore } from '../src/cola/snapshot-store.ts';
+import { SnapshotStore } from '../src/store/snapshot-store.ts';
 import type { Tokenizer } from '../src/cola/data.ts';
 import { llamaConfig, randomWeights } from './lib/random-model.ts';
 

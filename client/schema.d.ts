@@ -884,7 +884,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Server-Sent Events: status, link_started, step, knot, eval, done; resumable with Last-Event-ID */
+        /** Server-Sent Events: status, link_started, step, knot, eval, knot_decision, done; resumable with Last-Event-ID */
         get: {
             parameters: {
                 query?: {
@@ -1044,9 +1044,13 @@ export interface paths {
                         source: {
                             path: string;
                         };
+                        /** @enum {string} */
+                        dtype?: "auto" | "f32" | "f16" | "bf16";
                     };
                     "multipart/form-data": {
                         name: string;
+                        /** @enum {string} */
+                        dtype?: "auto" | "f32" | "f16" | "bf16";
                         files: string[];
                     };
                 };
@@ -3036,6 +3040,18 @@ export interface components {
                 link: number;
                 val_loss: number;
             };
+            /** @description chain.auto: a knot decision and the signal it was taken on (src/cola/auto.ts) */
+            knot_decision: {
+                /** @enum {string} */
+                decision: "tie" | "last_link";
+                link: number;
+                step: number;
+                steps_in_link: number;
+                ema_loss: number | null;
+                rate: number | null;
+                initial_rate: number | null;
+                threshold: number;
+            };
             done: {
                 status: components["schemas"]["JobStatus"];
             };
@@ -3141,7 +3157,8 @@ export interface components {
              *         0.999
              *       ],
              *       "eps": 1e-8,
-             *       "momentum": 0
+             *       "momentum": 0,
+             *       "reset_keep": 0
              *     }
              */
             optimizer?: {
@@ -3169,11 +3186,14 @@ export interface components {
                 /** @default 0 */
                 momentum?: number;
                 max_grad_norm?: number;
+                /** @default 0 */
+                reset_keep?: number;
             };
             /**
              * @default {
              *       "name": "linear",
-             *       "warmup_steps": 0
+             *       "warmup_steps": 0,
+             *       "knot_warmup_steps": 0
              *     }
              */
             schedule?: {
@@ -3184,6 +3204,8 @@ export interface components {
                 name?: "linear" | "constant";
                 /** @default 0 */
                 warmup_steps?: number;
+                /** @default 0 */
+                knot_warmup_steps?: number;
             };
             /** @default 5 */
             epochs?: number;
@@ -3229,6 +3251,17 @@ export interface components {
                 steps: number;
                 rank: number;
             }[];
+        } | {
+            auto: {
+                min_link_steps?: number;
+                /** @default 5 */
+                max_links?: number;
+                /** @default 0.25 */
+                threshold?: number;
+                /** @default 0.9 */
+                ema?: number;
+                window?: number;
+            };
         };
         Job: {
             id: string;

@@ -11,6 +11,7 @@ import { Metrics } from './routes/metrics.ts';
 import { TokenBuckets } from './routes/limits.ts';
 import { ProblemError, problemResponse, validationHook } from './routes/problem.ts';
 import type { App, AppDeps, AppEnv, AppOptions } from './routes/deps.ts';
+import { Store } from './store/store.ts';
 import { DeviceUnavailableError, ServiceBusyError, UserInputError } from './services.ts';
 import { StaleLeaseError } from './jobs/transitions.ts';
 import { publicMessage } from './util/redact.ts';
@@ -50,7 +51,7 @@ export function createApp(opts: AppOptions): App {
     database: opts.db,
     db: opts.db.db,
     engine: opts.engine,
-    store: opts.store ?? { root: path.join(opts.config.dataDir, 'store') },
+    store: opts.store instanceof Store ? opts.store : new Store(opts.store?.root ?? path.join(opts.config.dataDir, 'store')),
     services: opts.services ?? {},
     queue: opts.queue,
     metrics: new Metrics(),

@@ -8,6 +8,7 @@ import { openDatabase, type Database, type Db } from './db/index.ts';
 import { countTenants, createTenant } from './db/repos/tenants.ts';
 import { createModel, findSharedModel, insertVersion } from './db/repos/models.ts';
 import { createApp } from './app.ts';
+import { Store } from './store/store.ts';
 import { openQueue, type BossQueue } from './jobs/queue.ts';
 import { JobWorker } from './jobs/worker.ts';
 import { createServices } from './wiring.ts';
@@ -112,7 +113,7 @@ export async function start(config: Config, log: (m: string) => void = (m) => co
     await queue.work(worker, config.workerConcurrency);
     worker.startReclaimer();
   }
-  const app = createApp({ config, db: database, engine, store: { root: storeRoot }, services, queue });
+  const app = createApp({ config, db: database, engine, store: new Store(storeRoot), services, queue });
   const server = Bun.serve({
     port: config.port,
     hostname: config.host,

@@ -112,7 +112,12 @@ export interface ModelImporter {
    * Import an HF folder or a llama2.c checkpoint from a server path (or an upload directory)
    * into the store. Throws `UserInputError` for unusable input (→ 400).
    */
-  import(req: { source: string; storeDir: string }): Promise<ImportedModel>;
+  import(req: {
+    source: string;
+    storeDir: string;
+    /** Weight precision: the checkpoint's own ("auto", default), or every tensor converted (model/weights.ts setWeightsDtype). */
+    dtype?: 'auto' | 'f32' | 'f16' | 'bf16';
+  }): Promise<ImportedModel>;
 }
 
 export interface AdapterValidator {
@@ -181,6 +186,8 @@ export interface ResumePoint {
   version: number;
   path: string;
   sha256: string;
+  /** The knot's adapter ZIP (with a partial optimizer reset it carries the kept optimizer state). */
+  adapterPath?: string | null;
 }
 
 export interface JobContext {
@@ -197,6 +204,8 @@ export interface JobContext {
   /** Persist a tied knot as the next version of the output model. Fenced. Resolves with that version. */
   onKnot(k: KnotInput): Promise<{ model: string; version: number }>;
   onEval(e: Record<string, unknown>): Promise<void>;
+  /** Automatic knots: each decision with its signal values (event `knot_decision`). */
+  onKnotDecision?(d: Record<string, unknown>): Promise<void>;
   /** True once the user asked to cancel (refreshed by heartbeats and every onStep). */
   isCancelled(): boolean;
   /** True once a merge-now was requested (`POST /merge {job}`); the runner ties a knot at the next step. */

@@ -14,6 +14,7 @@ import { createTenant } from '../src/db/repos/tenants.ts';
 import { tenantStoredBytes } from '../src/db/repos/files.ts';
 import { registerBaseModel } from '../src/main.ts';
 import { createModelServices } from '../src/cola/services.ts';
+import { Store } from '../src/store/store.ts';
 import { JobWorker } from '../src/jobs/worker.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner, type Services } from '../src/services.ts';
 
@@ -51,7 +52,7 @@ describe('storage: uploads, quota per knot, deletes, error details', () => {
     };
     const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
     worker = new JobWorker({ db: T.database.db, config, storeRoot: store(), runner, log: () => {} });
-    const app = createApp({ config, db: T.database, services, store: { root: store() }, queue: { enqueue: async (id) => void worker.process(id) } });
+    const app = createApp({ config, db: T.database, services, store: new Store(store()), queue: { enqueue: async (id) => void worker.process(id) } });
     server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
     url = `http://127.0.0.1:${server.port}`;
   }, 60_000);

@@ -15,10 +15,14 @@ import { ChatTemplateError, encodeChatForTraining } from '../model/chat.ts';
 import { ColaConfigError } from './errors.ts';
 import { layerModules } from './modules.ts';
 import { exportPeftAdapter, parsePeftAdapter, PeftError, type ImportedAdapter } from './peft.ts';
-import { baseBiasOf, MAX_ADAPTER_BYTES, readAdapterWeights } from './services.ts';
-import { SnapshotStore } from './snapshot-store.ts';
+import { baseBiasOf, MAX_ADAPTER_BYTES, readAdapterWeights } from './adapter.ts';
+import { SnapshotStore } from '../store/snapshot-store.ts';
 import { archConfigOf, initLoraHost, resolveLoraSpec, type LoraHost } from './lora.ts';
-import { planFor, trainCola, type TrainConfig } from './trainer.ts';
+import { planFor, trainCola, type ResumePoint, type TrainConfig } from './trainer.ts';
+import { checkSchedule } from './lr.ts';
+import { decodeCarriedState, encodeCarriedState } from './optimizer.ts';
+import { OPTIMIZER_STATE_FILE, unpackExtra } from './peft.ts';
+import { readFileSync } from 'node:fs';
 import type { ChainConfig, ChainPlan } from './schedule.ts';
 
 type Req = Record<string, any>;
@@ -46,8 +50,8 @@ export function trainConfigFromRequest(req: Req, modelConfig: ModelConfig): Trai
   return {
     lora: spec,
     chain,
-    optimizer: { name: o.name ?? 'adamw', lr: o.lr ?? 5e-4, weightDecay: o.weight_decay ?? 0, betas: o.betas ?? [0.9, 0.999], eps: o.eps ?? 1e-8, momentum: o.momentum ?? 0 },
-    schedule: { name: s.name ?? 'linear', warmupSteps: s.warmup_steps ?? 0 },
+    optimizer: { name: o.name ?? 'adamw', lr: o.lr ?? 5e-4, weightDecay: o.weight_decay ?? 0, betas: o.betas ?? [0.9, 0.999], eps: o.eps ?? 1e-8, momentum: o.momentum ?? 0, resetKeep: o.reset_keep ?? 0 },
+    schedule: { name: s.name ?? 'linear', warmupSteps: s.warmup_steps ?? 0, knotWarmupSteps: s.knot_warmup_steps ?? 0 },
     epochs: req.epochs ?? 5,
     batchSize: req.batch_size ?? 8,
     maxSeqLen: Math.min(req.max_seq_len ?? 256, modelConfig.maxSeqLen),
@@ -106,6 +110,7 @@ export function admitFinetune(req: Req, modelConfig: ModelConfig, nTrain: number
   try {
     const config = trainConfigFromRequest(req, modelConfig);
     const plan = planFor(config, nTrain);
+    checkOptions(config, plan);
     if (initAdapter) {
       let imp: ImportedAdapter;
       try {
@@ -120,6 +125,14 @@ export function admitFinetune(req: Req, modelConfig: ModelConfig, nTrain: number
   } catch (e) {
     if (e instanceof ColaConfigError) throw new UserInputError(e.message, [{ path: e.path, message: e.message }]);
     throw e;
+  }
+}
+
+/** The schedule against the run, and a partial reset against the chain (same rank in every link). */
+function checkOptions(config: TrainConfig, plan: ChainPlan): void {
+  checkSchedule({ ...config.schedule, lr: config.optimizer.lr }, plan.totalSteps);
+  if ((config.optimizer.resetKeep ?? 0) > 0 && new Set(plan.links.map((l) => l.rank)).size > 1) {
+    throw new ColaConfigError('optimizer.reset_keep', 'a partial optimizer reset needs every link to have the same rank (the kept moments are per entry of A and B); use one rank or reset_keep 0');
   }
 }
 
@@ -176,6 +189,7 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       try {
         config = trainConfigFromRequest(job.request, mc);
         plan = planFor(config, train.length);
+        checkOptions(config, plan);
         if (job.initAdapter && !ctx.resumeFrom) {
           const w = base.weights;
           const stored = { config: job.initAdapter.config, path: resolvePath(repoRoot, job.initAdapter.path) };
@@ -189,12 +203,19 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       }
       const arch = archConfigOf(mc);
       let weights = base.weights;
-      let resume: { step: number; knotSteps: number[] } | undefined;
+      let resume: ResumePoint | undefined;
       if (ctx.resumeFrom) {
         // Resume from the last persisted knot: its merged weights plus (seed, link, step) are the
-        // whole state; the earlier knots' steps re-create requested splits (replayKnots).
+        // whole state; the earlier knots' steps re-create requested and automatic splits
+        // (replayKnots). With a partial reset, the kept optimizer state is in the knot's adapter ZIP.
         weights = loadModelFromPath(resolvePath(repoRoot, ctx.resumeFrom.path), { tokenizerPath: tokenizerPathOf(repoRoot, job.base.config) }).weights;
         resume = { step: ctx.resumeFrom.step, knotSteps: ctx.resumeFrom.knotSteps };
+        if ((config.optimizer.resetKeep ?? 0) > 0 && ctx.resumeFrom.step < plan.totalSteps) {
+          const zip = ctx.resumeFrom.adapterPath ? readFileSync(resolvePath(repoRoot, ctx.resumeFrom.adapterPath)) : null;
+          const bytes = zip ? unpackExtra(zip, OPTIMIZER_STATE_FILE) : null;
+          if (!bytes) throw new Error(`the last knot (version ${ctx.resumeFrom.version}) has no ${OPTIMIZER_STATE_FILE}; a run with a partial optimizer reset cannot resume without it`);
+          resume.optimizerState = decodeCarriedState(bytes);
+        }
       }
       const store = new SnapshotStore(job.storeDir);
       let lastEpoch = 0;
@@ -204,12 +225,14 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
             onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
             onStep: async (s) => {
               lastEpoch = s.epoch;
-              await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: plan.links.length, epoch: s.epoch, loss: s.loss, lr: s.lr, tokens: s.tokens });
+              await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: s.links, epoch: s.epoch, loss: s.loss, lr: s.lr, tokens: s.tokens });
             },
             onKnot: async (k) => {
               // No job id in the file: the same request must give the same bytes (same sha256) on any run.
               const weightsFile = saveSafetensorsWeights(k.weights);
-              const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model });
+              // With a partial reset the knot's ZIP also carries the state kept for the next link (for a resume).
+              const extra = k.optimizerState ? { [OPTIMIZER_STATE_FILE]: encodeCarriedState(k.optimizerState) } : undefined;
+              const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model, extra });
               // The stored-bytes quota is checked before anything of this knot is written.
               await ctx.reserveBytes(weightsFile.length + adapterZip.length);
               const snap = await store.put(weightsFile);
@@ -229,6 +252,7 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
             },
             isCancelled: () => ctx.isCancelled() || ctx.signal.aborted,
             takeMergeRequest: () => ctx.takeMergeRequest(),
+            onKnotDecision: (d) => ctx.onKnotDecision?.({ ...d }),
           },
       );
       return res.status === 'cancelled' ? { cancelled: true } : undefined;

@@ -83,7 +83,7 @@ export async function release(db: Db, l: Lease, reason = 'worker shutting down')
       .where(fenced(l))
       .returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    await appendEvent(tx as unknown as Db, l.jobId, 'status', { status: 'queued', reason });
+    await appendEvent(tx, l.jobId, 'status', { status: 'queued', reason });
   });
 }
 
@@ -112,7 +112,7 @@ export async function recordStep(
         .onConflictDoUpdate({ target: [jobSteps.jobId, jobSteps.step], set: { ...row, createdAt: sql`now()` } });
     }
     // `at` and `tokens` give a watcher tokens/s (the dashboard's job page).
-    await appendEvent(tx as unknown as Db, l.jobId, 'step', {
+    await appendEvent(tx, l.jobId, 'step', {
       step: s.progress.step,
       loss: s.loss ?? null,
       lr: s.lr ?? null,
@@ -130,7 +130,7 @@ export async function recordEvent(db: Db, l: Lease, type: string, data: Record<s
   await db.transaction(async (tx) => {
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    await appendEvent(tx as unknown as Db, l.jobId, type, data);
+    await appendEvent(tx, l.jobId, type, data);
   });
 }
 
@@ -154,24 +154,24 @@ export async function recordKnot(
   return db.transaction(async (tx) => {
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    if (guard) await guardStorePaths(tx as unknown as Db, guard.paths, guard.exists);
+    if (guard) await guardStorePaths(tx, guard.paths, guard.exists);
     let modelId: string;
     if (typeof version.modelId === 'string') modelId = version.modelId;
     else {
       const want = version.modelId;
-      const m = await ensureTenantModel(tx as unknown as Db, want);
+      const m = await ensureTenantModel(tx, want);
       if (m.architecture !== want.architecture) {
         throw new UserInputError(`output model "${want.name}" exists with architecture ${m.architecture}, not ${want.architecture}`);
       }
       modelId = m.id;
     }
-    const v = await insertVersion(tx as unknown as Db, { ...version, modelId });
+    const v = await insertVersion(tx, { ...version, modelId });
     const full: JobKnot = { ...knot, version: v.version };
     await tx
       .update(jobs)
       .set({ knots: sql`${jobs.knots} || ${JSON.stringify([full])}::jsonb` })
       .where(eq(jobs.id, l.jobId));
-    await appendEvent(tx as unknown as Db, l.jobId, 'knot', { link: knot.link, step: knot.step, version: v.version, rank: knot.rank, val_loss: knot.val_loss ?? null });
+    await appendEvent(tx, l.jobId, 'knot', { link: knot.link, step: knot.step, version: v.version, rank: knot.rank, val_loss: knot.val_loss ?? null });
     return v;
   });
 }
@@ -191,8 +191,8 @@ async function finish(db: Db, l: Lease, status: JobStatus, error: { type: string
       .where(fenced(l))
       .returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    await appendEvent(tx as unknown as Db, l.jobId, 'status', { status, ...(error ? { error } : {}) });
-    await appendEvent(tx as unknown as Db, l.jobId, 'done', { status });
+    await appendEvent(tx, l.jobId, 'status', { status, ...(error ? { error } : {}) });
+    await appendEvent(tx, l.jobId, 'done', { status });
   });
 }
 
@@ -213,8 +213,8 @@ export async function requestCancel(db: Db, tenantId: string, jobId: string): Pr
       .where(and(eq(jobs.id, jobId), eq(jobs.tenantId, tenantId), eq(jobs.status, 'queued')))
       .returning({ id: jobs.id });
     if (q) {
-      await appendEvent(tx as unknown as Db, jobId, 'status', { status: 'cancelled' });
-      await appendEvent(tx as unknown as Db, jobId, 'done', { status: 'cancelled' });
+      await appendEvent(tx, jobId, 'status', { status: 'cancelled' });
+      await appendEvent(tx, jobId, 'done', { status: 'cancelled' });
       return 'cancelled';
     }
     const [r] = await tx

@@ -176,6 +176,7 @@ export class JobWorker {
             version: last.version,
             path: absPath(this.o.config.repoRoot, v.path),
             sha256: v.sha256,
+            adapterPath: v.adapterPath ? absPath(this.o.config.repoRoot, v.adapterPath) : null,
           };
         }
       }
@@ -210,6 +211,7 @@ export class JobWorker {
         },
         onLinkStarted: (e) => recordEvent(db, lease, 'link_started', { link: e.link, rank: e.rank }),
         onEval: (e) => recordEvent(db, lease, 'eval', e),
+        onKnotDecision: (d) => recordEvent(db, lease, 'knot_decision', d),
         onKnot: async (k) => {
           const parent = lastVersion == null || !outModelId ? { modelId: job.baseModelId, version: job.baseVersion } : { modelId: outModelId, version: lastVersion };
           const v = await recordKnot(

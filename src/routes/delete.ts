@@ -2,8 +2,6 @@
 // what may go are in src/db/repos/deletes.ts; a refusal is 409 with the reason, another tenant's id
 // or name is 404, a shared base model is 409. Store files are removed only when no row references
 // them any more (content-addressed files may be shared), and only inside the store root.
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
@@ -19,19 +17,6 @@ const Deleted = z
   })
   .openapi('Deleted');
 
-/** Removes store paths (files or folders) and a snapshot's lineage sidecar; refuses anything outside the store. */
-export function storeFreer(root: string) {
-  const base = path.resolve(root) + path.sep;
-  return async (paths: string[]) => {
-    for (const p of paths) {
-      const abs = path.resolve(p);
-      if (!abs.startsWith(base)) continue; // e.g. the bundled model under the repository: never ours to remove
-      await fs.rm(abs, { recursive: true, force: true });
-      if (abs.endsWith('.safetensors')) await fs.rm(abs.replace(/\.safetensors$/, '.json'), { force: true });
-    }
-  };
-}
-
 function answer(r: DeleteResult | null, what: string) {
   if (!r) throw new ProblemError(404, `${what} not found`);
   if (!r.ok) throw new ProblemError(409, `${what} cannot be deleted now: ${r.conflict}`);
@@ -39,7 +24,7 @@ function answer(r: DeleteResult | null, what: string) {
 }
 
 export function deleteRoutes(app: App, d: AppDeps) {
-  const free = storeFreer(d.store.root);
+  const free = (paths: string[]) => d.store.free(paths);
 
   app.openapi(
     createRoute({

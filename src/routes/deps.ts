@@ -5,19 +5,18 @@ import type { Tenant } from '../db/schema.ts';
 import type { EngineHealth, JobQueue, Services } from '../services.ts';
 
 export type { JobQueue } from '../services.ts';
+import type { Store } from '../store/store.ts';
 import type { Metrics } from './metrics.ts';
 import type { TokenBuckets } from './limits.ts';
 
-export interface Store {
-  /** Root directory of the snapshot store (weights, adapters, uploads). */
-  root: string;
-}
+export type { Store } from '../store/store.ts';
 
 export interface AppOptions {
   config: Config;
   db: Database;
   engine?: EngineHealth;
-  store?: Store;
+  /** The store (or its root folder; default <dataDir>/store). */
+  store?: Store | { root: string };
   services?: Services;
   queue?: JobQueue;
 }

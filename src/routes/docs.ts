@@ -32,6 +32,16 @@ export const JobEvents = z
     }),
     knot: z.object({ link: z.number().int(), step: z.number().int(), version: z.number().int(), rank: z.number().int(), val_loss: z.number().nullable() }),
     eval: z.object({ link: z.number().int(), val_loss: z.number() }),
+    knot_decision: z.object({
+      decision: z.enum(['tie', 'last_link']),
+      link: z.number().int(),
+      step: z.number().int(),
+      steps_in_link: z.number().int(),
+      ema_loss: z.number().nullable(),
+      rate: z.number().nullable(),
+      initial_rate: z.number().nullable(),
+      threshold: z.number(),
+    }).openapi({ description: 'chain.auto: a knot decision and the signal it was taken on (src/cola/auto.ts)' }),
     done: z.object({ status: JobStatusSchema }),
   })
   .openapi('JobEvents', { description: 'SSE payloads of GET /finetune/{id}/events: the `data` JSON of each event, keyed by the event name' });

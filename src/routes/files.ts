@@ -11,7 +11,6 @@ import type { Example } from '../services.ts';
 import { newId } from '../db/ids.ts';
 import { MAX_FILE_LIMIT_BYTES } from '../config.ts';
 import { JsonlTooLargeError, readJsonl, type LineCheck } from '../util/jsonl.ts';
-import { AtomicFile } from '../util/atomic.ts';
 
 const FileView = z.object({ id: z.string(), examples: z.number(), bytes: z.number(), filename: z.string().nullable(), created_at: z.string() }).openapi('File');
 const MAX_REPORTED = 20;
@@ -39,7 +38,7 @@ async function storeJsonl(
   body: ReadableStream<Uint8Array>,
   budget: number,
 ): Promise<{ path: string; bytes: number; examples: number }> {
-  const file = new AtomicFile(path.join(d.store.root, 'files', `${id}.jsonl`), `.tmp-${id}`);
+  const file = d.store.newDataFile(id);
   try {
     let batch: string[] = [];
     let batchBytes = 0;

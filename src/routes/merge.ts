@@ -99,7 +99,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
         target: target.resolved,
         adapter: { config: adapter.config, path: adapter.path },
         scale: b.scale,
-        storeDir: path.join(d.store.root, 'weights'),
+        storeDir: d.store.weightsDir,
       });
       const out = await ensureTenantModel(d.db, { tenantId: t.id, name: outName, architecture: target.model.architecture, params: target.model.params, config: target.model.config });
       const v = await insertVersion(d.db, {
@@ -178,21 +178,18 @@ export function mergeRoutes(app: App, d: AppDeps) {
         throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} would be exceeded`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
       }
       const id = newId('adp');
-      const dir = path.join(d.store.root, 'adapters', id);
-      fs.mkdirSync(dir, { recursive: true });
-      const stPath = path.join(dir, 'adapter_model.safetensors');
+      const staged = await d.store.stageAdapter(id, m);
       try {
-        await Bun.write(stPath, m);
-        await checkSafetensors(stPath);
+        await checkSafetensors(staged.weightsPath);
         let config: Record<string, unknown> = { ...storedPeftConfig(cfg) };
-        if (d.services.adapterValidator) config = (await d.services.adapterValidator.validate({ config: cfgJson, safetensorsPath: stPath })).config;
-        await Bun.write(path.join(dir, 'adapter_config.json'), JSON.stringify(config, null, 2));
-        const bytes = fs.statSync(stPath).size;
-        const sha256 = crypto.createHash('sha256').update(new Uint8Array(await Bun.file(stPath).arrayBuffer())).digest('hex');
-        await createAdapter(d.db, { id, tenantId: t.id, config, path: dir, sha256, bytes });
+        if (d.services.adapterValidator) config = (await d.services.adapterValidator.validate({ config: cfgJson, safetensorsPath: staged.weightsPath })).config;
+        await staged.install(config);
+        const bytes = fs.statSync(staged.weightsPath).size;
+        const sha256 = crypto.createHash('sha256').update(new Uint8Array(await Bun.file(staged.weightsPath).arrayBuffer())).digest('hex');
+        await createAdapter(d.db, { id, tenantId: t.id, config, path: staged.dir, sha256, bytes });
         return c.json({ id }, 201);
       } catch (e) {
-        fs.rmSync(dir, { recursive: true, force: true });
+        await staged.discard();
         throw e;
       }
     }) as never,

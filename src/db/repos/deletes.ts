@@ -35,7 +35,7 @@ async function activeJobNaming(tx: Db, tenantId: string, field: 'training_file' 
 
 export async function deleteFile(db: Db, tenantId: string, id: string, free: FreeFiles): Promise<DeleteResult | null> {
   return db.transaction(async (tx) => {
-    const t = tx as unknown as Db;
+    const t = tx;
     const [f] = await tx.select({ id: files.id, path: files.path, bytes: files.bytes }).from(files).where(and(eq(files.id, id), eq(files.tenantId, tenantId))).for('update');
     if (!f) return null;
     const j = await activeJobNaming(t, tenantId, 'training_file', id, 'validation_file');
@@ -48,7 +48,7 @@ export async function deleteFile(db: Db, tenantId: string, id: string, free: Fre
 
 export async function deleteAdapter(db: Db, tenantId: string, id: string, free: FreeFiles): Promise<DeleteResult | null> {
   return db.transaction(async (tx) => {
-    const t = tx as unknown as Db;
+    const t = tx;
     const [a] = await tx.select({ id: adapters.id, path: adapters.path, bytes: adapters.bytes }).from(adapters).where(and(eq(adapters.id, id), eq(adapters.tenantId, tenantId))).for('update');
     if (!a) return null;
     const j = await activeJobNaming(t, tenantId, 'init_adapter', id);
@@ -91,7 +91,7 @@ async function unreferenced(tx: Db, weights: string[], adapterFiles: string[], t
 
 export async function deleteVersion(db: Db, m: Model, version: number, free: FreeFiles): Promise<DeleteResult | null> {
   return db.transaction(async (tx) => {
-    const t = tx as unknown as Db;
+    const t = tx;
     await tx.select({ id: models.id }).from(models).where(eq(models.id, m.id)).for('update');
     const [v] = await tx.select().from(modelVersions).where(and(eq(modelVersions.modelId, m.id), eq(modelVersions.version, version)));
     if (!v) return null;
@@ -113,7 +113,7 @@ export async function deleteVersion(db: Db, m: Model, version: number, free: Fre
 
 export async function deleteModel(db: Db, m: Model, free: FreeFiles): Promise<DeleteResult> {
   return db.transaction(async (tx) => {
-    const t = tx as unknown as Db;
+    const t = tx;
     await tx.select({ id: models.id }).from(models).where(eq(models.id, m.id)).for('update');
     const busy = await activeJobOn(t, m, null);
     if (busy) return { ok: false, conflict: busy };

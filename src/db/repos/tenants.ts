@@ -13,7 +13,7 @@ export async function createTenant(
       .insert(tenants)
       .values({ id: newId('ten'), name: input.name, quotas: input.quotas ?? {} })
       .returning();
-    const k = await insertKey(tx as unknown as Db, tenant!.id);
+    const k = await insertKey(tx, tenant!.id);
     return { tenant: tenant!, apiKey: k.apiKey, keyId: k.keyId };
   });
 }

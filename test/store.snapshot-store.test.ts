@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from 'bun:test';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { SnapshotStore, SnapshotStoreError } from '../src/cola/snapshot-store.ts';
+import { SnapshotStore, SnapshotStoreError } from '../src/store/snapshot-store.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const roots: string[] = [];
@@ -110,7 +110,7 @@ describe('SnapshotStore', () => {
 
   test('a writer killed mid-write (SIGKILL) leaves no partial object; a later put succeeds', async () => {
     const root = freshRoot();
-    const modPath = resolve(import.meta.dir, '../src/cola/snapshot-store.ts');
+    const modPath = resolve(import.meta.dir, '../src/store/snapshot-store.ts');
     const rngPath = resolve(import.meta.dir, '../src/util/rng.ts');
     // Child: 32 MiB of seeded bytes, written 1 MiB at a time with 200 ms pauses (≥ 6 s in all).
     const code = `
@@ -165,7 +165,7 @@ describe('SnapshotStore', () => {
     expect(store.get(results[0]!.sha256)).toEqual(bytes);
 
     const root2 = freshRoot();
-    const modPath = resolve(import.meta.dir, '../src/cola/snapshot-store.ts');
+    const modPath = resolve(import.meta.dir, '../src/store/snapshot-store.ts');
     const rngPath = resolve(import.meta.dir, '../src/util/rng.ts');
     const code = `
       const { SnapshotStore } = await import(${JSON.stringify(modPath)});
