@@ -112,7 +112,12 @@ export interface ModelImporter {
    * Import an HF folder or a llama2.c checkpoint from a server path (or an upload directory)
    * into the store. Throws `UserInputError` for unusable input (→ 400).
    */
-  import(req: { source: string; storeDir: string }): Promise<ImportedModel>;
+  import(req: {
+    source: string;
+    storeDir: string;
+    /** Weight precision: the checkpoint's own ("auto", default), or every tensor converted (model/weights.ts setWeightsDtype). */
+    dtype?: 'auto' | 'f32' | 'f16' | 'bf16';
+  }): Promise<ImportedModel>;
 }
 
 export interface AdapterValidator {

@@ -25,7 +25,7 @@ import { loadModelFromPath, type LoadedModel } from './registry.ts';
 import { SafetensorsError } from './safetensors.ts';
 import { loadHfTokenizer, loadLlama2cTokenizer, loadSentencePieceTokenizer, MAX_TOKENIZER_FILE_BYTES, TokenizerError, type TextTokenizer } from './tokenizer.ts';
 import { loadVersion, resolvePath } from './versions.ts';
-import { saveSafetensorsWeights, WeightsError, type ModelWeights } from './weights.ts';
+import { saveSafetensorsWeights, weightBytes, weightsDtypeOf, WeightsError, type ModelWeights } from './weights.ts';
 
 export const GiB = 1024 ** 3;
 
@@ -155,7 +155,7 @@ export function createModelImporter(opts: { maxModelFileBytes?: number } = {}): 
       if (!existsSync(source)) throw new UserInputError(`model path ${source} does not exist`);
       let loaded: LoadedModel;
       try {
-        loaded = loadModelFromPath(source, { maxFileBytes: maxModelFileBytes });
+        loaded = loadModelFromPath(source, { maxFileBytes: maxModelFileBytes, dtype: req.dtype ?? 'auto' });
       } catch (e) {
         throw asUserError(e, `cannot import ${source}`);
       }
@@ -180,6 +180,9 @@ export function createModelImporter(opts: { maxModelFileBytes?: number } = {}): 
         ...configToHf(w.config),
         format: 'safetensors',
         source_format: loaded.format,
+        // Precision of the stored weights ("f32", "f16", "bf16", or "mixed" after knots) and their bytes at it.
+        weights_dtype: weightsDtypeOf(w),
+        weight_bytes: weightBytes(w),
         tokenizer: join(tokDir, tok.main),
         ...(tok.spModel ? { tokenizer_model: join(tokDir, tok.spModel) } : {}),
       };

@@ -11,11 +11,72 @@
 // - lm_head.weight is absent when config.tiedEmbeddings (use the token embedding).
 import type { ModelConfig } from './config.ts';
 import { configFromHf, configToHf } from './config.ts';
-import { type ParsedSafetensors, type SafeTensor, encodeSafetensors, numelOf, toFloat32 } from './safetensors.ts';
+import { type ParsedSafetensors, type SafeTensor, type TensorToWrite, encodeSafetensors, numelOf, toFloat32 } from './safetensors.ts';
+import { halfBits, roundToHalf, type HalfKind } from '../gpu/half.ts';
 
 export interface WeightTensor {
   shape: number[];
+  /** The values as f32 (for a 16-bit tensor: exactly the decoded 16-bit values). */
   data: Float32Array;
+  /**
+   * The precision the values were given in (a bf16/f16 checkpoint, or `"dtype"` on import); absent:
+   * f32. The matrices (linear weights, token embedding, classifier) of a 16-bit tensor are stored
+   * 16-bit on the device, and the tensor is written 16-bit, whenever its values are still exact in
+   * that format (halfBits); a tensor changed in f32 (a merged knot) is kept and written as f32.
+   */
+  dtype?: HalfKind;
+}
+
+/** Precision asked for on import: the checkpoint's own ("auto"), or every tensor converted. */
+export type WeightsDtype = 'auto' | 'f32' | 'f16' | 'bf16';
+
+/**
+ * Converts weights in place to `dtype`: "f32" forgets the 16-bit precision (the device then holds
+ * f32), "f16"/"bf16" round every tensor to nearest even (throws a WeightsError when an f16 value
+ * overflows), "auto" keeps what the checkpoint had.
+ */
+export function setWeightsDtype(w: ModelWeights, dtype: WeightsDtype): ModelWeights {
+  if (dtype === 'auto') return w;
+  for (const [name, t] of w.tensors) {
+    if (dtype === 'f32') {
+      delete t.dtype;
+      continue;
+    }
+    if (t.dtype === dtype) continue;
+    const r = roundToHalf(t.data, dtype);
+    for (let i = 0; i < r.length; i++) {
+      if (!Number.isFinite(r[i]!) && Number.isFinite(t.data[i]!)) throw new WeightsError(`tensor ${name} holds ${t.data[i]} at index ${i}, beyond the range of ${dtype}; import it as bf16 or f32`);
+    }
+    t.data = r;
+    t.dtype = dtype;
+  }
+  return w;
+}
+
+/** The tensor's 16-bit bits when it is a 16-bit tensor whose values are still exact, else null. */
+export function halfBitsOf(t: WeightTensor): Uint16Array | null {
+  return t.dtype ? halfBits(t.data, t.dtype) : null;
+}
+
+/** The tensor as it is written to a file: 16-bit when halfBitsOf allows it, else F32. */
+export function tensorToWrite(t: WeightTensor): TensorToWrite {
+  const bits = halfBitsOf(t);
+  if (bits) return { dtype: t.dtype === 'bf16' ? 'BF16' : 'F16', shape: t.shape, data: bits };
+  return { dtype: 'F32', shape: t.shape, data: t.data };
+}
+
+/** Bytes of the weights at their stored precision (2 per value of an exact 16-bit tensor, else 4). */
+export function weightBytes(w: ModelWeights): number {
+  let n = 0;
+  for (const t of w.tensors.values()) n += t.data.length * (t.dtype && halfBitsOf(t) ? 2 : 4);
+  return n;
+}
+
+/** The precision of the weights as a model reports it: "f32", "f16", "bf16" or "mixed". */
+export function weightsDtypeOf(w: ModelWeights): 'f32' | 'f16' | 'bf16' | 'mixed' {
+  const kinds = new Set<string>();
+  for (const t of w.tensors.values()) kinds.add(t.dtype && halfBitsOf(t) ? t.dtype : 'f32');
+  return kinds.size === 1 ? (kinds.values().next().value as 'f32' | 'f16' | 'bf16') : 'mixed';
 }
 
 export interface ModelWeights {
@@ -132,7 +193,7 @@ export function linearWeight(w: ModelWeights, name: string): WeightTensor {
   const [rows, cols] = t.shape as [number, number];
   const out = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = t.data[r * cols + c]!;
-  return { shape: [cols, rows], data: out };
+  return { shape: [cols, rows], data: out, ...(t.dtype ? { dtype: t.dtype } : {}) };
 }
 
 /**
@@ -214,7 +275,8 @@ export function weightsFromSafetensors(config: ModelConfig, files: ParsedSafeten
         lmHead = t;
         continue;
       }
-      tensors.set(n, { shape: t.shape.slice(), data: toFloat32(t, { copy: true }) });
+      const half = t.dtype === 'BF16' ? 'bf16' : t.dtype === 'F16' ? 'f16' : undefined;
+      tensors.set(n, { shape: t.shape.slice(), data: toFloat32(t, { copy: true }), ...(half ? { dtype: half } : {}) });
     }
   }
   const w: ModelWeights = { config, tensors };
@@ -230,13 +292,14 @@ export function weightsFromSafetensors(config: ModelConfig, files: ParsedSafeten
 }
 
 /**
- * The weights as a safetensors file with HF names (F32, names sorted), metadata {format: "pt"}
- * plus the config as JSON under "cola_config" so the file alone can be reloaded.
+ * The weights as a safetensors file with HF names (names sorted; each tensor F32, or BF16/F16 when
+ * it is a 16-bit tensor still exact in that format: tensorToWrite), metadata {format: "pt"} plus the
+ * config as JSON under "cola_config" so the file alone can be reloaded.
  */
 export function saveSafetensorsWeights(w: ModelWeights, metadata: Record<string, string> = {}): Uint8Array {
   validateWeights(w);
-  const out = new Map<string, { dtype: 'F32'; shape: number[]; data: Float32Array }>();
-  for (const [name, t] of w.tensors) out.set(name, { dtype: 'F32', shape: t.shape, data: t.data });
+  const out = new Map<string, TensorToWrite>();
+  for (const [name, t] of w.tensors) out.set(name, tensorToWrite(t));
   return encodeSafetensors(out, { format: 'pt', cola_config: JSON.stringify(configToHf(w.config)), ...metadata });
 }
 

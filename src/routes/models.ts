@@ -29,7 +29,9 @@ const VersionView = z.object({
   metrics: z.record(z.string(), z.unknown()).optional(),
 });
 
-const ImportJson = z.object({ name: ModelName, source: z.object({ path: z.string().min(1).max(4096) }).strict() }).strict();
+/** Weight precision on import: the checkpoint's own ("auto") or converted (f16/bf16 round to nearest even). */
+const WeightsDtype = z.enum(['auto', 'f32', 'f16', 'bf16']);
+const ImportJson = z.object({ name: ModelName, source: z.object({ path: z.string().min(1).max(4096) }).strict(), dtype: WeightsDtype.optional() }).strict();
 
 const MAX_IMPORT_FILES = 16;
 const UPLOAD_NAME = /^[A-Za-z0-9._-]{1,128}$/;
@@ -103,10 +105,10 @@ export function modelRoutes(app: App, d: AppDeps) {
           content: {
             // Documentation only (the handler parses either form and validates with ImportJson / ModelName).
             'application/json': {
-              schema: { type: 'object', properties: { name: { type: 'string' }, source: { type: 'object', properties: { path: { type: 'string' } }, required: ['path'] } }, required: ['name', 'source'] },
+              schema: { type: 'object', properties: { name: { type: 'string' }, source: { type: 'object', properties: { path: { type: 'string' } }, required: ['path'] }, dtype: { type: 'string', enum: ['auto', 'f32', 'f16', 'bf16'] } }, required: ['name', 'source'] },
             },
             'multipart/form-data': {
-              schema: { type: 'object', properties: { name: { type: 'string' }, files: { type: 'array', items: { type: 'string', format: 'binary' } } }, required: ['name', 'files'] },
+              schema: { type: 'object', properties: { name: { type: 'string' }, dtype: { type: 'string', enum: ['auto', 'f32', 'f16', 'bf16'] }, files: { type: 'array', items: { type: 'string', format: 'binary' } } }, required: ['name', 'files'] },
             },
           },
         },
@@ -125,6 +127,7 @@ export function modelRoutes(app: App, d: AppDeps) {
       // Everything is checked before a byte is written; the upload then goes into a fresh temporary
       // folder that is removed on every path out (the importer copies what it keeps into the store).
       let name: string;
+      let dtype: z.infer<typeof WeightsDtype> = 'auto';
       let source: string | null = null;
       let uploads: File[] = [];
       if (ct.startsWith('multipart/form-data')) {
@@ -134,6 +137,11 @@ export function modelRoutes(app: App, d: AppDeps) {
         const n = ModelName.safeParse(form['name']);
         if (!n.success) throw new ProblemError(400, 'field "name" is missing or invalid', { errors: [{ path: 'name', message: n.error.issues[0]!.message }] });
         name = n.data;
+        if (form['dtype'] !== undefined) {
+          const dt = WeightsDtype.safeParse(form['dtype']);
+          if (!dt.success) throw new ProblemError(400, 'field "dtype" must be auto, f32, f16 or bf16', { errors: [{ path: 'dtype', message: dt.error.issues[0]!.message }] });
+          dtype = dt.data;
+        }
         uploads = Object.values(form).flat().filter((v): v is File => v instanceof File);
         if (uploads.length === 0 || uploads.length > MAX_IMPORT_FILES) throw new ProblemError(400, `upload 1 to ${MAX_IMPORT_FILES} model files`);
         const errors = uploadNameErrors(uploads.map((f) => f.name ?? ''));
@@ -144,6 +152,7 @@ export function modelRoutes(app: App, d: AppDeps) {
         }));
         if (!r.success) throw new ProblemError(400, 'the request body is invalid', { errors: r.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) });
         name = r.data.name;
+        dtype = r.data.dtype ?? 'auto';
         const p = path.resolve(absPath(d, r.data.source.path));
         if (!importRoots(d).some((root) => p === root || p.startsWith(root + path.sep))) {
           throw new ProblemError(400, "source.path must lie under the repository's models/ folder or <data dir>/imports/ on the server");
@@ -163,7 +172,7 @@ export function modelRoutes(app: App, d: AppDeps) {
           tmp = await d.store.stageUpload(uploads);
           source = tmp;
         }
-        const imp = await importer.import({ source, storeDir: d.store.weightsDir });
+        const imp = await importer.import({ source, storeDir: d.store.weightsDir, dtype });
         const tok = [imp.config['tokenizer'], imp.config['tokenizer_model']].filter((x): x is string => typeof x === 'string').map((p) => path.dirname(p));
         await d.db.transaction(async (tx) => {
           const db = tx;
