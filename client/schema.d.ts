@@ -1004,9 +1004,13 @@ export interface paths {
                         source: {
                             path: string;
                         };
+                        /** @enum {string} */
+                        dtype?: "auto" | "f32" | "f16" | "bf16";
                     };
                     "multipart/form-data": {
                         name: string;
+                        /** @enum {string} */
+                        dtype?: "auto" | "f32" | "f16" | "bf16";
                         files: string[];
                     };
                 };
