@@ -86,7 +86,7 @@ export function createServices(config: Config): { services: Services; engine: En
       }
     },
     memoryInUse: () => current?.engine.allocatedBytes ?? 0,
-    load: () => (current ? { serving: current.ml.serving.stats(), scheduler: current.sched.stats(), bindGroups: { ...current.engine.bindGroupStats } } : null),
+    load: () => (current ? { serving: current.ml.serving.stats(), scheduler: current.sched.stats(), bindGroups: { ...current.engine.bindGroupStats }, trainMemory: trainMemory.stats() } : null),
   };
   return { services, engine };
 }
