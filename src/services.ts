@@ -194,7 +194,7 @@ export interface JobContext {
   /** Last persisted knot, null on a fresh start: the runner continues from there. */
   resumeFrom: ResumePoint | null;
   /** Report a step. Fenced: throws StaleLeaseError if this worker lost the job. */
-  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number }): Promise<void>;
+  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number; tokens?: number }): Promise<void>;
   onLinkStarted(e: { link: number; rank: number }): Promise<void>;
   /**
    * Call before writing a knot's files: throws QuotaExceededError when `bytes` more would take the
@@ -231,7 +231,7 @@ export interface EngineHealth {
   /** Bytes of GPU memory in use (for /metrics). */
   memoryInUse?(): number;
   /** Serving and scheduler gauges (for /metrics); null before the device is up. */
-  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> }; bindGroups?: { hits: number; misses: number; evicted: number; collections: number } } | null;
+  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> }; bindGroups?: { hits: number; misses: number; evicted: number; collections: number }; trainMemory?: { capacity: number; reserved: number; waiting: number } } | null;
 }
 
 /** Thrown by the ML side for bad user input; the service answers 400 with the message. */

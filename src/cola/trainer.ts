@@ -54,6 +54,8 @@ export interface StepInfo {
   epoch: number;
   /** Links of the chain as planned now (grows when a knot is tied on request or automatically). */
   links: number;
+  /** Tokens this step processed (its batch's non-padding tokens), for tokens/s. */
+  tokens?: number;
 }
 
 export interface KnotInfo {
@@ -341,7 +343,7 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
           const lr = lrAt(done, sched, plan.totalSteps, plan);
           const r = await step(lora, params, opt, done, lr, indices);
           tokens += r.tokens;
-          await cb.onStep?.({ step: done + 1, loss: r.lossV, lr, link: j, epoch, links: plan.links.length });
+          await cb.onStep?.({ step: done + 1, loss: r.lossV, lr, link: j, epoch, links: plan.links.length, tokens: r.tokens });
           const d = auto?.observe(done + 1, r.lossV, link.endStep);
           if (d) {
             await cb.onKnotDecision?.(d);

@@ -196,6 +196,7 @@ export class JobWorker {
             progress: { step: s.step, total_steps: s.total_steps, link: s.link, links: s.links, epoch: s.epoch },
             loss: s.loss,
             lr: s.lr,
+            tokens: s.tokens,
           });
           cancel = r.cancelRequested;
           merges = r.mergeRequests;

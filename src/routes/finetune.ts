@@ -89,6 +89,7 @@ export function finetuneRoutes(app: App, d: AppDeps) {
         configFromRegistration(base.model.config),
         body.train?.length ?? trainFile?.examples ?? 0,
         adapter ? { config: adapter.config, path: absPath(d, adapter.path) } : undefined,
+        { trainMemoryBytes: d.config.trainMemoryBytes },
       );
       const q = quotasOf(d, t);
       if ((await countActiveJobs(d.db, t.id)) >= q.concurrent_jobs) {
