@@ -7,7 +7,47 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** Every tenant with its quotas in force and its usage (stored bytes, active and all jobs) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description tenants */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            data: components["schemas"]["TenantUsage"][];
+                        };
+                    };
+                };
+                /** @description Unauthorized */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Internal Server Error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
         put?: never;
         /** Create a tenant and its first API key (shown once) */
         post: {
@@ -844,7 +884,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Server-Sent Events: status, link_started, step, knot, eval, done; resumable with Last-Event-ID */
+        /** Server-Sent Events: status, link_started, step, knot, eval, knot_decision, done; resumable with Last-Event-ID */
         get: {
             parameters: {
                 query?: {
@@ -1004,9 +1044,13 @@ export interface paths {
                         source: {
                             path: string;
                         };
+                        /** @enum {string} */
+                        dtype?: "auto" | "f32" | "f16" | "bf16";
                     };
                     "multipart/form-data": {
                         name: string;
+                        /** @enum {string} */
+                        dtype?: "auto" | "f32" | "f16" | "bf16";
                         files: string[];
                     };
                 };
@@ -2921,6 +2965,42 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/ui": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The dashboard (its modules under /ui/…; it signs in with an API key kept in the browser session) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description HTML page */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "text/html": string;
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -2946,6 +3026,8 @@ export interface components {
                 lr: number | null;
                 link: number;
                 epoch: number;
+                tokens?: number;
+                at: string;
             };
             knot: {
                 link: number;
@@ -2957,6 +3039,18 @@ export interface components {
             eval: {
                 link: number;
                 val_loss: number;
+            };
+            /** @description chain.auto: a knot decision and the signal it was taken on (src/cola/auto.ts) */
+            knot_decision: {
+                /** @enum {string} */
+                decision: "tie" | "last_link";
+                link: number;
+                step: number;
+                steps_in_link: number;
+                ema_loss: number | null;
+                rate: number | null;
+                initial_rate: number | null;
+                threshold: number;
             };
             done: {
                 status: components["schemas"]["JobStatus"];
@@ -2987,6 +3081,22 @@ export interface components {
                 path: string;
                 message: string;
             }[];
+        };
+        TenantUsage: {
+            id: string;
+            name: string;
+            created_at: string;
+            quotas: {
+                requests_per_minute: number;
+                concurrent_jobs: number;
+                stored_bytes: number;
+                max_tokens_per_request: number;
+            };
+            usage: {
+                stored_bytes: number;
+                active_jobs: number;
+                jobs: number;
+            };
         };
         Quotas: {
             requests_per_minute?: number;
@@ -3047,7 +3157,8 @@ export interface components {
              *         0.999
              *       ],
              *       "eps": 1e-8,
-             *       "momentum": 0
+             *       "momentum": 0,
+             *       "reset_keep": 0
              *     }
              */
             optimizer?: {
@@ -3075,11 +3186,14 @@ export interface components {
                 /** @default 0 */
                 momentum?: number;
                 max_grad_norm?: number;
+                /** @default 0 */
+                reset_keep?: number;
             };
             /**
              * @default {
              *       "name": "linear",
-             *       "warmup_steps": 0
+             *       "warmup_steps": 0,
+             *       "knot_warmup_steps": 0
              *     }
              */
             schedule?: {
@@ -3090,6 +3204,8 @@ export interface components {
                 name?: "linear" | "constant";
                 /** @default 0 */
                 warmup_steps?: number;
+                /** @default 0 */
+                knot_warmup_steps?: number;
             };
             /** @default 5 */
             epochs?: number;
@@ -3135,6 +3251,17 @@ export interface components {
                 steps: number;
                 rank: number;
             }[];
+        } | {
+            auto: {
+                min_link_steps?: number;
+                /** @default 5 */
+                max_links?: number;
+                /** @default 0.25 */
+                threshold?: number;
+                /** @default 0.9 */
+                ema?: number;
+                window?: number;
+            };
         };
         Job: {
             id: string;

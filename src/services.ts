@@ -114,7 +114,12 @@ export interface ModelImporter {
    * Import an HF folder or a llama2.c checkpoint from a server path (or an upload directory)
    * into the store. Throws `UserInputError` for unusable input (→ 400).
    */
-  import(req: { source: string; storeDir: string }): Promise<ImportedModel>;
+  import(req: {
+    source: string;
+    storeDir: string;
+    /** Weight precision: the checkpoint's own ("auto", default), or every tensor converted (model/weights.ts setWeightsDtype). */
+    dtype?: 'auto' | 'f32' | 'f16' | 'bf16';
+  }): Promise<ImportedModel>;
 }
 
 export interface AdapterValidator {
@@ -183,13 +188,15 @@ export interface ResumePoint {
   version: number;
   path: string;
   sha256: string;
+  /** The knot's adapter ZIP (with a partial optimizer reset it carries the kept optimizer state). */
+  adapterPath?: string | null;
 }
 
 export interface JobContext {
   /** Last persisted knot, null on a fresh start: the runner continues from there. */
   resumeFrom: ResumePoint | null;
   /** Report a step. Fenced: throws StaleLeaseError if this worker lost the job. */
-  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number }): Promise<void>;
+  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number; tokens?: number }): Promise<void>;
   onLinkStarted(e: { link: number; rank: number }): Promise<void>;
   /**
    * Call before writing a knot's files: throws QuotaExceededError when `bytes` more would take the
@@ -199,6 +206,8 @@ export interface JobContext {
   /** Persist a tied knot as the next version of the output model. Fenced. Resolves with that version. */
   onKnot(k: KnotInput): Promise<{ model: string; version: number }>;
   onEval(e: Record<string, unknown>): Promise<void>;
+  /** Automatic knots: each decision with its signal values (event `knot_decision`). */
+  onKnotDecision?(d: Record<string, unknown>): Promise<void>;
   /** True once the user asked to cancel (refreshed by heartbeats and every onStep). */
   isCancelled(): boolean;
   /** True once a merge-now was requested (`POST /merge {job}`); the runner ties a knot at the next step. */
@@ -224,7 +233,7 @@ export interface EngineHealth {
   /** Bytes of GPU memory in use (for /metrics). */
   memoryInUse?(): number;
   /** Serving and scheduler gauges (for /metrics); null before the device is up. */
-  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> }; bindGroups?: { hits: number; misses: number; evicted: number; collections: number } } | null;
+  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> }; bindGroups?: { hits: number; misses: number; evicted: number; collections: number }; trainMemory?: { capacity: number; reserved: number; waiting: number } } | null;
 }
 
 /** Thrown by the ML side for bad user input; the service answers 400 with the message. */

@@ -237,7 +237,7 @@ describe('automatic knots (src/cola/auto.ts)', () => {
     expect(tie!.decision).toBe('tie');
     expect(tie!.step).toBeGreaterThan(20);
     expect(tie!.step).toBeLessThan(40);
-    expect(tie!.rate).toBeLessThanOrEqual(0.25 * tie!.initial_rate);
+    expect(tie!.rate).toBeLessThanOrEqual(0.25 * tie!.initial_rate!);
     // A flat-then-falling curve is not cut while it still improves at its initial pace.
     const d = new AutoKnots(checkAuto({ min_link_steps: 20, max_links: 3, threshold: 0.25, ema: 0.8, window: 5 }, 200));
     d.startLink(0, 0);

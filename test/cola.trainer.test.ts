@@ -225,7 +225,7 @@ describe('automatic knots (chain.auto)', () => {
     // Every tie decision is a knot of the final plan, and each obeys the rule it records.
     expect(a.res.plan.links.slice(0, -1).map((l) => l.endStep)).toEqual(ties.map((d) => d.step));
     for (const d of ties) {
-      expect(d.rate).toBeLessThanOrEqual(d.threshold * d.initial_rate);
+      expect(d.rate).toBeLessThanOrEqual(d.threshold * d.initial_rate!);
       expect(d.steps_in_link).toBeGreaterThanOrEqual(6);
       expect(a.res.plan.totalSteps - d.step).toBeGreaterThanOrEqual(6);
     }

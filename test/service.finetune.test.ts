@@ -21,7 +21,8 @@ import { archConfigOf } from '../src/cola/lora.ts';
 import { encodePeftWeights, unpackAdapter, type AdapterWeights } from '../src/cola/peft.ts';
 import { JobWorker } from '../src/jobs/worker.ts';
 import { StaleLeaseError } from '../src/jobs/transitions.ts';
-import { jobs } from '../src/db/schema.ts';
+import { jobEvents, jobs } from '../src/db/schema.ts';
+import { OPTIMIZER_STATE_FILE, unpackExtra } from '../src/cola/peft.ts';
 import { Engine } from '../src/gpu/engine.ts';
 import { GpuScheduler } from '../src/gpu/scheduler.ts';
 import { loadBundledModel } from '../src/model/registry.ts';
@@ -139,6 +140,12 @@ describe('admission', () => {
     ['init_adapter of another rank than the first link', { init_adapter: 'ADAPTER', lora: { rank: 4 } }, 400, 'init_adapter'],
     ['init_adapter on modules outside lora.targets', { init_adapter: 'ADAPTER', lora: { rank: 1, targets: ['v'] } }, 400, 'init_adapter'],
     ['an output model named like a shared one', { output_model: 'stories260K' }, 409, 'output_model'],
+    ['automatic knots with no room for a knot', { chain: { auto: { min_link_steps: 2 } } }, 400, 'chain.auto.min_link_steps'],
+    ['a partial optimizer reset across ranks (step-down)', { optimizer: { reset_keep: 0.1 }, chain: { links: [{ steps: 2, rank: 8 }, { steps: 1, rank: 4 }] } }, 400, 'optimizer.reset_keep'],
+    ['reset_keep 1 (keeps everything)', { optimizer: { reset_keep: 1 } }, 400, 'optimizer.reset_keep'],
+    ['a knot re-warm-up longer than the run', { schedule: { knot_warmup_steps: 4 } }, 400, 'schedule.knot_warmup_steps'],
+    // 256 × 512 tokens a step need ~5.6 GiB of activations; training gets 1 GiB of the default 2 GiB budget.
+    ['a batch that needs more device memory than training may reserve', { batch_size: 256, max_seq_len: 512, chain: { links: 1 } }, 400, 'batch_size'],
   ];
   for (const [name, over, status, at] of cases) test(`${name} → ${status} at ${at}, no job and no model`, async () => {
     const adapter = await upload(stories260kAdapter().config, stories260kAdapter().weights); // rank 1, q_proj
@@ -261,4 +268,50 @@ describe('resume after a requested knot', () => {
     expect(sa).toEqual(await shas('calm'));
     expect(new Set(sa).size).toBe(4);
   }, 240_000);
+});
+
+describe('automatic knots and a partial optimizer reset', () => {
+  test('decisions are job events; a crash after the first automatic knot resumes to the same sha256s as an uninterrupted run and as a rerun', async () => {
+    // 3 examples, batch 1, 6 epochs: 18 steps; knots where the loss-improvement rate says, each link ≥ 4 steps.
+    const body = {
+      model: 'stories260K', train: STORIES, epochs: 6, batch_size: 1, max_seq_len: 32, seed: 5,
+      chain: { auto: { min_link_steps: 4, max_links: 3, threshold: 0.5, ema: 0.5, window: 2 } },
+      optimizer: { lr: 5e-3, reset_keep: 0.2 }, schedule: { knot_warmup_steps: 2 },
+    };
+    mode = {};
+    const u = await post({ ...body, output_model: 'auto-calm' });
+    expect(u.status).toBe(202);
+    const uid = ((await u.json()) as any).id;
+    const b = await waitJob(uid, finished);
+    expect(b.status).toBe('succeeded');
+    expect(b.knots.length).toBeGreaterThanOrEqual(2);
+    const decisions = (await T.database.db.select().from(jobEvents).where(sql`${jobEvents.jobId} = ${uid} and ${jobEvents.type} = 'knot_decision'`)).map((r) => r.data as any);
+    const ties = decisions.filter((d) => d.decision === 'tie');
+    expect(ties.map((d) => d.step)).toEqual(b.knots.slice(0, -1).map((k: any) => k.step));
+    for (const d of ties) expect(d.rate).toBeLessThanOrEqual(d.threshold * d.initial_rate);
+    // The knot ZIPs before the last carry the kept optimizer state; the last one does not.
+    const zips = await Promise.all(b.knots.map(async (k: any) => new Uint8Array(await (await fetch(`${url}/models/auto-calm/versions/${k.version}/adapter`, { headers: h() })).arrayBuffer())));
+    expect(zips.map((z) => unpackExtra(z, OPTIMIZER_STATE_FILE) !== null)).toEqual(b.knots.map((_: any, i: number) => i < b.knots.length - 1));
+    // The same request, crashing after its first knot; another worker resumes it.
+    mode = { dieAfterKnots: 1 };
+    const c = await post({ ...body, output_model: 'auto-crashy' });
+    const id = ((await c.json()) as any).id;
+    await waitJob(id, (j) => j.knots.length >= 1);
+    await lastRun;
+    mode = {};
+    await T.database.db.update(jobs).set({ leaseExpiresAt: sql`now() - interval '1 second'` }).where(sql`${jobs.id} = ${id}`);
+    expect(await worker.reclaimOnce()).toBe(1);
+    const a = await waitJob(id, finished);
+    expect(a.status).toBe('succeeded');
+    expect(a.attempts).toBe(2);
+    expect(a.knots.map((k: any) => [k.link, k.step])).toEqual(b.knots.map((k: any) => [k.link, k.step]));
+    // And a plain rerun.
+    const r = await post({ ...body, output_model: 'auto-again' });
+    expect((await waitJob(((await r.json()) as any).id, finished)).status).toBe('succeeded');
+    const shas = async (m: string) => (((await (await fetch(`${url}/models/${m}`, { headers: h() })).json()) as any).versions as any[]).map((v) => v.sha256);
+    const sb = await shas('auto-calm');
+    expect(await shas('auto-crashy')).toEqual(sb);
+    expect(await shas('auto-again')).toEqual(sb);
+    expect(new Set(sb).size).toBe(b.knots.length);
+  }, 300_000);
 });

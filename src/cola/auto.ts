@@ -63,9 +63,10 @@ export interface KnotDecision {
   /** Completed steps of the run when the decision was taken. */
   step: number;
   steps_in_link: number;
-  ema_loss: number;
-  rate: number;
-  initial_rate: number;
+  /** The signal when the decision was taken (null for "last_link", taken before the link's first step). */
+  ema_loss: number | null;
+  rate: number | null;
+  initial_rate: number | null;
   threshold: number;
 }
 
@@ -90,7 +91,7 @@ export class AutoKnots {
     this.initial = -Infinity;
     this.closed = link + 1 >= this.cfg.max_links;
     return this.closed && this.cfg.max_links > 1
-      ? { decision: 'last_link', link, step: startStep, steps_in_link: 0, ema_loss: NaN, rate: NaN, initial_rate: NaN, threshold: this.cfg.threshold }
+      ? { decision: 'last_link', link, step: startStep, steps_in_link: 0, ema_loss: null, rate: null, initial_rate: null, threshold: this.cfg.threshold }
       : null;
   }
 

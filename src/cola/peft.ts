@@ -294,13 +294,14 @@ function checkWeights(cfg: ArchConfig, w: AdapterWeights): void {
 }
 
 /** Both files of an adapter as a ZIP archive (deterministic bytes). */
-export function packAdapter(files: { config: PeftConfig | Record<string, unknown>; weights: Uint8Array }): Uint8Array {
+export function packAdapter(files: { config: PeftConfig | Record<string, unknown>; weights: Uint8Array; extra?: Record<string, Uint8Array> }): Uint8Array {
   const cfgBytes = new TextEncoder().encode(JSON.stringify(files.config, null, 2) + '\n');
   const mtime = new Date(Date.UTC(1980, 0, 1, 12)); // fixed: identical adapters pack to identical bytes
   return zipSync(
     {
       [CONFIG_FILE]: [cfgBytes, { level: 6, mtime }],
       [WEIGHTS_FILE]: [files.weights, { level: 0, mtime }],
+      ...Object.fromEntries(Object.entries(files.extra ?? {}).map(([k, v]) => [k, [v, { level: 0, mtime }] as const])),
     },
     { mtime },
   );
@@ -464,8 +465,25 @@ function selectModules(cfg: ArchConfig, pc: ParsedPeftConfig, layers: number[], 
 }
 
 /** Export: the PEFT files of an adapter, packed. */
-export function exportPeftAdapter(cfg: ArchConfig, w: AdapterWeights, opts: { baseModel: string | null; baseBias?: BiasLookup }): Uint8Array {
-  return packAdapter({ config: buildPeftConfig(cfg, w, opts.baseModel), weights: encodePeftWeights(cfg, w, opts.baseBias) });
+export function exportPeftAdapter(cfg: ArchConfig, w: AdapterWeights, opts: { baseModel: string | null; baseBias?: BiasLookup; extra?: Record<string, Uint8Array> }): Uint8Array {
+  return packAdapter({ config: buildPeftConfig(cfg, w, opts.baseModel), weights: encodePeftWeights(cfg, w, opts.baseBias), extra: opts.extra });
+}
+
+/**
+ * A knot's ZIP may carry, next to the PEFT files, the optimizer state a partial reset kept for the
+ * next link (optimizer.reset_keep > 0), so a resumed job continues from it; PEFT readers ignore it.
+ */
+export const OPTIMIZER_STATE_FILE = 'optimizer_state.safetensors';
+
+/** One extra file of a ZIP by its name at the root, or null. */
+export function unpackExtra(zip: Uint8Array, name: string): Uint8Array | null {
+  let files: Record<string, Uint8Array>;
+  try {
+    files = unzipSync(zip, { filter: (f) => f.name === name });
+  } catch (e) {
+    throw new PeftError(`not a readable ZIP archive (${(e as Error).message})`, 'archive');
+  }
+  return files[name] ?? null;
 }
 
 /** Import: unpack a ZIP and validate it against the model. */

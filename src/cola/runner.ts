@@ -4,6 +4,8 @@
 // arrives, so what the runner would refuse is refused with 400 before a job exists.
 import type { Engine } from '../gpu/engine.ts';
 import type { GpuScheduler } from '../gpu/scheduler.ts';
+import type { MemoryReservations } from '../gpu/reservations.ts';
+import { trainingDeviceBytes } from './memory.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner } from '../services.ts';
 import { loadVersion, resolvePath, tokenizerPathOf } from '../model/versions.ts';
 import { loadModelFromPath, type LoadedModel } from '../model/registry.ts';
@@ -18,13 +20,16 @@ import { exportPeftAdapter, parsePeftAdapter, PeftError, type ImportedAdapter } 
 import { baseBiasOf, MAX_ADAPTER_BYTES, readAdapterWeights } from './adapter.ts';
 import { SnapshotStore } from '../store/snapshot-store.ts';
 import { archConfigOf, initLoraHost, resolveLoraSpec, type LoraHost } from './lora.ts';
-import { planFor, trainCola, type TrainConfig } from './trainer.ts';
+import { planFor, trainCola, type ResumePoint, type TrainConfig } from './trainer.ts';
+import { checkSchedule } from './lr.ts';
+import { decodeCarriedState, encodeCarriedState } from './optimizer.ts';
+import { OPTIMIZER_STATE_FILE, unpackExtra } from './peft.ts';
+import { readFileSync } from 'node:fs';
 import type { ChainConfig, ChainPlan } from './schedule.ts';
 import type { FinetuneRequestBody } from '../domain/schemas.ts';
 
 type Req = FinetuneRequestBody;
 
-/** The trainer's config from the validated request body (snake_case, defaults applied by zod). Throws ColaConfigError. */
 /**
  * The scheduler key of a job's training steps: its tenant. Device time is shared fairly between
  * tenants, not jobs, so a tenant with two running jobs gets the same share as one with one; the
@@ -34,6 +39,7 @@ export function trainKey(tenantId: string): string {
   return `job:${tenantId}`;
 }
 
+/** The trainer's config from the validated request body (snake_case, defaults applied by zod). Throws ColaConfigError. */
 export function trainConfigFromRequest(req: Req, modelConfig: ModelConfig): TrainConfig {
   const lora = req.lora ?? {};
   if ((lora.dropout ?? 0) > 0) throw new ColaConfigError('lora.dropout', 'dropout > 0 is not implemented: this trainer has no dropout; leave it at 0');
@@ -47,8 +53,8 @@ export function trainConfigFromRequest(req: Req, modelConfig: ModelConfig): Trai
   return {
     lora: spec,
     chain,
-    optimizer: { name: o.name ?? 'adamw', lr: o.lr ?? 5e-4, weightDecay: o.weight_decay ?? 0, betas: o.betas ?? [0.9, 0.999], eps: o.eps ?? 1e-8, momentum: o.momentum ?? 0 },
-    schedule: { name: s.name ?? 'linear', warmupSteps: s.warmup_steps ?? 0 },
+    optimizer: { name: o.name ?? 'adamw', lr: o.lr ?? 5e-4, weightDecay: o.weight_decay ?? 0, betas: o.betas ?? [0.9, 0.999], eps: o.eps ?? 1e-8, momentum: o.momentum ?? 0, resetKeep: o.reset_keep ?? 0 },
+    schedule: { name: s.name ?? 'linear', warmupSteps: s.warmup_steps ?? 0, knotWarmupSteps: s.knot_warmup_steps ?? 0 },
     epochs: req.epochs ?? 5,
     batchSize: req.batch_size ?? 8,
     maxSeqLen: Math.min(req.max_seq_len ?? 256, modelConfig.maxSeqLen),
@@ -103,10 +109,26 @@ function initHost(imp: ImportedAdapter, modelConfig: ModelConfig, config: TrainC
  * vs steps, per-link steps vs the run), unsupported options, and init_adapter against the model
  * and the first link. Throws UserInputError with `errors: [{path, message}]` (→ 400).
  */
-export function admitFinetune(req: Req, modelConfig: ModelConfig, nTrain: number, initAdapter?: { config: Record<string, unknown>; path: string }): void {
+export function admitFinetune(
+  req: Req,
+  modelConfig: ModelConfig,
+  nTrain: number,
+  initAdapter?: { config: Record<string, unknown>; path: string },
+  limits: { trainMemoryBytes?: number } = {},
+): void {
   try {
     const config = trainConfigFromRequest(req, modelConfig);
     const plan = planFor(config, nTrain);
+    checkOptions(config, plan);
+    const need = trainingBytesOf(modelConfig, config, plan);
+    if (limits.trainMemoryBytes !== undefined && need > limits.trainMemoryBytes) {
+      const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+      throw new ColaConfigError(
+        'batch_size',
+        `this run needs about ${mib(need)} of device memory (batch_size × max_seq_len = ${config.batchSize} × ${config.maxSeqLen} tokens per step); ` +
+          `this server gives training ${mib(limits.trainMemoryBytes)} (COLA_TRAIN_MEMORY_BYTES): lower batch_size or max_seq_len`,
+      );
+    }
     if (initAdapter) {
       let imp: ImportedAdapter;
       try {
@@ -121,6 +143,14 @@ export function admitFinetune(req: Req, modelConfig: ModelConfig, nTrain: number
   } catch (e) {
     if (e instanceof ColaConfigError) throw new UserInputError(e.message, [{ path: e.path, message: e.message }]);
     throw e;
+  }
+}
+
+/** The schedule against the run, and a partial reset against the chain (same rank in every link). */
+function checkOptions(config: TrainConfig, plan: ChainPlan): void {
+  checkSchedule({ ...config.schedule, lr: config.optimizer.lr }, plan.totalSteps);
+  if ((config.optimizer.resetKeep ?? 0) > 0 && new Set(plan.links.map((l) => l.rank)).size > 1) {
+    throw new ColaConfigError('optimizer.reset_keep', 'a partial optimizer reset needs every link to have the same rank (the kept moments are per entry of A and B); use one rank or reset_keep 0');
   }
 }
 
@@ -160,7 +190,7 @@ function asTrainExamples(xs: FinetuneJobSpec['train'], what: string): Example[] 
  * and job, so jobs of different tenants progress side by side and generation never waits for a
  * whole job.
  */
-export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler): JobRunner {
+export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler, memory?: MemoryReservations): JobRunner {
   return {
     async run(job: FinetuneJobSpec, ctx: JobContext) {
       const base = loadVersion(repoRoot, job.base);
@@ -177,6 +207,7 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       try {
         config = trainConfigFromRequest(job.request, mc);
         plan = planFor(config, train.length);
+        checkOptions(config, plan);
         if (job.initAdapter && !ctx.resumeFrom) {
           const w = base.weights;
           const stored = { config: job.initAdapter.config, path: resolvePath(repoRoot, job.initAdapter.path) };
@@ -190,50 +221,73 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       }
       const arch = archConfigOf(mc);
       let weights = base.weights;
-      let resume: { step: number; knotSteps: number[] } | undefined;
+      let resume: ResumePoint | undefined;
       if (ctx.resumeFrom) {
         // Resume from the last persisted knot: its merged weights plus (seed, link, step) are the
-        // whole state; the earlier knots' steps re-create requested splits (replayKnots).
+        // whole state; the earlier knots' steps re-create requested and automatic splits
+        // (replayKnots). With a partial reset, the kept optimizer state is in the knot's adapter ZIP.
         weights = loadModelFromPath(resolvePath(repoRoot, ctx.resumeFrom.path), { tokenizerPath: tokenizerPathOf(repoRoot, job.base.config) }).weights;
         resume = { step: ctx.resumeFrom.step, knotSteps: ctx.resumeFrom.knotSteps };
+        if ((config.optimizer.resetKeep ?? 0) > 0 && ctx.resumeFrom.step < plan.totalSteps) {
+          const zip = ctx.resumeFrom.adapterPath ? readFileSync(resolvePath(repoRoot, ctx.resumeFrom.adapterPath)) : null;
+          const bytes = zip ? unpackExtra(zip, OPTIMIZER_STATE_FILE) : null;
+          if (!bytes) throw new Error(`the last knot (version ${ctx.resumeFrom.version}) has no ${OPTIMIZER_STATE_FILE}; a run with a partial optimizer reset cannot resume without it`);
+          resume.optimizerState = decodeCarriedState(bytes);
+        }
       }
       const store = new SnapshotStore(job.storeDir);
       let lastEpoch = 0;
-      const res = await trainCola(
-          { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
-          {
-            onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
-            onStep: async (s) => {
-              lastEpoch = s.epoch;
-              await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: plan.links.length, epoch: s.epoch, loss: s.loss, lr: s.lr });
+      // The run's device memory is reserved before anything is uploaded: a job that does not fit
+      // beside the running ones waits here (first come first served), never fails mid-run.
+      const release = memory ? await memory.reserve(trainingBytesOf(mc, config, plan), ctx.signal) : () => {};
+      try {
+        const res = await trainCola(
+            { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
+            {
+              onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
+              onStep: async (s) => {
+                lastEpoch = s.epoch;
+                await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: s.links, epoch: s.epoch, loss: s.loss, lr: s.lr, tokens: s.tokens });
+              },
+              onKnot: async (k) => {
+                // No job id in the file: the same request must give the same bytes (same sha256) on any run.
+                const weightsFile = saveSafetensorsWeights(k.weights);
+                // With a partial reset the knot's ZIP also carries the state kept for the next link (for a resume).
+                const extra = k.optimizerState ? { [OPTIMIZER_STATE_FILE]: encodeCarriedState(k.optimizerState) } : undefined;
+                const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model, extra });
+                // The stored-bytes quota is checked before anything of this knot is written.
+                await ctx.reserveBytes(weightsFile.length + adapterZip.length);
+                const snap = await store.put(weightsFile);
+                const adapterObj = await store.put(adapterZip, { ext: 'zip' });
+                await ctx.onKnot({
+                  link: k.link,
+                  step: k.endStep,
+                  rank: k.rank,
+                  val_loss: k.valLoss ?? undefined,
+                  flops: k.flops,
+                  snapshot: snap,
+                  adapterPath: adapterObj.path,
+                  adapterBytes: adapterObj.bytes,
+                  metrics: { epoch: lastEpoch, start_step: k.startStep, end_step: k.endStep },
+                });
+                if (k.valLoss !== null) await ctx.onEval({ link: k.link, val_loss: k.valLoss });
+              },
+              isCancelled: () => ctx.isCancelled() || ctx.signal.aborted,
+              takeMergeRequest: () => ctx.takeMergeRequest(),
+              onKnotDecision: (d) => ctx.onKnotDecision?.({ ...d }),
             },
-            onKnot: async (k) => {
-              // No job id in the file: the same request must give the same bytes (same sha256) on any run.
-              const weightsFile = saveSafetensorsWeights(k.weights);
-              const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model });
-              // The stored-bytes quota is checked before anything of this knot is written.
-              await ctx.reserveBytes(weightsFile.length + adapterZip.length);
-              const snap = await store.put(weightsFile);
-              const adapterObj = await store.put(adapterZip, { ext: 'zip' });
-              await ctx.onKnot({
-                link: k.link,
-                step: k.endStep,
-                rank: k.rank,
-                val_loss: k.valLoss ?? undefined,
-                flops: k.flops,
-                snapshot: snap,
-                adapterPath: adapterObj.path,
-                adapterBytes: adapterObj.bytes,
-                metrics: { epoch: lastEpoch, start_step: k.startStep, end_step: k.endStep },
-              });
-              if (k.valLoss !== null) await ctx.onEval({ link: k.link, val_loss: k.valLoss });
-            },
-            isCancelled: () => ctx.isCancelled() || ctx.signal.aborted,
-            takeMergeRequest: () => ctx.takeMergeRequest(),
-          },
-      );
-      return res.status === 'cancelled' ? { cancelled: true } : undefined;
+        );
+        return res.status === 'cancelled' ? { cancelled: true } : undefined;
+      } finally {
+        release();
+      }
     },
   };
+}
+
+/** The device bytes a run reserves (see memory.ts): its batch shape, targets and largest rank. */
+function trainingBytesOf(mc: ModelConfig, config: TrainConfig, plan: ChainPlan): number {
+  const maxRank = Math.max(...plan.links.map((l) => l.rank));
+  return trainingDeviceBytes(mc, { batchSize: config.batchSize, maxSeqLen: config.maxSeqLen, targets: config.lora.targets, maxRank });
 }
 

@@ -51,6 +51,20 @@ export const ChainSchema = z
     z.object({ links: z.number().int().min(1).max(64) }).strict(),
     z.object({ knots: z.array(z.number().int().min(1).max(10_000_000)).min(0).max(63) }).strict(),
     z.object({ links: z.array(z.object({ steps: z.number().int().min(1).max(10_000_000), rank: Rank }).strict()).min(1).max(64) }).strict(),
+    // Automatic knots (src/cola/auto.ts); a missing min_link_steps is a tenth of the run, checked against the run at admission.
+    z
+      .object({
+        auto: z
+          .object({
+            min_link_steps: z.number().int().min(1).max(10_000_000).optional(),
+            max_links: z.number().int().min(1).max(64).default(5),
+            threshold: z.number().gt(0).lt(1).default(0.25),
+            ema: z.number().min(0).lt(1).default(0.9),
+            window: z.number().int().min(1).max(10_000_000).optional(),
+          })
+          .strict(),
+      })
+      .strict(),
   ])
   .refine((c) => !('knots' in c) || c.knots.every((k, i) => i === 0 || k > c.knots[i - 1]!), {
     message: 'knots must be strictly increasing',
@@ -88,13 +102,20 @@ export const FinetuneRequest = z
         eps: z.number().gt(0).max(1).default(1e-8),
         momentum: z.number().min(0).lt(1).default(0),
         max_grad_norm: z.number().gt(0).max(1e6).optional(),
+        /** Partial optimizer reset at knots: the fraction of moment entries kept (largest first); 0 = the paper's full reset. */
+        reset_keep: z.number().min(0).lt(1).default(0),
       })
       .strict()
-      .default({ name: 'adamw', lr: 5e-4, weight_decay: 0, betas: [0.9, 0.999], eps: 1e-8, momentum: 0 }),
+      .default({ name: 'adamw', lr: 5e-4, weight_decay: 0, betas: [0.9, 0.999], eps: 1e-8, momentum: 0, reset_keep: 0 }),
     schedule: z
-      .object({ name: z.enum(['linear', 'constant']).default('linear'), warmup_steps: z.number().int().min(0).max(10_000_000).default(0) })
+      .object({
+        name: z.enum(['linear', 'constant']).default('linear'),
+        warmup_steps: z.number().int().min(0).max(10_000_000).default(0),
+        /** LR re-warm-up over this many steps after each knot (0 = none). */
+        knot_warmup_steps: z.number().int().min(0).max(10_000_000).default(0),
+      })
       .strict()
-      .default({ name: 'linear', warmup_steps: 0 }),
+      .default({ name: 'linear', warmup_steps: 0, knot_warmup_steps: 0 }),
     epochs: z.number().int().min(1).max(1000).default(5),
     max_steps: z.number().int().min(1).max(10_000_000).optional(),
     batch_size: z.number().int().min(1).max(1024).default(8),
@@ -113,7 +134,7 @@ export const FinetuneRequest = z
       ctx.addIssue({ code: 'custom', path: ['validation'], message: 'give at most one of "validation" or "validation_file"' });
     }
     if (r.method === 'lora' && r.chain) {
-      const links = 'knots' in r.chain ? r.chain.knots.length + 1 : typeof r.chain.links === 'number' ? r.chain.links : r.chain.links.length;
+      const links = 'auto' in r.chain ? r.chain.auto.max_links : 'knots' in r.chain ? r.chain.knots.length + 1 : typeof r.chain.links === 'number' ? r.chain.links : r.chain.links.length;
       if (links !== 1) ctx.addIssue({ code: 'custom', path: ['chain'], message: 'method "lora" is a chain of one link' });
     }
   })

@@ -95,7 +95,7 @@ export async function release(db: Db, l: Lease, reason = 'worker shutting down')
 export async function recordStep(
   db: Db,
   l: Lease,
-  s: { progress: JobProgress; loss?: number; lr?: number },
+  s: { progress: JobProgress; loss?: number; lr?: number; tokens?: number },
 ): Promise<{ cancelRequested: boolean; mergeRequests: number }> {
   return db.transaction(async (tx) => {
     const [r] = await tx
@@ -111,7 +111,16 @@ export async function recordStep(
         .values({ jobId: l.jobId, step: s.progress.step, ...row })
         .onConflictDoUpdate({ target: [jobSteps.jobId, jobSteps.step], set: { ...row, createdAt: sql`now()` } });
     }
-    await appendEvent(tx, l.jobId, 'step', { step: s.progress.step, loss: s.loss ?? null, lr: s.lr ?? null, link: s.progress.link, epoch: s.progress.epoch });
+    // `at` and `tokens` give a watcher tokens/s (the dashboard's job page).
+    await appendEvent(tx, l.jobId, 'step', {
+      step: s.progress.step,
+      loss: s.loss ?? null,
+      lr: s.lr ?? null,
+      link: s.progress.link,
+      epoch: s.progress.epoch,
+      ...(s.tokens !== undefined ? { tokens: s.tokens } : {}),
+      at: new Date().toISOString(),
+    });
     return { cancelRequested: r.cancel, mergeRequests: r.merges };
   });
 }

@@ -177,6 +177,7 @@ export class JobWorker {
             version: last.version,
             path: absPath(this.o.config.repoRoot, v.path),
             sha256: v.sha256,
+            adapterPath: v.adapterPath ? absPath(this.o.config.repoRoot, v.adapterPath) : null,
           };
         }
       }
@@ -196,6 +197,7 @@ export class JobWorker {
             progress: { step: s.step, total_steps: s.total_steps, link: s.link, links: s.links, epoch: s.epoch },
             loss: s.loss,
             lr: s.lr,
+            tokens: s.tokens,
           });
           cancel = r.cancelRequested;
           merges = r.mergeRequests;
@@ -210,6 +212,7 @@ export class JobWorker {
         },
         onLinkStarted: (e) => recordEvent(db, lease, 'link_started', { link: e.link, rank: e.rank }),
         onEval: (e) => recordEvent(db, lease, 'eval', e),
+        onKnotDecision: (d) => recordEvent(db, lease, 'knot_decision', d),
         onKnot: async (k) => {
           const parent = lastVersion == null || !outModelId ? { modelId: job.baseModelId, version: job.baseVersion } : { modelId: outModelId, version: lastVersion };
           const v = await recordKnot(

@@ -139,9 +139,16 @@ export class Generator {
     if (!this.allowFused || !this.e.ctx.info.isSoftware) return null;
     if (c.arch !== 'llama' || c.qkvBias || c.oBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
     const spec = this.specFor();
-    const lay = packedLayout(spec, c.tiedEmbeddings);
-    if (!canFuseDecode(this.e, spec, lay.total)) return null;
-    if (batch && !canFuseDecodeBatch(this.e, spec, lay.total)) return null;
+    // The packed matrices share one precision: all f32, or all f16/bf16 (a model with some modules
+    // merged to f32 after a knot and the rest 16-bit takes the layer-by-layer path).
+    const m = this.model;
+    const mats = [m.embedding, m.classifierWeight, ...m.layers.flatMap((L) => ['q', 'k', 'v', 'o', 'gate', 'up', 'down'].map((s) => L.linears.get(s)!.w))];
+    const kinds = new Set(mats.map((t) => t.dtype));
+    if (kinds.size !== 1) return null;
+    const kind = mats[0]!.dtype;
+    const lay = packedLayout(spec, c.tiedEmbeddings, kind === 'f16' || kind === 'bf16' ? kind : undefined);
+    if (!canFuseDecode(this.e, spec, lay)) return null;
+    if (batch && !canFuseDecodeBatch(this.e, spec, lay)) return null;
     if (this.fused === undefined) this.fused = this.packWeights(lay);
     return { ...this.fused!, spec };
   }

@@ -23,7 +23,7 @@ import { modelInvFreq } from './rope.ts';
 import { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName } from './names.ts';
 
 export { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName };
-import { type ModelWeights, classifierWeight, getTensor, linearWeight } from './weights.ts';
+import { type ModelWeights, type WeightTensor, classifierWeight, getTensor, halfBitsOf, linearWeight } from './weights.ts';
 
 /** A linear layer on the GPU: w (out, in), optional bias (out). */
 export interface GpuLinear {
@@ -140,24 +140,29 @@ export class TransformerModel {
     return { invFreq: this.invFreqT, interleaved: this.config.ropeInterleaved };
   }
 
-  /** Uploads CPU weights (HF names) to the GPU. GPT-2 Conv1D weights are transposed to (out, in). */
+  /**
+   * Uploads CPU weights (HF names) to the GPU. GPT-2 Conv1D weights are transposed to (out, in).
+   * The matrices the kernels read as 16-bit (linear weights, token embedding, classifier) stay
+   * f16/bf16 when the tensor is (weights.ts halfBitsOf); norms, biases and position tables are f32.
+   */
   static upload(e: Engine, weights: ModelWeights): TransformerModel {
     const c = weights.config;
     const m = new TransformerModel(e, c);
+    const upMatrix = (t: WeightTensor) => {
+      const bits = halfBitsOf(t);
+      return bits ? e.upload(bits, t.shape, t.dtype) : e.upload(t.data, t.shape);
+    };
     const up = (name: string) => {
       const t = getTensor(weights, name);
       return e.upload(t.data, t.shape);
     };
     const upOpt = (name: string) => (weights.tensors.has(name) ? up(name) : null);
     const embName = c.arch === 'llama' ? 'model.embed_tokens.weight' : c.arch === 'opt' ? 'model.decoder.embed_tokens.weight' : 'transformer.wte.weight';
-    m.embedTable = up(embName);
+    m.embedTable = upMatrix(getTensor(weights, embName));
     if (c.arch === 'opt') m.posTable = up('model.decoder.embed_positions.weight');
     if (c.arch === 'gpt2') m.posTable = up('transformer.wpe.weight');
     if (c.tiedEmbeddings) m.classifier = m.embedTable;
-    else {
-      const cls = classifierWeight(weights);
-      m.classifier = e.upload(cls.data, cls.shape);
-    }
+    else m.classifier = upMatrix(classifierWeight(weights));
     const fn = c.arch === 'llama' ? 'model.norm' : c.arch === 'opt' ? 'model.decoder.final_layer_norm' : 'transformer.ln_f';
     m.finalNorm = { w: up(`${fn}.weight`), b: upOpt(`${fn}.bias`) };
     for (let i = 0; i < c.nLayers; i++) {
@@ -167,7 +172,7 @@ export class TransformerModel {
       for (const short of moduleShorts(c.arch)) {
         const wn = moduleWeightName(c.arch, i, short);
         const lw = linearWeight(weights, wn);
-        linears.set(short, { w: e.upload(lw.data, lw.shape), b: upOpt(wn.replace(/\.weight$/, '.bias')) });
+        linears.set(short, { w: upMatrix(lw), b: upOpt(wn.replace(/\.weight$/, '.bias')) });
       }
       m.layers.push({ attnNorm: { w: up(`${p}${n1}.weight`), b: upOpt(`${p}${n1}.bias`) }, ffnNorm: { w: up(`${p}${n2}.weight`), b: upOpt(`${p}${n2}.bias`) }, linears });
     }
@@ -192,6 +197,27 @@ export class TransformerModel {
   }
   get classifierWeight(): Tensor {
     return this.classifier;
+  }
+
+  /** Every weight tensor on the device, each once (a tied classifier is the embedding). */
+  weightTensors(): Tensor[] {
+    const seen = new Set<Tensor>();
+    const f = (t: Tensor | null) => t && seen.add(t);
+    f(this.embedTable);
+    f(this.posTable);
+    f(this.classifier);
+    f(this.finalNorm.w);
+    f(this.finalNorm.b);
+    for (const l of this.layers) {
+      for (const n of [l.attnNorm, l.ffnNorm]) f(n.w), f(n.b);
+      for (const lin of l.linears.values()) f(lin.w), f(lin.b);
+    }
+    return [...seen];
+  }
+
+  /** Bytes of the weights on the device (16-bit tensors count 2 bytes a value). */
+  get weightBytes(): number {
+    return this.weightTensors().reduce((n, t) => n + t.byteLength, 0);
   }
 
   /** Frees every weight tensor. */

@@ -148,7 +148,7 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       method: 'get',
       path: '/finetune/{id}/events',
       tags: ['finetune'],
-      summary: 'Server-Sent Events: status, link_started, step, knot, eval, done; resumable with Last-Event-ID',
+      summary: 'Server-Sent Events: status, link_started, step, knot, eval, knot_decision, done; resumable with Last-Event-ID',
       request: {
         params: JobId,
         headers: z.object({ 'last-event-id': z.string().regex(/^\d{1,9}$/, 'must be an event id (a number)').optional() }),

@@ -32,6 +32,7 @@ export class Metrics {
       serving: { live: number; queued: number };
       scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> };
       bindGroups?: { hits: number; misses: number; evicted: number; collections: number };
+      trainMemory?: { capacity: number; reserved: number; waiting: number };
     } | null;
   }): string {
     const out: string[] = [];
@@ -86,6 +87,16 @@ export class Metrics {
         out.push('# TYPE cola_gpu_collections_total counter');
         out.push(`cola_gpu_collections_total ${bg.collections}`);
       }
+    }
+    const tm = extra.load?.trainMemory;
+    if (tm) {
+      out.push('# HELP cola_train_memory_bytes Device memory for training: what jobs may reserve together, and what they hold.');
+      out.push('# TYPE cola_train_memory_bytes gauge');
+      out.push(`cola_train_memory_bytes{kind="capacity"} ${tm.capacity}`);
+      out.push(`cola_train_memory_bytes{kind="reserved"} ${tm.reserved}`);
+      out.push('# HELP cola_train_memory_waiting Jobs waiting for training memory before they start.');
+      out.push('# TYPE cola_train_memory_waiting gauge');
+      out.push(`cola_train_memory_waiting ${tm.waiting}`);
     }
     out.push('# HELP cola_jobs Fine-tune jobs by status (whole database).');
     out.push('# TYPE cola_jobs gauge');

@@ -28,7 +28,9 @@ const VersionView = z.object({
   metrics: z.record(z.string(), z.unknown()).optional(),
 });
 
-const ImportJson = z.object({ name: ModelName, source: z.object({ path: z.string().min(1).max(4096) }).strict() }).strict();
+/** Weight precision on import: the checkpoint's own ("auto") or converted (f16/bf16 round to nearest even). */
+const WeightsDtype = z.enum(['auto', 'f32', 'f16', 'bf16']);
+const ImportJson = z.object({ name: ModelName, source: z.object({ path: z.string().min(1).max(4096) }).strict(), dtype: WeightsDtype.optional() }).strict();
 
 const MAX_IMPORT_FILES = 16;
 const UPLOAD_NAME = /^[A-Za-z0-9._-]{1,128}$/;
@@ -97,10 +99,10 @@ export function modelRoutes(app: App, d: AppDeps) {
           content: {
             // Documentation only (the handler parses either form and validates with ImportJson / ModelName).
             'application/json': {
-              schema: { type: 'object', properties: { name: { type: 'string' }, source: { type: 'object', properties: { path: { type: 'string' } }, required: ['path'] } }, required: ['name', 'source'] },
+              schema: { type: 'object', properties: { name: { type: 'string' }, source: { type: 'object', properties: { path: { type: 'string' } }, required: ['path'] }, dtype: { type: 'string', enum: ['auto', 'f32', 'f16', 'bf16'] } }, required: ['name', 'source'] },
             },
             'multipart/form-data': {
-              schema: { type: 'object', properties: { name: { type: 'string' }, files: { type: 'array', items: { type: 'string', format: 'binary' } } }, required: ['name', 'files'] },
+              schema: { type: 'object', properties: { name: { type: 'string' }, dtype: { type: 'string', enum: ['auto', 'f32', 'f16', 'bf16'] }, files: { type: 'array', items: { type: 'string', format: 'binary' } } }, required: ['name', 'files'] },
             },
           },
         },
@@ -119,17 +121,23 @@ export function modelRoutes(app: App, d: AppDeps) {
         });
         const n = ModelName.safeParse(form['name']);
         if (!n.success) throw new ProblemError(400, 'field "name" is missing or invalid', { errors: [{ path: 'name', message: n.error.issues[0]!.message }] });
+        let dtype: z.infer<typeof WeightsDtype> = 'auto';
+        if (form['dtype'] !== undefined) {
+          const dt = WeightsDtype.safeParse(form['dtype']);
+          if (!dt.success) throw new ProblemError(400, 'field "dtype" must be auto, f32, f16 or bf16', { errors: [{ path: 'dtype', message: dt.error.issues[0]!.message }] });
+          dtype = dt.data;
+        }
         const uploads = Object.values(form).flat().filter((v): v is File => v instanceof File);
         if (uploads.length === 0 || uploads.length > MAX_IMPORT_FILES) throw new ProblemError(400, `upload 1 to ${MAX_IMPORT_FILES} model files`);
         const errors = uploadNameErrors(uploads.map((f) => f.name ?? ''));
         if (errors.length) throw new ProblemError(400, 'bad file names in the upload', { errors });
-        return c.json(await importModel(d, t, { name: n.data, uploads }), 201);
+        return c.json(await importModel(d, t, { name: n.data, uploads, dtype }), 201);
       }
       const r = ImportJson.safeParse(await c.req.json().catch(() => {
         throw new ProblemError(400, 'Malformed JSON in request body');
       }));
       if (!r.success) throw new ProblemError(400, 'the request body is invalid', { errors: r.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) });
-      return c.json(await importModel(d, t, { name: r.data.name, sourcePath: absPath(d, r.data.source.path) }), 201);
+      return c.json(await importModel(d, t, { name: r.data.name, sourcePath: absPath(d, r.data.source.path), dtype: r.data.dtype ?? 'auto' }), 201);
     },
   );
 

@@ -41,6 +41,7 @@ export async function submitFinetune(d: UseCaseDeps, t: Tenant, body: FinetuneRe
     configFromRegistration(base.model.config),
     body.train?.length ?? trainFile?.examples ?? 0,
     adapter ? { config: adapter.config, path: absPath(d, adapter.path) } : undefined,
+    { trainMemoryBytes: d.config.trainMemoryBytes },
   );
   const q = quotasOf(d, t);
   if ((await countActiveJobs(d.db, t.id)) >= q.concurrent_jobs) {

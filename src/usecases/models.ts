@@ -16,8 +16,11 @@ export function importRoots(d: Pick<UseCaseDeps, 'config'>): string[] {
   return [path.join(d.config.repoRoot, 'models'), path.join(d.config.dataDir, 'imports')];
 }
 
+/** Weight precision of an import: the checkpoint's own, or every tensor converted. */
+export type WeightsDtype = 'auto' | 'f32' | 'f16' | 'bf16';
+
 /** A model to import: a folder or file on the server (`sourcePath`) or uploaded files (names already checked). */
-export type ImportInput = { name: string; sourcePath: string; uploads?: undefined } | { name: string; uploads: readonly File[]; sourcePath?: undefined };
+export type ImportInput = { name: string; dtype: WeightsDtype } & ({ sourcePath: string; uploads?: undefined } | { uploads: readonly File[]; sourcePath?: undefined });
 
 export async function importModel(d: UseCaseDeps, t: Tenant, input: ImportInput): Promise<{ name: string; version: 0 }> {
   const { name } = input;
@@ -43,7 +46,7 @@ export async function importModel(d: UseCaseDeps, t: Tenant, input: ImportInput)
   let staged: string | null = null;
   try {
     if (source === null) source = staged = await d.store.stageUpload(input.uploads ?? []);
-    const imp = await importer.import({ source, storeDir: d.store.weightsDir });
+    const imp = await importer.import({ source, storeDir: d.store.weightsDir, dtype: input.dtype });
     const tok = [imp.config['tokenizer'], imp.config['tokenizer_model']].filter((x): x is string => typeof x === 'string').map((p) => path.dirname(p));
     await d.db
       .transaction(async (tx) => {
