@@ -11,7 +11,8 @@ import { Engine } from '../src/gpu/engine.ts';
 import { GpuScheduler } from '../src/gpu/scheduler.ts';
 import { hfFolderFiles, loadHfWeights } from '../src/model/hf.ts';
 import { parseSafetensors } from '../src/model/safetensors.ts';
-import { type ModelWeights, setWeightsDtype, weightBytes, weightsDtypeOf } from '../src/model/weights.ts';
+import { type ModelWeights, halfBitsOf, halfTensor, setWeightsDtype, tensorToWrite, weightBytes, weightsDtypeOf } from '../src/model/weights.ts';
+import { toHalf } from '../src/gpu/half.ts';
 import { TransformerModel, type LoraWeights } from '../src/model/transformer.ts';
 import { Generator, TokenStream, type GenerateResult, type SamplingOptions } from '../src/model/generate.ts';
 import { KvPool } from '../src/model/kvpool.ts';
@@ -106,7 +107,12 @@ describe.each([['tiny-llama3', ['bf16', 'f16']], ['tiny-smollm2', ['bf16']]] as 
       expect(fileDtypes).toEqual(new Set([kind === 'bf16' ? 'BF16' : 'F16']));
       expect(weightsDtypeOf(half)).toBe(kind);
       expect(weightBytes(half) * 2).toBe(weightBytes(upcast));
+      // Loaded streamed (safetensors.ts readSafetensorsFile): the 16-bit tensors are held as their
+      // bits, 2 bytes a value on the host, and uploading them does not decode them to f32.
+      const q0 = half.tensors.get('model.layers.0.self_attn.q_proj.weight')!;
+      expect(q0.bits).toBeInstanceOf(Uint16Array);
       const mh = TransformerModel.upload(e, half);
+      expect(q0.bits).toBeInstanceOf(Uint16Array);
       const mf = TransformerModel.upload(e, upcast);
       expect(mh.linearOf(0, 'q').w.dtype).toBe(kind);
       expect(mh.embedding.dtype).toBe(kind);
@@ -130,4 +136,16 @@ describe.each([['tiny-llama3', ['bf16', 'f16']], ['tiny-smollm2', ['bf16']]] as 
       mf.free();
     }, 300_000);
   }
+});
+
+test('a 16-bit tensor read as f32 and changed is written f32; unchanged it stays 16-bit', () => {
+  const bits = toHalf(Float32Array.of(0.5, -1.25, 3, 0.09375), 'bf16');
+  const t = halfTensor([4], 'bf16', bits);
+  expect(halfBitsOf(t)).toBe(bits); // no decode needed
+  expect(Array.from(t.data)).toEqual([0.5, -1.25, 3, 0.09375]);
+  expect(t.bits).toBeUndefined(); // decoded: the f32 values are now what the tensor holds
+  expect(Array.from(halfBitsOf(t)!)).toEqual(Array.from(bits)); // still exact in bf16
+  t.data[1] = Math.fround(-1.25 + 1e-3); // an in-place merge
+  expect(halfBitsOf(t)).toBeNull();
+  expect(tensorToWrite(t).dtype).toBe('F32');
 });

@@ -3,7 +3,7 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { type ModelConfig, configFromHf, configToHf } from './config.ts';
-import { PICKLE_MESSAGE, SafetensorsError, type TensorToWrite, encodeSafetensors, parseSafetensors, type ParsedSafetensors } from './safetensors.ts';
+import { PICKLE_MESSAGE, SafetensorsError, type TensorToWrite, encodeSafetensors, readSafetensorsFile, type ParsedSafetensors } from './safetensors.ts';
 import { type ModelWeights, WeightsError, saveSafetensorsWeights, tensorToWrite, weightsFromSafetensors } from './weights.ts';
 
 export class ModelLoadError extends Error {
@@ -49,9 +49,17 @@ export function readJsonBounded(path: string, max: number, what: string): unknow
 }
 
 function parseFile(path: string, max: number): ParsedSafetensors {
-  const bytes = readFileBounded(path, max, 'weights file');
+  let st;
   try {
-    return parseSafetensors(bytes);
+    st = statSync(path);
+  } catch {
+    throw new ModelLoadError(`weights file ${path} does not exist`);
+  }
+  if (!st.isFile()) throw new ModelLoadError(`weights file ${path} is not a regular file`);
+  if (st.size > max) throw new ModelLoadError(`weights file ${path} is ${st.size} bytes, over the limit of ${max}`);
+  try {
+    // Streamed, one buffer per tensor kept by the weights (no whole-file copy; bench/load-rss.ts).
+    return readSafetensorsFile(path);
   } catch (e) {
     if (e instanceof SafetensorsError) throw new SafetensorsError(`${basename(path)}: ${e.message}`);
     throw e;

@@ -4,7 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ModelLoadError, loadHfWeights, readFileBounded } from './hf.ts';
 import { loadLlama2c } from './llama2c.ts';
-import { PICKLE_MESSAGE, looksLikePickle, parseSafetensors } from './safetensors.ts';
+import { PICKLE_MESSAGE, SafetensorsError, looksLikePickle, readSafetensorsFile } from './safetensors.ts';
 import { type TextTokenizer, loadHfTokenizer, loadLlama2cTokenizer, loadSentencePieceTokenizer, MAX_TOKENIZER_FILE_BYTES } from './tokenizer.ts';
 import { type ModelWeights, type WeightsDtype, loadSavedSafetensorsWeights, setWeightsDtype } from './weights.ts';
 import { ChatTemplateError, loadChatTemplate, type ChatTemplate } from './chat.ts';
@@ -131,15 +131,24 @@ function loadModelAsIs(path: string, opts: LoadModelOptions): LoadedModel {
     if (ckpts.length > 1) throw new ModelLoadError(`${path}: several checkpoints (${ckpts.join(', ')}); pass the file path`);
     return loadModelAsIs(join(path, ckpts[0]!), opts);
   }
-  const bytes = readFileBounded(path, maxFile, 'checkpoint');
-  if (looksLikePickle(bytes)) throw new ModelLoadError(`${path}: ${PICKLE_MESSAGE}`);
   if (path.endsWith('.safetensors')) {
-    const weights = loadSavedSafetensorsWeights(parseSafetensors(bytes));
+    if (st.size > maxFile) throw new ModelLoadError(`checkpoint ${path} is ${st.size} bytes, over the limit of ${maxFile}`);
+    // Streamed: each tensor read into the buffer the weights keep (no whole-file copy).
+    let parsed;
+    try {
+      parsed = readSafetensorsFile(path);
+    } catch (e) {
+      if (e instanceof SafetensorsError && e.message === PICKLE_MESSAGE) throw new ModelLoadError(`${path}: ${PICKLE_MESSAGE}`);
+      throw e;
+    }
+    const weights = loadSavedSafetensorsWeights(parsed);
     const tokPath = opts.tokenizerPath ?? findLlama2cTokenizer(dirname(path), basename(path));
     const tokenizer = loadTokenizerFile(tokPath, weights.config.vocabSize);
     checkVocab(weights, tokenizer, path);
     return { weights, tokenizer, format: 'safetensors', source: path, chat: chatOf(dirname(tokPath)) };
   }
+  const bytes = readFileBounded(path, maxFile, 'checkpoint');
+  if (looksLikePickle(bytes)) throw new ModelLoadError(`${path}: ${PICKLE_MESSAGE}`);
   const weights = loadLlama2c(bytes);
   const tokPath = opts.tokenizerPath ?? findLlama2cTokenizer(dirname(path), basename(path));
   const tokenizer = loadTokenizerFile(tokPath, weights.config.vocabSize);

@@ -12,12 +12,18 @@
 import type { ModelConfig } from './config.ts';
 import { configFromHf, configToHf } from './config.ts';
 import { type ParsedSafetensors, type SafeTensor, type TensorToWrite, encodeSafetensors, numelOf, toFloat32 } from './safetensors.ts';
-import { halfBits, roundToHalf, type HalfKind } from '../gpu/half.ts';
+import { fromHalf, halfBits, roundToHalf, type HalfKind } from '../gpu/half.ts';
 
 export interface WeightTensor {
   shape: number[];
-  /** The values as f32 (for a 16-bit tensor: exactly the decoded 16-bit values). */
+  /**
+   * The values as f32 (for a 16-bit tensor: exactly the decoded 16-bit values). A tensor made by
+   * halfTensor decodes them on first read and from then on holds them as f32 (the caller may
+   * change them); until then it holds only `bits` (2 bytes a value on the host).
+   */
   data: Float32Array;
+  /** A 16-bit tensor's bits while its values were never read as f32 (halfTensor). */
+  readonly bits?: Uint16Array;
   /**
    * The precision the values were given in (a bf16/f16 checkpoint, or `"dtype"` on import); absent:
    * f32. The matrices (linear weights, token embedding, classifier) of a 16-bit tensor are stored
@@ -53,9 +59,55 @@ export function setWeightsDtype(w: ModelWeights, dtype: WeightsDtype): ModelWeig
   return w;
 }
 
+/**
+ * A 16-bit tensor held as its bits; `data` decodes them once, on first read (the bits are then
+ * dropped: whoever read `data` may change it, and halfBitsOf checks what it holds).
+ */
+export function halfTensor(shape: number[], kind: HalfKind, bits: Uint16Array): WeightTensor {
+  let raw: Uint16Array | undefined = bits;
+  let f32: Float32Array | null = null;
+  return {
+    shape,
+    dtype: kind,
+    get bits() {
+      return raw;
+    },
+    get data(): Float32Array {
+      if (!f32) {
+        f32 = fromHalf(raw!, kind);
+        raw = undefined;
+      }
+      return f32;
+    },
+    set data(v: Float32Array) {
+      f32 = v;
+      raw = undefined;
+    },
+  };
+}
+
+/** Values of a tensor, without decoding a 16-bit one. */
+export function numelOfTensor(t: WeightTensor): number {
+  return t.bits ? t.bits.length : t.data.length;
+}
+
 /** The tensor's 16-bit bits when it is a 16-bit tensor whose values are still exact, else null. */
 export function halfBitsOf(t: WeightTensor): Uint16Array | null {
-  return t.dtype ? halfBits(t.data, t.dtype) : null;
+  if (!t.dtype) return null;
+  return t.bits ?? halfBits(t.data, t.dtype);
+}
+
+/** Index of the first non-finite value (NaN, ±Inf), or -1; a 16-bit tensor is checked on its bits. */
+export function firstNonFinite(t: WeightTensor): number {
+  const b = t.bits;
+  if (b) {
+    const exp = t.dtype === 'bf16' ? 0x7f80 : 0x7c00;
+    for (let i = 0; i < b.length; i++) if ((b[i]! & exp) === exp) return i;
+    return -1;
+  }
+  const d = t.data;
+  for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i]!)) return i;
+  return -1;
 }
 
 /** The tensor as it is written to a file: 16-bit when halfBitsOf allows it, else F32. */
@@ -68,7 +120,7 @@ export function tensorToWrite(t: WeightTensor): TensorToWrite {
 /** Bytes of the weights at their stored precision (2 per value of an exact 16-bit tensor, else 4). */
 export function weightBytes(w: ModelWeights): number {
   let n = 0;
-  for (const t of w.tensors.values()) n += t.data.length * (t.dtype && halfBitsOf(t) ? 2 : 4);
+  for (const t of w.tensors.values()) n += numelOfTensor(t) * (t.dtype && halfBitsOf(t) ? 2 : 4);
   return n;
 }
 
@@ -212,8 +264,8 @@ export function validateWeights(w: ModelWeights): void {
     }
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       bad.push(`${name}: shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
-    } else if (t.data.length !== numelOf(shape)) {
-      bad.push(`${name}: ${t.data.length} values for shape [${shape.join(', ')}]`);
+    } else if (numelOfTensor(t) !== numelOf(shape)) {
+      bad.push(`${name}: ${numelOfTensor(t)} values for shape [${shape.join(', ')}]`);
     }
   }
   const extra = [...w.tensors.keys()].filter((n) => !exp.has(n));
@@ -262,6 +314,7 @@ export interface FromSafetensorsOptions {
  */
 export function weightsFromSafetensors(config: ModelConfig, files: ParsedSafetensors[], opts: FromSafetensorsOptions = {}): ModelWeights {
   const tensors = new Map<string, WeightTensor>();
+  const sources = new Map<string, SafeTensor>();
   let lmHead: SafeTensor | null = null;
   for (const f of files) {
     for (const [name, t] of f.tensors) {
@@ -275,15 +328,31 @@ export function weightsFromSafetensors(config: ModelConfig, files: ParsedSafeten
         lmHead = t;
         continue;
       }
-      const half = t.dtype === 'BF16' ? 'bf16' : t.dtype === 'F16' ? 'f16' : undefined;
-      tensors.set(n, { shape: t.shape.slice(), data: toFloat32(t, { copy: true }), ...(half ? { dtype: half } : {}) });
+      sources.set(n, t);
+      // With `owned` (readSafetensorsFile: one buffer per tensor) the bytes are used in place: an
+      // F32 tensor is viewed as a Float32Array, a 16-bit one kept as its bits (no f32 copy).
+      const owned = !!f.owned && t.data.byteOffset % 4 === 0;
+      if (t.dtype === 'BF16' || t.dtype === 'F16') {
+        const n16 = t.data.byteLength / 2;
+        const bits = owned ? new Uint16Array(t.data.buffer, t.data.byteOffset, n16) : new Uint16Array(t.data.slice().buffer, 0, n16);
+        tensors.set(n, halfTensor(t.shape.slice(), t.dtype === 'BF16' ? 'bf16' : 'f16', bits));
+      } else {
+        tensors.set(n, { shape: t.shape.slice(), data: toFloat32(t, { copy: !owned }) });
+      }
     }
   }
   const w: ModelWeights = { config, tensors };
   if (lmHead && (opts.tiedLmHead ?? 'check') === 'check') {
-    const emb = tensors.get(embeddingName(config));
-    const head = toFloat32(lmHead, { copy: true });
-    if (!emb || emb.data.length !== head.length || emb.data.some((v, i) => !Object.is(v, head[i]))) {
+    const src = sources.get(embeddingName(config));
+    const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && Buffer.compare(a, b) === 0;
+    const same = (): boolean => {
+      if (!src) return false;
+      if (src.dtype === lmHead!.dtype) return sameBytes(src.data, lmHead!.data);
+      const a = toFloat32(src, { copy: true });
+      const b = toFloat32(lmHead!, { copy: true });
+      return a.length === b.length && a.every((v, i) => Object.is(v, b[i]));
+    };
+    if (!same()) {
       throw new WeightsError('tie_word_embeddings is true but lm_head.weight differs from the token embedding; set tie_word_embeddings: false');
     }
   }
