@@ -16,10 +16,14 @@ import { tempDir } from './db.fixtures.ts';
 const CHROMIUM = process.env.COLA_CHROMIUM ?? '/usr/bin/chromium';
 const ADMIN = 'admin-key-for-ui-tests-0123456789';
 const SHOTS = path.resolve(import.meta.dir, '..', process.env.COLA_SCREENSHOT_DIR ?? 'test/artifacts');
+/** `bun run screenshots` writes only the README's pictures (docs/img); the tests write all of them to test/artifacts. */
+const README_ONLY = process.env.COLA_SCREENSHOT_DIR !== undefined;
 const haveChromium = fs.existsSync(CHROMIUM);
 if (!haveChromium && process.env.CI) throw new Error(`${CHROMIUM} is missing: scripts/install-system.sh installs chromium`);
 if (!haveChromium) console.warn(`ui.browser: ${CHROMIUM} not found, browser tests skipped (apt-get install chromium)`);
 
+const VALIDATION = [{ text: 'Tom and Lily played with the ball.' }, { prompt: 'Once upon a time', completion: ' there was a dog.' }];
+const jsonl = (name: string, xs: object[]) => ({ name, mimeType: 'application/jsonl', buffer: Buffer.from(xs.map((x) => JSON.stringify(x)).join('\n') + '\n') });
 const TRAIN = [
   { prompt: 'Once upon a time', completion: ' there was a cat.' },
   { text: 'Lily liked to play in the park.' },
@@ -68,7 +72,10 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     cleanupDir(profile);
   });
 
-  const shot = (name: string, el?: string) => (el ? page.locator(el).screenshot({ path: path.join(SHOTS, name) }) : page.screenshot({ path: path.join(SHOTS, name) }));
+  const shot = async (name: string, el?: string, readme = false) => {
+    if (README_ONLY && !readme) return;
+    await (el ? page.locator(el).screenshot({ path: path.join(SHOTS, name) }) : page.screenshot({ path: path.join(SHOTS, name) }));
+  };
 
   test('the admin signs in, sees tenants with usage, creates a tenant', async () => {
     await page.goto(`${s.url}/ui`);
@@ -94,7 +101,8 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     await page.getByTestId('signin').click();
     await page.getByTestId('jobs').waitFor();
     await page.getByRole('link', { name: 'New fine-tune', exact: true }).click();
-    await page.getByTestId('ft-file').setInputFiles({ name: 'train.jsonl', mimeType: 'application/jsonl', buffer: Buffer.from(TRAIN.map((x) => JSON.stringify(x)).join('\n') + '\n') });
+    await page.getByTestId('ft-file').setInputFiles(jsonl('train.jsonl', TRAIN));
+    await page.getByTestId('ft-val-file').setInputFiles(jsonl('val.jsonl', VALIDATION));
     await page.getByTestId('ft-output').fill('ui-bot');
     await page.getByTestId('ft-links').fill('3');
     await page.getByTestId('ft-rank').fill('4');
@@ -116,7 +124,10 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     expect(Number(await page.getByTestId('stat-loss').textContent())).toBeCloseTo(job.losses.at(-1)!.loss!, 3);
     expect(Number(await page.getByTestId('stat-tps').textContent())).toBeGreaterThan(0);
     expect(await page.getByTestId('cancel').isDisabled()).toBe(true);
-    await shot('job.png', 'main');
+    // the validation loss of each knot, as the API has it
+    const vals = await page.locator('[data-testid="knots"] tbody tr td:nth-child(5)').allTextContents();
+    expect(vals.map(Number)).toEqual(job.knots.map((k) => expect.closeTo(k.val_loss!, 3)));
+    await shot('job.png', 'main', true);
     // the jobs list shows it
     await page.getByRole('link', { name: 'Jobs', exact: true }).click();
     await page.locator(`tr[data-job="${jobId}"]`).waitFor();
@@ -135,7 +146,7 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     await page.getByTestId('download-adapter').click();
     const file = await (await dl).path();
     expect(fs.readFileSync(file!).subarray(0, 2).toString()).toBe('PK');
-    await shot('lineage.png', 'main');
+    await shot('lineage.png', 'main', true);
   }, 60_000);
 
   test('the playground streams, and compares two versions on the same prompt and seed', async () => {
@@ -155,6 +166,28 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     expect(await page.getByTestId('pg-info-b').textContent()).toMatch(/^ui-bot@3 · \d+ tokens/);
     await shot('playground.png', 'main');
   }, 60_000);
+
+  test('"tie a knot now" ties a knot in a running job; cancel stops it', async () => {
+    const api = createClient(s.url, tenantKey);
+    const long = await api.ok(
+      api.api.POST('/finetune', { body: { model: 'stories260K', output_model: 'ui-long', train: TRAIN, chain: { links: 1 }, lora: { rank: 2 }, epochs: 200, batch_size: 2, max_seq_len: 32 } }),
+    );
+    await page.goto(`${s.url}/ui#/jobs/${long.id}`);
+    await page.locator('[data-testid="job-status"]', { hasText: 'running' }).waitFor({ timeout: 120_000 });
+    // (a string: the test's tsconfig has no DOM types)
+    await page.waitForFunction(`Number(document.querySelector('[data-testid="stat-step"]')?.textContent?.split('/')[0]) >= 3`);
+    await page.getByTestId('tie-knot').click();
+    await page.locator('[data-testid="knots"] tbody tr').first().waitFor({ timeout: 120_000 });
+    expect(await page.locator('[data-testid="knots"] tbody tr').first().textContent()).toContain('ui-long@1');
+    expect(await page.getByTestId('job-status').textContent()).toBe('running');
+    await page.getByTestId('cancel').click();
+    await page.locator('[data-testid="job-status"]', { hasText: 'cancelled' }).waitFor({ timeout: 120_000 });
+    const j = await api.ok(api.api.GET('/finetune/{id}', { params: { path: { id: long.id } } }));
+    expect(j.status).toBe('cancelled');
+    expect(j.knots.length).toBeGreaterThanOrEqual(1);
+    expect(j.progress!.step).toBeLessThan(j.progress!.total_steps);
+    expect(await page.getByTestId('loss-chart').getAttribute('data-knots-drawn')).toBe(String(j.knots.length));
+  }, 240_000);
 
   test('/docs renders the API reference with the network blocked', async () => {
     await page.goto(`${s.url}/docs`);

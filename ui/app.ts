@@ -244,6 +244,7 @@ async function newJobPage() {
   const models = await c.ok(c.api.GET('/models')).catch(() => ({ data: [] }));
   const model = h('select', { testid: 'ft-model' }, ...models.data.map((m) => h('option', { value: m.name }, `${m.name} (${m.owner})`)));
   const file = h('input', { type: 'file', accept: '.jsonl,application/jsonl,application/x-ndjson,text/plain', testid: 'ft-file' });
+  const valFile = h('input', { type: 'file', accept: '.jsonl,application/jsonl,application/x-ndjson,text/plain', testid: 'ft-val-file' });
   const output = h('input', { placeholder: 'output model name (optional)', testid: 'ft-output' });
   const links = h('input', { type: 'number', min: 1, max: 64, value: 3, testid: 'ft-links' });
   const rank = h('input', { type: 'number', min: 1, max: 1024, value: 8, testid: 'ft-rank' });
@@ -268,13 +269,16 @@ async function newJobPage() {
           if (!f) return err.replaceChildren(h('div', { class: 'error' }, 'choose a JSONL file of training examples'));
           submit.disabled = true;
           try {
-            const text = await f.text();
-            const up = await c.ok(c.api.POST('/files', { body: text as never, bodySerializer: (b: unknown) => b as string, headers: { 'content-type': 'application/jsonl' } }));
+            const upload = async (x: File) => c.ok(c.api.POST('/files', { body: (await x.text()) as never, bodySerializer: (b: unknown) => b as string, headers: { 'content-type': 'application/jsonl' } }));
+            const up = await upload(f);
+            const vf = valFile.files?.[0];
+            const val = vf ? await upload(vf) : null;
             const job = await c.ok(
               c.api.POST('/finetune', {
                 body: {
                   model: model.value,
                   training_file: up.id,
+                  ...(val ? { validation_file: val.id } : {}),
                   ...(output.value.trim() ? { output_model: output.value.trim() } : {}),
                   chain: { links: Number(links.value) },
                   lora: { rank: Number(rank.value) },
@@ -293,7 +297,7 @@ async function newJobPage() {
           }
         },
       },
-      h('div', { class: 'row' }, h('div', { class: 'col' }, field('base model', model), field('training examples (JSONL: {"text"}, {"prompt","completion"} or {"messages"} per line)', file), field('output model', output)), h('div', { class: 'col' }, field('links (knots)', links), field('LoRA rank', rank), field('optimizer', optimizer), field('learning rate', lr)), h('div', { class: 'col' }, field('epochs', epochs), field('batch size', batch), field('max sequence length', seqLen))),
+      h('div', { class: 'row' }, h('div', { class: 'col' }, field('base model', model), field('training examples (JSONL: {"text"}, {"prompt","completion"} or {"messages"} per line)', file), field('validation examples (JSONL, optional: a val loss at each knot)', valFile), field('output model', output)), h('div', { class: 'col' }, field('links (knots)', links), field('LoRA rank', rank), field('optimizer', optimizer), field('learning rate', lr)), h('div', { class: 'col' }, field('epochs', epochs), field('batch size', batch), field('max sequence length', seqLen))),
       h('p', {}, submit),
       err,
     ),
