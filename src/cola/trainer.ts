@@ -23,6 +23,7 @@ import { createOptimizer, loadState, pruneState, type CarriedState, type Optimiz
 import { AutoKnots, type KnotDecision } from './auto.ts';
 import type { ModelWeights } from '../model/weights.ts';
 import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type GpuLinear, type LoraWeights } from '../model/transformer.ts';
+import { familyOf } from '../model/names.ts';
 import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type ChatEncoder, type Example, type EncodedExample, type Tokenizer } from './data.ts';
 import { autoOf, planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
 import { lrAt, type LrSchedule } from './lr.ts';
@@ -197,7 +198,7 @@ async function snapshotWeights(e: Engine, model: TransformerModel, base: ModelWe
     for (const short of spec.targets) {
       const lin = model.linearOf(layer, short);
       const name = moduleWeightName(c.arch, layer, short);
-      items.push({ name, t: lin.w, transpose: c.arch === 'gpt2' });
+      items.push({ name, t: lin.w, transpose: familyOf(c.arch).conv1d });
       if (spec.bias && lin.b) items.push({ name: name.replace(/\.weight$/, '.bias'), t: lin.b, transpose: false });
     }
   }
