@@ -4,6 +4,8 @@
 //
 // All types are plain data; no class from this file is required.
 
+import type { FinetuneRequestBody } from './domain/schemas.ts';
+
 /** A resolved model version, as the service hands it to the ML side. */
 export interface ResolvedVersion {
   /** Model name as the tenant sees it. */
@@ -149,8 +151,8 @@ export interface ExportService {
 export interface FinetuneJobSpec {
   id: string;
   tenantId: string;
-  /** The validated POST /finetune body (train examples resolved from training_file). */
-  request: Record<string, unknown>;
+  /** The validated POST /finetune body (defaults applied); train examples resolved from training_file are in `train`. */
+  request: FinetuneRequestBody;
   train: Example[];
   validation: Example[];
   base: ResolvedVersion;

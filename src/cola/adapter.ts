@@ -98,7 +98,8 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
     const name = rawName.replace(/\.(lora_[AB])\.default\.weight$/, '.$1.weight');
     const m = /^base_model\.model\.(.+)\.(lora_A\.weight|lora_B\.weight|bias)$/.exec(name);
     if (!m) throw new PeftError('not a PEFT LoRA tensor name (base_model.model.<module>.lora_A.weight / lora_B.weight / bias)', rawName);
-    const [, mod, kind] = m as unknown as [string, string, string];
+    const mod = m[1]!;
+    const kind = m[2]!;
     const hit = LORA_LAYER_PATTERNS.map((p) => ({ arch: p.arch, m: p.re.exec(mod) })).find((x) => x.m);
     if (!hit) throw new PeftError('not a LoRA-targetable linear layer of llama, opt or gpt2', rawName);
     if (arch && hit.arch !== arch) throw new PeftError(`mixes ${arch} and ${hit.arch} module names`, rawName);

@@ -26,8 +26,9 @@ import { decodeCarriedState, encodeCarriedState } from './optimizer.ts';
 import { OPTIMIZER_STATE_FILE, unpackExtra } from './peft.ts';
 import { readFileSync } from 'node:fs';
 import type { ChainConfig, ChainPlan } from './schedule.ts';
+import type { FinetuneRequestBody } from '../domain/schemas.ts';
 
-type Req = Record<string, any>;
+type Req = FinetuneRequestBody;
 
 /**
  * The scheduler key of a job's training steps: its tenant. Device time is shared fairly between

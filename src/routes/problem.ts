@@ -1,6 +1,7 @@
 // RFC 9457 problem details: every error the service answers is application/problem+json.
 import type { Context } from 'hono';
 import { z } from '@hono/zod-openapi';
+import { ProblemError } from '../domain/errors.ts';
 
 export const ProblemSchema = z
   .object({
@@ -44,17 +45,7 @@ const TYPES: Record<number, string> = {
   504: 'timeout',
 };
 
-/** Thrown anywhere in a handler; app.onError turns it into a problem response. */
-export class ProblemError extends Error {
-  constructor(
-    public readonly status: number,
-    public readonly detail: string,
-    public readonly opts: { errors?: { path: string; message: string }[]; headers?: Record<string, string>; type?: string } = {},
-  ) {
-    super(detail);
-    this.name = 'ProblemError';
-  }
-}
+export { ProblemError } from '../domain/errors.ts';
 
 export function problemBody(status: number, detail: string, errors?: { path: string; message: string }[], type?: string): Problem {
   return {
