@@ -65,6 +65,7 @@ describe('cola CLI against the real server', () => {
     expect(rows.map((v) => [v.version, v.kind, v.rank])).toEqual([[1, 'knot', 4], [2, 'knot', 4]]);
     const table = await cola(['versions', 'cli-bot'], env);
     expect(table.stdout.split('\n')[0]).toMatch(/^VERSION\s+KIND\s+PARENT/);
+    expect(table.stdout).toMatch(/^2\s+knot\s+cli-bot@1\s+job_\S+\s+2\s+4\s/m); // link 2 of the chain (1-based, as watch prints it)
     const models = await cola(['models'], env);
     expect(models.stdout).toMatch(/^stories260K\s+shared\s+llama/m);
     expect(models.stdout).toMatch(/^cli-bot\s+tenant\s+llama\s+\d+\s+2$/m);
