@@ -13,6 +13,7 @@ import { hfFolderFiles, loadHfWeights } from '../src/model/hf.ts';
 import { parseSafetensors } from '../src/model/safetensors.ts';
 import { type ModelWeights, halfBitsOf, halfTensor, setWeightsDtype, tensorToWrite, weightBytes, weightsDtypeOf } from '../src/model/weights.ts';
 import { toHalf } from '../src/gpu/half.ts';
+import { embedding } from '../src/gpu/ops/embedding.ts';
 import { TransformerModel, type LoraWeights } from '../src/model/transformer.ts';
 import { Generator, TokenStream, type GenerateResult, type SamplingOptions } from '../src/model/generate.ts';
 import { KvPool } from '../src/model/kvpool.ts';
@@ -149,3 +150,31 @@ test('a 16-bit tensor read as f32 and changed is written f32; unchanged it stays
   expect(halfBitsOf(t)).toBeNull();
   expect(tensorToWrite(t).dtype).toBe('F32');
 });
+
+test('a classifier and embedding over the storage-binding limit are used in vocabulary chunks (same logits and rows)', async () => {
+  const { half } = halfCheckpoint('tiny-smollm2', 'bf16'); // tied: the 64×32 bf16 table is both (4 KiB)
+  const m = TransformerModel.upload(e, half);
+  const c = m.config;
+  const rng = new Rng(11);
+  const N = 37;
+  const hidden = e.upload(rng.uniformArray(N * c.dim), [N, c.dim]);
+  const ids = e.upload(Int32Array.from({ length: N }, (_, i) => (i * 7) % (c.vocabSize + 3) - 1), [N], 'i32'); // some −1 and ≥ V
+  const whole = await e.readF32(m.logits(hidden));
+  const rowsWhole = await e.readF32(embedding(e, ids, m.embedding));
+  // Pretend the device binds at most 1 KiB: 16-row chunks of the table, 4 vocabulary chunks, 16 rows of hidden at a time.
+  const real = e.limits;
+  const fake = new Proxy(real, { get: (t, k) => (k === 'maxStorageBufferBindingSize' ? 1024 : Reflect.get(t, k)) });
+  Object.defineProperty(e, 'limits', { value: fake, configurable: true });
+  try {
+    expect(e.limits.maxStorageBufferBindingSize).toBe(1024);
+    const d0 = e.stats.dispatches;
+    const chunked = await e.readF32(m.logits(hidden));
+    expect(e.stats.dispatches - d0).toBe(3 * 4); // 3 blocks of rows × 4 vocabulary chunks
+    expect(Array.from(chunked)).toEqual(Array.from(whole));
+    expect(Array.from(await e.readF32(embedding(e, ids, m.embedding)))).toEqual(Array.from(rowsWhole));
+  } finally {
+    delete (e as any).limits;
+  }
+  expect(e.limits.maxStorageBufferBindingSize).toBeGreaterThan(1024);
+  m.free();
+}, 120_000);

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { createClient } from '../client/index.ts';
-import { cleanupDir, startServer, type ServerProc } from './service.fixtures.ts';
+import { cleanupDir, startServer, stories260kAdapter, type ServerProc } from './service.fixtures.ts';
 import { tempDir } from './db.fixtures.ts';
 
 const CHROMIUM = process.env.COLA_CHROMIUM ?? '/usr/bin/chromium';
@@ -134,12 +134,24 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     expect(await page.locator(`tr[data-job="${jobId}"]`).textContent()).toContain('v1, v2, v3');
   }, 240_000);
 
-  test('the lineage graph: base → knots, with sha256 and sizes', async () => {
+  test('the lineage graph: base → knots → merge, an import, with sha256 and sizes', async () => {
+    const api = createClient(s.url, tenantKey);
+    // a merge of an uploaded adapter onto ui-bot@3, and an imported model
+    const form = new FormData();
+    const a = stories260kAdapter();
+    form.append('adapter_config.json', new Blob([a.config]), 'adapter_config.json');
+    form.append('adapter_model.safetensors', new Blob([a.weights as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
+    const adapter = await api.ok(api.api.POST('/adapters', { body: {} as never, bodySerializer: () => form }));
+    const merged = await api.ok(api.api.POST('/merge', { body: { model: 'ui-bot', version: 3, adapter: adapter.id, output_model: 'ui-merged' } }));
+    expect(merged).toBeDefined();
+    await api.ok(api.api.POST('/models', { body: { name: 'ui-imported', source: { path: 'models/stories260K' } } }));
     await page.goto(`${s.url}/ui#/models?select=ui-bot@3`);
     await page.getByTestId('selected-version').waitFor();
-    for (const n of ['stories260K@0', 'ui-bot@1', 'ui-bot@2', 'ui-bot@3']) expect(await page.locator(`[data-node="${n}"]`).count()).toBe(1);
+    for (const n of ['stories260K@0', 'ui-bot@1', 'ui-bot@2', 'ui-bot@3', 'ui-imported@0']) expect(await page.locator(`[data-node="${n}"]`).count()).toBe(1);
     for (const e of ['stories260K@0->ui-bot@1', 'ui-bot@1->ui-bot@2', 'ui-bot@2->ui-bot@3']) expect(await page.locator(`[data-edge="${e}"]`).count()).toBe(1);
-    const api = createClient(s.url, tenantKey);
+    expect(await page.locator('[data-kind="merge"]').count()).toBe(1);
+    expect(await page.locator('[data-edge^="ui-bot@3->ui-merged@"]').count()).toBe(1);
+    expect(await page.locator('[data-node="ui-imported@0"]').getAttribute('data-kind')).toBe('import');
     const m = await api.ok(api.api.GET('/models/{name}', { params: { path: { name: 'ui-bot' } } }));
     expect(await page.getByTestId('sha256').textContent()).toBe(m.versions.find((v) => v.version === 3)!.sha256);
     const dl = page.waitForEvent('download');

@@ -7,6 +7,7 @@ import { describe, expect, test } from 'bun:test';
 import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
 import type { Database } from '../src/db/index.ts';
+import { toBrowserModule } from '../src/routes/ui.ts';
 
 const ROOT = path.resolve(import.meta.dir, '..');
 
@@ -28,14 +29,20 @@ describe('/ui', () => {
       const text = await r.text();
       if (u.endsWith('.js')) {
         expect(r.headers.get('content-type'), u).toContain('javascript');
-        for (const m of text.matchAll(/(?:^|\s)(?:import|export)\s[^;]*?from\s*"([^"]+)"|import\s*"([^"]+)"/g)) {
-          const spec = (m[1] ?? m[2])!;
+        for (const { path: spec } of new Bun.Transpiler({ loader: 'js' }).scanImports(text)) {
           expect(spec, `${u} imports ${spec}`).toStartWith('/ui/');
           queue.push(spec);
         }
       }
     }
     expect([...seen]).toEqual(expect.arrayContaining(['/ui/api.js', '/ui/chart.js', '/ui/lineage.js', '/ui/client.js', '/ui/vendor/uPlot.esm.js', '/ui/vendor/openapi-fetch.js']));
+  });
+
+  test('only import statements are rewritten, and an import /ui does not serve is refused', () => {
+    const js = toBrowserModule('import uPlot from "uplot";\nexport const k = (x: string) => (x === "import" ? "import" : "base");\nvoid uPlot;');
+    expect(js).toContain('from "/ui/vendor/uPlot.esm.js"');
+    expect(js).toContain('"import" ? "import" : "base"');
+    expect(() => toBrowserModule('import x from "left-pad";\nvoid x;')).toThrow('left-pad');
   });
 
   test('unknown files are 404 problems; nothing outside ui/ is reachable', async () => {

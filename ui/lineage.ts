@@ -74,7 +74,8 @@ export function renderLineage(models: LineageModel[], onSelect: (n: LineageNode)
   }
   for (const n of nodes) {
     const p = pos(n);
-    const kind = n.v?.kind ?? 'base';
+    // A tenant's own model whose first version has no parent was imported (the API calls it "base").
+    const kind = n.v?.kind === 'base' && n.owner === 'tenant' && !n.v.parent ? 'import' : (n.v?.kind ?? 'base');
     const g = el('g', { class: `node ${kind}`, transform: `translate(${p.x},${p.y})`, 'data-node': n.id, 'data-kind': kind });
     g.append(el('rect', { width: W, height: H }));
     g.append(el('text', { x: 8, y: 16, 'font-weight': 600 }, n.id));

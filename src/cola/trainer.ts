@@ -198,7 +198,8 @@ async function snapshotWeights(e: Engine, model: TransformerModel, base: ModelWe
     for (const short of spec.targets) {
       const lin = model.linearOf(layer, short);
       const name = moduleWeightName(c.arch, layer, short);
-      items.push({ name, t: lin.w, transpose: familyOf(c.arch).conv1d });
+      // A module still 16-bit was not merged (tieKnot makes merged ones f32): its base tensor stands.
+      if (lin.w.dtype === 'f32') items.push({ name, t: lin.w, transpose: familyOf(c.arch).conv1d });
       if (spec.bias && lin.b) items.push({ name: name.replace(/\.weight$/, '.bias'), t: lin.b, transpose: false });
     }
   }

@@ -424,10 +424,29 @@ export class TransformerModel {
     return rows;
   }
 
+  /**
+   * Vocabulary rows per chunk of the classifier when it is over the storage-binding limit (a
+   * 128k-token vocabulary: 501 MiB in bf16 against lavapipe's 128 MiB), 256-byte aligned; else V.
+   */
+  private vocabChunk(): number {
+    const V = this.config.vocabSize;
+    const cls = this.classifier;
+    const maxBind = this.e.limits.maxStorageBufferBindingSize;
+    if (cls.byteLength <= maxBind) return V;
+    const rowBytes = cls.byteLength / V;
+    const align = this.e.limits.minStorageBufferOffsetAlignment;
+    let g = rowBytes, a = align;
+    while (a) [g, a] = [a, g % a];
+    const alignRows = align / g;
+    return Math.max(alignRows, Math.floor(maxBind / rowBytes / alignRows) * alignRows);
+  }
+
   /** Logits (N,V) = hidden·Clsᵀ, computed in row chunks that fit a storage binding. */
   logits(hidden: Tensor): Tensor {
     const N = hidden.shape[0]!;
     const V = this.config.vocabSize;
+    const vc = this.vocabChunk();
+    if (vc < V) return this.logitsByVocabChunks(hidden, vc);
     const out = this.e.empty([N, V]);
     const step = this.headChunkRows(N);
     for (let r = 0; r < N; r += step) {
@@ -440,10 +459,37 @@ export class TransformerModel {
   }
 
   /**
+   * Logits with the classifier bound in vocabulary chunks: each (rows, vc) product goes to a scratch
+   * block and its rows are copied into place (one copy per row and chunk; decode has one row).
+   */
+  private logitsByVocabChunks(hidden: Tensor, vc: number): Tensor {
+    const e = this.e;
+    const N = hidden.shape[0]!;
+    const V = this.config.vocabSize;
+    const out = e.empty([N, V]);
+    const rows = Math.max(1, Math.min(N, Math.floor(e.limits.maxStorageBufferBindingSize / (vc * 4))));
+    for (let r = 0; r < N; r += rows) {
+      const r1 = Math.min(N, r + rows);
+      // hidden.rows needs 256-byte aligned offsets; a copy of the rows avoids the constraint.
+      const hv = rows >= N ? hidden : e.empty([r1 - r, this.config.dim]);
+      if (hv !== hidden) e.copyBytes(hidden, r * this.config.dim * 4, hv, 0, (r1 - r) * this.config.dim * 4);
+      for (let v0 = 0; v0 < V; v0 += vc) {
+        const v1 = Math.min(V, v0 + vc);
+        const part = matmul(e, hv, this.classifier.rows(v0, v1), { transB: true }); // (rows, v1 − v0)
+        for (let i = 0; i < r1 - r; i++) e.copyBytes(part, i * (v1 - v0) * 4, out, ((r + i) * V + v0) * 4, (v1 - v0) * 4);
+        part.free();
+      }
+      if (hv !== hidden) hv.free();
+    }
+    return out;
+  }
+
+  /**
    * Mean cross-entropy over non-ignored targets and its gradient w.r.t. hidden (N,D).
    * Returns loss (1) and dHidden (N,D).
    */
   lossAndHiddenGrad(hidden: Tensor, targets: Tensor): { loss: Tensor; dHidden: Tensor } {
+    if (this.vocabChunk() < this.config.vocabSize) throw new ShapeError(`the classifier (${this.classifier}) is over the storage-binding limit: training through it is not implemented (generation is)`);
     const logits = this.logits(hidden);
     const { loss, dLogits } = crossEntropy(this.e, logits, targets);
     logits.free();

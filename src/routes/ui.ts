@@ -22,11 +22,15 @@ const transpiler = new Bun.Transpiler({ loader: 'ts', target: 'browser' });
 /** A TypeScript module as browser JavaScript with its imports pointed at /ui URLs. */
 export function toBrowserModule(source: string): string {
   let js = transpiler.transformSync(source);
-  js = js.replace(/(from\s*|import\s*)"([^"]+)"/g, (m, pre: string, spec: string) => {
+  // Only import/export statements (at a line start, as the transpiler prints them), never string literals.
+  js = js.replace(/^(\s*(?:import|export)\b[^;"'`]*?(?:from\s*|import\s*))"([^"]+)"/gm, (m, pre: string, spec: string) => {
     if (IMPORTS[spec]) return `${pre}"${IMPORTS[spec]}"`;
     if (spec.startsWith('/ui/')) return m;
     throw new Error(`ui module imports "${spec}", which /ui does not serve`);
   });
+  const imports = new Bun.Transpiler({ loader: 'js' }).scanImports(js).map((i) => i.path);
+  const stray = imports.find((p) => !p.startsWith('/ui/'));
+  if (stray) throw new Error(`ui module imports "${stray}", which /ui does not serve`);
   return js;
 }
 
