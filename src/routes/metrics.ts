@@ -29,7 +29,7 @@ export class Metrics {
     jobsByStatus: Record<string, number>;
     gpuMemoryBytes: number | null;
     load: {
-      serving: { live: number; queued: number };
+      serving: { live: number; queued: number; weightBytes?: number; models?: number };
       scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> };
       bindGroups?: { hits: number; misses: number; evicted: number; collections: number };
       trainMemory?: { capacity: number; reserved: number; waiting: number };
@@ -64,6 +64,15 @@ export class Metrics {
     out.push('# HELP cola_generate_queued Generation requests waiting for a slot in this process.');
     out.push('# TYPE cola_generate_queued gauge');
     out.push(`cola_generate_queued ${extra.load?.serving.queued ?? 0}`);
+    const sv = extra.load?.serving;
+    if (sv?.weightBytes !== undefined) {
+      out.push('# HELP cola_serving_weight_bytes Device bytes of the weights of the models resident for serving (16-bit weights count 2 bytes a value).');
+      out.push('# TYPE cola_serving_weight_bytes gauge');
+      out.push(`cola_serving_weight_bytes ${sv.weightBytes}`);
+      out.push('# HELP cola_serving_models Models resident for serving.');
+      out.push('# TYPE cola_serving_models gauge');
+      out.push(`cola_serving_models ${sv.models ?? 0}`);
+    }
     if (extra.load) {
       const s = extra.load.scheduler;
       out.push('# HELP cola_gpu_busy_seconds_total Device time by work class (GPU scheduler units).');
