@@ -1,16 +1,14 @@
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { App, AppDeps, AppEnv } from './deps.ts';
-import { problems, ProblemError, notImplemented, zodErrors } from './problem.ts';
-import { IdParam, iso, ModelName, quotasOf, resolveVersion, tenantOf, VersionNumber } from './common.ts';
+import { problems, ProblemError, zodErrors } from './problem.ts';
+import { IdParam, iso, ModelName, quotasOf, tenantOf, VersionNumber } from './common.ts';
 import { AnyExample } from './schemas.ts';
-import { createFile, getFile, listFiles, readFileExamples, tenantStoredBytes } from '../db/repos/files.ts';
+import { createFile, getFile, listFiles, tenantStoredBytes } from '../db/repos/files.ts';
 import type { Example } from '../services.ts';
 import { newId } from '../db/ids.ts';
-import { MAX_FILE_LIMIT_BYTES } from '../config.ts';
 import { JsonlTooLargeError, readJsonl, type LineCheck } from '../util/jsonl.ts';
+import { evaluate } from '../usecases/evaluate.ts';
 
 const FileView = z.object({ id: z.string(), examples: z.number(), bytes: z.number(), filename: z.string().nullable(), created_at: z.string() }).openapi('File');
 const MAX_REPORTED = 20;
@@ -139,7 +137,7 @@ export function fileRoutes(app: App, d: AppDeps) {
         const f = await createFile(d.db, { id, tenantId: t.id, filename, path: stored.path, bytes: stored.bytes, examples: stored.examples });
         return c.json({ id: f.id, examples: f.examples, bytes: f.bytes, filename: f.filename, created_at: iso(f.createdAt)! }, 201);
       } catch (e) {
-        await fs.rm(stored.path, { force: true });
+        await d.store.discard(stored.path);
         throw e;
       }
     }) as never,
@@ -201,19 +199,6 @@ export function fileRoutes(app: App, d: AppDeps) {
         ...problems(400, 401, 404, 413, 415, 501, 503),
       },
     }),
-    async (c) => {
-      const t = tenantOf(c);
-      const b = c.req.valid('json');
-      const r = await resolveVersion(d, t, b.model, b.version ?? null);
-      let examples = b.examples as Example[] | undefined;
-      if (b.file) {
-        const f = await getFile(d.db, t.id, b.file);
-        if (!f) throw new ProblemError(404, `file ${b.file} not found`);
-        examples = await readFileExamples<Example>(f, MAX_FILE_LIMIT_BYTES);
-      }
-      if (!d.services.evaluation) throw notImplemented('evaluation');
-      const out = await d.services.evaluation.evaluate({ tenant: tenantOf(c).id, target: r.resolved, examples: examples!, signal: c.req.raw.signal });
-      return c.json(out, 200);
-    },
+    async (c) => c.json(await evaluate(d, tenantOf(c), c.req.valid('json'), c.req.raw.signal), 200),
   );
 }

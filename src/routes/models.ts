@@ -1,11 +1,9 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
-import { problems, ProblemError, notImplemented } from './problem.ts';
-import { absPath, iso, ModelName, resolveVersion, tenantOf, VersionParam } from './common.ts';
+import { problems, ProblemError } from './problem.ts';
+import { absPath, iso, ModelName, tenantOf, VersionParam } from './common.ts';
 import { findModel, listModels, listVersions } from '../db/repos/models.ts';
-import { importModel } from '../usecases/models.ts';
+import { exportAdapter, exportWeights, importModel } from '../usecases/models.ts';
 
 const ModelSummary = z.object({
   name: z.string(),
@@ -203,15 +201,8 @@ export function modelRoutes(app: App, d: AppDeps) {
     }),
     (async (c: any) => {
       const { name, v } = c.req.valid('param');
-      const r = await resolveVersion(d, tenantOf(c), name, v);
-      if (d.services.exporter) {
-        const f = await d.services.exporter.weightsFile(r.resolved);
-        return fileResponse(f.path, f.contentType, f.filename);
-      }
-      if (r.resolved.path.endsWith('.safetensors') && fs.existsSync(r.resolved.path)) {
-        return fileResponse(r.resolved.path, 'application/octet-stream', `${name}-v${v}.safetensors`);
-      }
-      throw notImplemented('safetensors export of this version (stored in another format)');
+      const f = await exportWeights(d, tenantOf(c), name, v);
+      return fileResponse(f.path, f.contentType, f.filename);
     }) as never,
   );
 
@@ -229,16 +220,8 @@ export function modelRoutes(app: App, d: AppDeps) {
     }),
     (async (c: any) => {
       const { name, v } = c.req.valid('param');
-      const r = await resolveVersion(d, tenantOf(c), name, v);
-      if (r.version.kind === 'base') throw new ProblemError(404, `version ${v} of "${name}" is a base version: it has no adapter`);
-      if (d.services.exporter) {
-        const f = await d.services.exporter.adapterFile({ ...r.resolved, adapterPath: r.version.adapterPath ? absPath(d, r.version.adapterPath) : null });
-        if (!f) throw new ProblemError(404, `no adapter was kept for version ${v} of "${name}"`);
-        return fileResponse(f.path, f.contentType, f.filename);
-      }
-      const p = r.version.adapterPath ? absPath(d, r.version.adapterPath) : null;
-      if (p && p.endsWith('.zip') && fs.existsSync(p)) return fileResponse(p, 'application/zip', `${name}-v${v}-adapter.zip`);
-      throw notImplemented('adapter export');
+      const f = await exportAdapter(d, tenantOf(c), name, v);
+      return fileResponse(f.path, f.contentType, f.filename);
     }) as never,
   );
 }

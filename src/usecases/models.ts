@@ -9,7 +9,7 @@ import { createModel, findModel, guardStorePaths, insertVersion } from '../db/re
 import type { Tenant } from '../db/schema.ts';
 import { ProblemError } from '../domain/errors.ts';
 import { notWired } from './adapters.ts';
-import { quotaExceeded, quotasOf, refuseSharedName, type UseCaseDeps } from './common.ts';
+import { absPath, quotaExceeded, quotasOf, refuseSharedName, resolveVersion, type UseCaseDeps } from './common.ts';
 
 /** Server paths a tenant may import from: the repository's models/ and <data dir>/imports/. */
 export function importRoots(d: Pick<UseCaseDeps, 'config'>): string[] {
@@ -77,4 +77,35 @@ export async function importModel(d: UseCaseDeps, t: Tenant, input: ImportInput)
   } finally {
     if (staged) await d.store.discard(staged);
   }
+}
+
+/** A file a version exports, for the route to stream. */
+export interface ExportedFile {
+  path: string;
+  contentType: string;
+  filename: string;
+}
+
+/** The merged weights of a version as one safetensors file (converted once when stored otherwise). */
+export async function exportWeights(d: UseCaseDeps, t: Tenant, name: string, version: number): Promise<ExportedFile> {
+  const r = await resolveVersion(d, t, name, version);
+  if (d.services.exporter) return d.services.exporter.weightsFile(r.resolved);
+  if (r.resolved.path.endsWith('.safetensors') && fs.existsSync(r.resolved.path)) {
+    return { path: r.resolved.path, contentType: 'application/octet-stream', filename: `${name}-v${version}.safetensors` };
+  }
+  throw notWired('safetensors export of this version (stored in another format)');
+}
+
+/** The PEFT adapter (ZIP) that made a knot or merge version from its parent. */
+export async function exportAdapter(d: UseCaseDeps, t: Tenant, name: string, version: number): Promise<ExportedFile> {
+  const r = await resolveVersion(d, t, name, version);
+  if (r.version.kind === 'base') throw new ProblemError(404, `version ${version} of "${name}" is a base version: it has no adapter`);
+  const p = r.version.adapterPath ? absPath(d, r.version.adapterPath) : null;
+  if (d.services.exporter) {
+    const f = await d.services.exporter.adapterFile({ ...r.resolved, adapterPath: p });
+    if (!f) throw new ProblemError(404, `no adapter was kept for version ${version} of "${name}"`);
+    return f;
+  }
+  if (p && p.endsWith('.zip') && fs.existsSync(p)) return { path: p, contentType: 'application/zip', filename: `${name}-v${version}-adapter.zip` };
+  throw notWired('adapter export');
 }
