@@ -23,6 +23,7 @@ import { createOptimizer, loadState, pruneState, type CarriedState, type Optimiz
 import { AutoKnots, type KnotDecision } from './auto.ts';
 import type { ModelWeights } from '../model/weights.ts';
 import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type GpuLinear, type LoraWeights } from '../model/transformer.ts';
+import { familyOf } from '../model/names.ts';
 import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type ChatEncoder, type Example, type EncodedExample, type Tokenizer } from './data.ts';
 import { autoOf, planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
 import { lrAt, type LrSchedule } from './lr.ts';
@@ -198,7 +199,7 @@ async function snapshotWeights(e: Engine, model: TransformerModel, base: ModelWe
       const lin = model.linearOf(layer, short);
       const name = moduleWeightName(c.arch, layer, short);
       // A module still 16-bit was not merged (tieKnot makes merged ones f32): its base tensor stands.
-      if (lin.w.dtype === 'f32') items.push({ name, t: lin.w, transpose: c.arch === 'gpt2' });
+      if (lin.w.dtype === 'f32') items.push({ name, t: lin.w, transpose: familyOf(c.arch).conv1d });
       if (spec.bias && lin.b) items.push({ name: name.replace(/\.weight$/, '.bias'), t: lin.b, transpose: false });
     }
   }

@@ -12,6 +12,7 @@ import { canFuseDecode, canFuseDecodeBatch, fusedDecodeStep, packedLayout, type 
 import { Rng } from '../util/rng.ts';
 import type { TextTokenizer } from './tokenizer.ts';
 import { bucketLen, type TransformerModel } from './transformer.ts';
+import { familyOf, plainMlp } from './names.ts';
 
 export const MAX_GENERATE_TOKENS = 4096;
 export const MAX_STOP_SEQUENCES = 8;
@@ -253,8 +254,8 @@ export class Generator {
       const n1 = model.applyNorm(x, L.attnNorm);
       let q: Strided, k: Strided, v: Strided;
       const owned: Tensor[] = [];
-      if (c.arch === 'gpt2') {
-        const lin = L.linears.get('c_attn')!;
+      if (familyOf(c.arch).fusedQkv) {
+        const lin = L.linears.get(familyOf(c.arch).fusedQkv!)!;
         const qkv = linear(e, n1, lin.w, lin.b);
         owned.push(qkv);
         q = { t: qkv, stride: 3 * c.dim, off: 0 };
@@ -286,7 +287,7 @@ export class Generator {
         att = r.out;
       }
       qr.free();
-      const o = L.linears.get(c.arch === 'gpt2' ? 'attn.c_proj' : 'o')!;
+      const o = L.linears.get(familyOf(c.arch).attnOut)!;
       matmul(e, att.view([T, c.nHeads * Dh]), o.w, { transB: true, accumulate: x, bias: o.b ?? undefined }); // x += att·Woᵀ + b
       att.free();
       const n2 = model.applyNorm(x, L.ffnNorm);
@@ -302,7 +303,7 @@ export class Generator {
         ut.free();
         down = L.linears.get('down')!;
       } else {
-        const [fc1, fc2] = c.arch === 'opt' ? ['fc1', 'fc2'] : ['c_fc', 'mlp.c_proj'];
+        const [fc1, fc2] = plainMlp(c.arch);
         const l1 = L.linears.get(fc1!)!;
         const pre = linear(e, n2, l1.w, l1.b);
         act = c.activation === 'relu' ? relu(e, pre) : gelu(e, pre);

@@ -20,7 +20,7 @@ import { crossEntropy } from '../gpu/ops/loss.ts';
 import { sliceCols, scatterCols } from '../gpu/ops/layout.ts';
 import type { ModelConfig } from './config.ts';
 import { modelInvFreq } from './rope.ts';
-import { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName } from './names.ts';
+import { familyOf, plainMlp, hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName } from './names.ts';
 
 export { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName };
 import { type ModelWeights, type WeightTensor, classifierWeight, getTensor, halfBitsOf, linearWeight } from './weights.ts';
@@ -157,17 +157,16 @@ export class TransformerModel {
       return e.upload(t.data, t.shape);
     };
     const upOpt = (name: string) => (weights.tensors.has(name) ? up(name) : null);
-    const embName = c.arch === 'llama' ? 'model.embed_tokens.weight' : c.arch === 'opt' ? 'model.decoder.embed_tokens.weight' : 'transformer.wte.weight';
-    m.embedTable = upMatrix(getTensor(weights, embName));
-    if (c.arch === 'opt') m.posTable = up('model.decoder.embed_positions.weight');
-    if (c.arch === 'gpt2') m.posTable = up('transformer.wpe.weight');
+    const fam = familyOf(c.arch);
+    m.embedTable = upMatrix(getTensor(weights, fam.embedding));
+    if (fam.positions) m.posTable = up(fam.positions);
     if (c.tiedEmbeddings) m.classifier = m.embedTable;
     else m.classifier = upMatrix(classifierWeight(weights));
-    const fn = c.arch === 'llama' ? 'model.norm' : c.arch === 'opt' ? 'model.decoder.final_layer_norm' : 'transformer.ln_f';
+    const fn = fam.finalNorm;
     m.finalNorm = { w: up(`${fn}.weight`), b: upOpt(`${fn}.bias`) };
     for (let i = 0; i < c.nLayers; i++) {
       const p = layerPrefixOf(c.arch, i);
-      const [n1, n2] = c.arch === 'llama' ? ['input_layernorm', 'post_attention_layernorm'] : c.arch === 'opt' ? ['self_attn_layer_norm', 'final_layer_norm'] : ['ln_1', 'ln_2'];
+      const [n1, n2] = fam.norms;
       const linears = new Map<string, GpuLinear>();
       for (const short of moduleShorts(c.arch)) {
         const wn = moduleWeightName(c.arch, i, short);
@@ -351,8 +350,8 @@ export class TransformerModel {
       const n1 = this.norm(x, L.attnNorm);
       let q: Tensor, k: Tensor, v: Tensor;
       let qkvIn: Tensor | null = null;
-      if (c.arch === 'gpt2') {
-        const qkv = this.proj(i, 'c_attn', n1.y, lora, h); // (N,3D)
+      if (familyOf(c.arch).fusedQkv) {
+        const qkv = this.proj(i, familyOf(c.arch).fusedQkv!, n1.y, lora, h); // (N,3D)
         q = sliceCols(e, qkv, 0, c.dim).view([B, T, c.nHeads, Dh]);
         k = sliceCols(e, qkv, c.dim, c.dim).view([B, T, c.nKvHeads, Dh]);
         v = sliceCols(e, qkv, 2 * c.dim, c.dim).view([B, T, c.nKvHeads, Dh]);
@@ -373,7 +372,7 @@ export class TransformerModel {
       }
       const att = attention(e, q, k, v, { keyMask: batch.keyMask });
       const attFlat = att.out.view([N, c.nHeads * Dh]);
-      const o = this.proj(i, c.arch === 'gpt2' ? 'attn.c_proj' : 'o', attFlat, lora, h);
+      const o = this.proj(i, familyOf(c.arch).attnOut, attFlat, lora, h);
       const x2 = add(e, x, o);
       o.free();
       yield; // mid-layer: attention done, FFN next (finer hand-over points for the GPU scheduler)
@@ -388,7 +387,7 @@ export class TransformerModel {
         pre = [g, u];
         f = this.proj(i, 'down', act, lora, h);
       } else {
-        const [fc1, fc2] = c.arch === 'opt' ? ['fc1', 'fc2'] : ['c_fc', 'mlp.c_proj'];
+        const [fc1, fc2] = plainMlp(c.arch);
         const a = this.proj(i, fc1!, n2.y, lora, h);
         act = c.activation === 'relu' ? relu(e, a) : gelu(e, a);
         pre = [a];
@@ -539,7 +538,7 @@ export class TransformerModel {
         dxa.free();
         dxb.free();
       } else {
-        const [fc1, fc2] = c.arch === 'opt' ? ['fc1', 'fc2'] : ['c_fc', 'mlp.c_proj'];
+        const [fc1, fc2] = plainMlp(c.arch);
         const dAct = this.projBackward(i, fc2!, dx, s.act, lora, s.h, grads)!;
         const dPre = c.activation === 'relu' ? reluBackward(e, dAct, s.pre[0]!) : geluBackward(e, dAct, s.pre[0]!);
         dAct.free();
@@ -555,7 +554,7 @@ export class TransformerModel {
       for (const t of [...s.pre, s.act, s.xn2, ...s.n2, s.x2]) t.free();
       // Attention: x2 = x + o(attn(q, k, v))
       const attFlat = s.att.out.view([N, c.nHeads * Dh]);
-      const dAtt = this.projBackward(i, c.arch === 'gpt2' ? 'attn.c_proj' : 'o', dx2, attFlat, lora, s.h, grads)!;
+      const dAtt = this.projBackward(i, familyOf(c.arch).attnOut, dx2, attFlat, lora, s.h, grads)!;
       const { dq, dk, dv } = attentionBackward(e, dAtt.view([B, T, c.nHeads, Dh]), s.q, s.k, s.v, s.att);
       dAtt.free();
       s.att.out.free();
@@ -570,12 +569,12 @@ export class TransformerModel {
         dk.free();
       }
       let dn1: Tensor;
-      if (c.arch === 'gpt2') {
+      if (familyOf(c.arch).fusedQkv) {
         const dqkv = e.empty([N, 3 * c.dim]);
         scatterCols(e, dqr.view([N, c.dim]), dqkv, 0);
         scatterCols(e, dkr.view([N, c.dim]), dqkv, c.dim);
         scatterCols(e, dv.view([N, c.dim]), dqkv, 2 * c.dim);
-        dn1 = this.projBackward(i, 'c_attn', dqkv, s.xn, lora, s.h, grads)!;
+        dn1 = this.projBackward(i, familyOf(c.arch).fusedQkv!, dqkv, s.xn, lora, s.h, grads)!;
         dqkv.free();
       } else {
         const a = this.projBackward(i, 'q', dqr.view([N, c.nHeads * Dh]), s.xn, lora, s.h, grads)!;

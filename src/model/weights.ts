@@ -10,6 +10,7 @@
 //   = true); they are not permuted to HF's rotate_half layout.
 // - lm_head.weight is absent when config.tiedEmbeddings (use the token embedding).
 import type { ModelConfig } from './config.ts';
+import { familyOf } from './names.ts';
 import { configFromHf, configToHf } from './config.ts';
 import { type ParsedSafetensors, type SafeTensor, type TensorToWrite, encodeSafetensors, numelOf, toFloat32 } from './safetensors.ts';
 import { fromHalf, halfBits, roundToHalf, type HalfKind } from '../gpu/half.ts';
@@ -221,7 +222,7 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
 
 /** Name of the token-embedding tensor (also the classifier when tied). */
 export function embeddingName(c: ModelConfig): string {
-  return c.arch === 'llama' ? 'model.embed_tokens.weight' : c.arch === 'opt' ? 'model.decoder.embed_tokens.weight' : 'transformer.wte.weight';
+  return familyOf(c.arch).embedding;
 }
 
 /** The classifier matrix (V, D): lm_head.weight, or the token embedding when tied. */
@@ -241,7 +242,7 @@ export function getTensor(w: ModelWeights, name: string): WeightTensor {
  */
 export function linearWeight(w: ModelWeights, name: string): WeightTensor {
   const t = getTensor(w, name);
-  if (w.config.arch !== 'gpt2' || !/\.(c_attn|c_proj|c_fc)\.weight$/.test(name)) return t;
+  if (!familyOf(w.config.arch).conv1d || !/\.(c_attn|c_proj|c_fc)\.weight$/.test(name)) return t;
   const [rows, cols] = t.shape as [number, number];
   const out = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = t.data[r * cols + c]!;
