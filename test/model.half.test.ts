@@ -178,3 +178,22 @@ test('a classifier and embedding over the storage-binding limit are used in voca
   expect(e.limits.maxStorageBufferBindingSize).toBeGreaterThan(1024);
   m.free();
 }, 120_000);
+
+test('a mixed model (q, v f32 after a knot, the rest bf16): the one-dispatch decoders run widened to f32, same greedy ids', async () => {
+  const { half, upcast } = halfCheckpoint('tiny-llama3', 'bf16');
+  for (let i = 0; i < half.config.nLayers; i++) {
+    for (const m of ['q_proj', 'v_proj']) delete half.tensors.get(`model.layers.${i}.self_attn.${m}.weight`)!.dtype; // as a merged module
+  }
+  expect(weightsDtypeOf(half)).toBe('mixed');
+  const mm = TransformerModel.upload(e, half);
+  const mf = TransformerModel.upload(e, upcast);
+  expect(mm.linearOf(0, 'q').w.dtype).toBe('f32');
+  expect(mm.linearOf(0, 'k').w.dtype).toBe('bf16');
+  const gm = await generations(mm);
+  const gf = await generations(mf);
+  expect(gm.fusedBatch).toBe(true);
+  expect(gm.ids).toEqual(gf.ids);
+  expectClose(gm.promptLogits, gf.promptLogits, 1e-5, 1e-5, 'mixed prompt logits');
+  mm.free();
+  mf.free();
+}, 300_000);

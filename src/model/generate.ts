@@ -140,13 +140,13 @@ export class Generator {
     if (!this.allowFused || !this.e.ctx.info.isSoftware) return null;
     if (c.arch !== 'llama' || c.qkvBias || c.oBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
     const spec = this.specFor();
-    // The packed matrices share one precision: all f32, or all f16/bf16 (a model with some modules
-    // merged to f32 after a knot and the rest 16-bit takes the layer-by-layer path).
+    // The packed matrices share one precision: all f16/bf16 when the model's are, else f32 (a model
+    // with some modules merged to f32 after a knot and the rest 16-bit is packed widened to f32:
+    // these models are small, ≤ FUSED_DECODE_MAX_PARAMS).
     const m = this.model;
     const mats = [m.embedding, m.classifierWeight, ...m.layers.flatMap((L) => ['q', 'k', 'v', 'o', 'gate', 'up', 'down'].map((s) => L.linears.get(s)!.w))];
     const kinds = new Set(mats.map((t) => t.dtype));
-    if (kinds.size !== 1) return null;
-    const kind = mats[0]!.dtype;
+    const kind = kinds.size === 1 ? mats[0]!.dtype : 'f32';
     const lay = packedLayout(spec, c.tiedEmbeddings, kind === 'f16' || kind === 'bf16' ? kind : undefined);
     if (!canFuseDecode(this.e, spec, lay)) return null;
     if (batch && !canFuseDecodeBatch(this.e, spec, lay)) return null;
@@ -166,7 +166,16 @@ export class Generator {
   private packWeights(lay: PackedLayout): { packed: Tensor; lay: PackedLayout } {
     const { e, model } = this;
     const packed = e.empty([lay.total]);
-    const put = (t: Tensor, at: number) => e.copyBytes(t, 0, packed, at * 4, t.byteLength);
+    const put = (t: Tensor, at: number) => {
+      if (lay.half || t.dtype === 'f32') return e.copyBytes(t, 0, packed, at * 4, t.byteLength);
+      // A 16-bit matrix into an f32 layout: widened by gathering all its rows (the embedding kernel).
+      const R = t.shape[0]!;
+      const ids = e.upload(Int32Array.from({ length: R }, (_, i) => i), [R], 'i32');
+      const f = embedding(e, ids, t);
+      e.copyBytes(f, 0, packed, at * 4, f.byteLength);
+      f.free(); // pooled: reuse is ordered after the copy
+      ids.free();
+    };
     put(model.embedding, lay.emb);
     model.layers.forEach((L, i) => {
       const o = lay.layers[i]!;
