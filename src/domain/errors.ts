@@ -12,3 +12,8 @@ export class ProblemError extends Error {
     this.name = 'ProblemError';
   }
 }
+
+/** zod issues → [{path, message}] with a JSON-pointer-like dotted path. */
+export function zodErrors(issues: readonly { path: readonly PropertyKey[]; message: string }[]) {
+  return issues.slice(0, 50).map((i) => ({ path: i.path.map(String).join('.') || '(body)', message: i.message }));
+}

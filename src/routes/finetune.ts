@@ -5,8 +5,7 @@ import { problems, ProblemError } from './problem.ts';
 import { IdParam, iso, tenantOf } from './common.ts';
 import { FinetuneRequest, JobView, LossPage } from './schemas.ts';
 import { getJob, listEvents, listJobs, listSteps, sampledLosses, type LossPoint } from '../db/repos/jobs.ts';
-import { submitFinetune } from '../usecases/finetune.ts';
-import { requestCancel } from '../jobs/transitions.ts';
+import { cancelFinetune, submitFinetune } from '../usecases/finetune.ts';
 import { isTerminal, type JobStatus } from '../domain/job-states.ts';
 import type { Job } from '../db/schema.ts';
 
@@ -133,13 +132,7 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       responses: { 200: { description: 'cancelled or cancelling', content: { 'application/json': { schema: JobView } } }, ...problems(400, 401, 404, 409) },
     }),
     async (c) => {
-      const t = tenantOf(c);
-      const { id } = c.req.valid('param');
-      const j = await getJob(d.db, t.id, id);
-      if (!j) throw new ProblemError(404, 'job not found');
-      const r = await requestCancel(d.db, t.id, id);
-      if (!r) throw new ProblemError(409, `job is already ${(await getJob(d.db, t.id, id))?.status ?? j.status}`);
-      return c.json(await viewOf(d, (await getJob(d.db, t.id, id))!), 200);
+      return c.json(await viewOf(d, await cancelFinetune(d, tenantOf(c), c.req.valid('param').id)), 200);
     },
   );
 

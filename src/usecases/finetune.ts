@@ -14,7 +14,8 @@ import { admitFinetune } from '../cola/runner.ts';
 import { ChatTemplate } from '../model/chat.ts';
 import { configFromRegistration } from '../model/config.ts';
 import { chatTemplateOf } from '../model/versions.ts';
-import { requestKnot as markKnotRequested, submit } from '../jobs/transitions.ts';
+import { requestCancel, requestKnot as markKnotRequested, submit } from '../jobs/transitions.ts';
+import type { Job } from '../db/schema.ts';
 import { absPath, quotaExceeded, quotasOf, refuseSharedName, resolveVersion, type UseCaseDeps } from './common.ts';
 
 export async function submitFinetune(d: UseCaseDeps, t: Tenant, body: FinetuneRequestBody): Promise<{ id: string; status: 'queued'; output_model: string }> {
@@ -88,4 +89,13 @@ export async function requestKnot(d: UseCaseDeps, t: Tenant, input: { job: strin
     if (cur.status !== 'running') throw new ProblemError(409, `job became ${cur.status} before the knot was tied`);
   }
   throw new ProblemError(504, `the job did not tie the knot within ${input.timeout_s} s; the request stays pending and the job ties it at its next step`);
+}
+
+/** Cancels a job: a queued one at once, a running one at its next step (knots already tied stay). 409 when it already finished. */
+export async function cancelFinetune(d: UseCaseDeps, t: Tenant, id: string): Promise<Job> {
+  const j = await getJob(d.db, t.id, id);
+  if (!j) throw new ProblemError(404, 'job not found');
+  const r = await requestCancel(d.db, t.id, id);
+  if (!r) throw new ProblemError(409, `job is already ${(await getJob(d.db, t.id, id))?.status ?? j.status}`);
+  return (await getJob(d.db, t.id, id))!;
 }
