@@ -12,7 +12,7 @@ import { loadModelFromPath, type LoadedModel } from '../model/registry.ts';
 import type { ModelConfig } from '../model/config.ts';
 import { hasBias } from '../model/names.ts';
 import { saveSafetensorsWeights } from '../model/weights.ts';
-import type { ChatEncoder, Tokenizer, Example } from './data.ts';
+import type { ChatEncoder, Example } from './data.ts';
 import { ChatTemplateError, encodeChatForTraining } from '../model/chat.ts';
 import { ColaConfigError } from './errors.ts';
 import { layerModules } from './modules.ts';
@@ -194,7 +194,7 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
   return {
     async run(job: FinetuneJobSpec, ctx: JobContext) {
       const base = loadVersion(repoRoot, job.base);
-      const tokenizer = base.tokenizer as unknown as Tokenizer;
+      const tokenizer = base.tokenizer;
       // EOS ends completions and pads batches; BOS is optional (Qwen2 has none).
       if (base.tokenizer.eos === null) throw new UserInputError('the base model has no EOS token; fine-tuning needs one');
       const chat = chatEncoderOf(base);

@@ -24,7 +24,7 @@ import { AutoKnots, type KnotDecision } from './auto.ts';
 import type { ModelWeights } from '../model/weights.ts';
 import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type GpuLinear, type LoraWeights } from '../model/transformer.ts';
 import { familyOf } from '../model/names.ts';
-import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type ChatEncoder, type Example, type EncodedExample, type Tokenizer } from './data.ts';
+import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type ChatEncoder, type Example, type EncodedExample, type TokenizerLike } from './data.ts';
 import { autoOf, planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
 import { lrAt, type LrSchedule } from './lr.ts';
 import { chainFlops } from './flops.ts';
@@ -122,7 +122,8 @@ export interface TrainInput {
   device?: TrainDevice;
   /** Starting weights: the base model, or the last knot's merged weights when resuming. */
   weights: ModelWeights;
-  tokenizer: Tokenizer;
+  /** BOS may be absent (Qwen2); EOS is needed: it ends completions and pads batches. */
+  tokenizer: TokenizerLike;
   train: Example[];
   validation?: Example[];
   config: TrainConfig;
@@ -136,7 +137,7 @@ export interface TrainInput {
 }
 
 /** Encodes the examples once; errors name the offending example. */
-export function encodeAll(tok: Tokenizer, xs: Example[], maxSeqLen: number, what: string, chat: ChatEncoder | null = null): EncodedExample[] {
+export function encodeAll(tok: TokenizerLike, xs: Example[], maxSeqLen: number, what: string, chat: ChatEncoder | null = null): EncodedExample[] {
   return xs.map((x, i) => encodeExample(tok, x, { maxSeqLen, chat }, `${what}[${i}]`));
 }
 
@@ -269,6 +270,7 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
   const epochCfg = { n: rows.length, batchSize: cfg.batchSize, epochs: cfg.epochs, seed: cfg.seed, shuffle: cfg.shuffle };
   const sched: LrSchedule = { ...cfg.schedule, lr: cfg.optimizer.lr };
   const padId = tokenizer.eos;
+  if (padId === null) throw new ColaConfigError('model', 'the tokenizer has no EOS token; fine-tuning needs one');
   const arch = archConfigOf(input.weights.config);
   const flopsOf = (p: ChainPlan) => chainFlops(arch, p, { targets: cfg.lora.targets, tokensPerStep: cfg.batchSize * cfg.maxSeqLen, seqLen: cfg.maxSeqLen });
   let flops = flopsOf(plan);
