@@ -1,8 +1,7 @@
 // /files (upload, list, read) and POST /evaluate: route + handler; the work is in
 // src/usecases/files.ts and src/usecases/evaluate.ts.
 import { createRoute, z } from '@hono/zod-openapi';
-import type { Context } from 'hono';
-import type { App, AppDeps, AppEnv } from './deps.ts';
+import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
 import { IdParam, iso, ModelName, tenantOf, VersionNumber } from './common.ts';
 import { AnyExample } from './schemas.ts';
@@ -39,7 +38,7 @@ export function fileRoutes(app: App, d: AppDeps) {
         ...problems(400, 401, 413, 415, 429),
       },
     }),
-    (async (c: Context<AppEnv>) => {
+    async (c) => {
       const t = tenantOf(c);
       const ct = (c.req.header('content-type') ?? '').toLowerCase();
       const f = await uploadFile(d, t, async () => {
@@ -58,7 +57,7 @@ export function fileRoutes(app: App, d: AppDeps) {
         return { body: c.req.raw.body ?? new Blob([]).stream(), filename: null };
       });
       return c.json({ id: f.id, examples: f.examples, bytes: f.bytes, filename: f.filename, created_at: iso(f.createdAt)! }, 201);
-    }) as never,
+    },
   );
 
   app.openapi(

@@ -1,8 +1,7 @@
 // POST /merge (tie a knot now, or merge an uploaded adapter into a version) and the adapters'
 // routes. Route + handler only: the work is in src/usecases (finetune.ts requestKnot, adapters.ts).
 import { createRoute, z } from '@hono/zod-openapi';
-import type { Context } from 'hono';
-import type { App, AppDeps, AppEnv } from './deps.ts';
+import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
 import { IdParam, iso, ModelName, tenantOf, VersionNumber } from './common.ts';
 import { getAdapter } from '../db/repos/files.ts';
@@ -30,11 +29,11 @@ export function mergeRoutes(app: App, d: AppDeps) {
         ...problems(400, 401, 404, 409, 413, 415, 429, 501, 503, 504),
       },
     }),
-    (async (c: Context<AppEnv>) => {
+    async (c) => {
       const t = tenantOf(c);
-      const b = (c.req as any).valid('json') as z.infer<typeof MergeBody>;
+      const b = c.req.valid('json');
       return c.json('job' in b ? await requestKnot(d, t, b) : await mergeAdapter(d, t, b), 200);
-    }) as never,
+    },
   );
 
   const AdapterView = z.object({ id: z.string(), config: z.record(z.string(), z.unknown()), sha256: z.string(), bytes: z.number(), created_at: z.string() }).openapi('Adapter');
@@ -62,7 +61,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
       },
       responses: { 201: { description: 'stored', content: { 'application/json': { schema: z.object({ id: z.string() }) } } }, ...problems(400, 401, 413, 415, 429) },
     }),
-    (async (c: Context<AppEnv>) => {
+    async (c) => {
       const t = tenantOf(c);
       const form = await c.req.parseBody().catch(() => {
         throw new ProblemError(400, 'malformed multipart body');
@@ -76,7 +75,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
       if (cfgPart instanceof File && cfgPart.size > MAX_ADAPTER_CONFIG_BYTES) throw new ProblemError(400, 'adapter_config.json over 1 MiB');
       const configText = cfgPart instanceof File ? await cfgPart.text() : String(cfgPart);
       return c.json(await uploadAdapter(d, t, { configText, weights: model as File }), 201);
-    }) as never,
+    },
   );
 
   app.openapi(
