@@ -138,7 +138,9 @@ export class Generator {
     // CPU drivers only: there one workgroup is one thread doing the whole step without dispatch
     // overhead; on a GPU one workgroup would leave all but one multiprocessor idle.
     if (!this.allowFused || !this.e.ctx.info.isSoftware) return null;
-    if (c.arch !== 'llama' || c.qkvBias || c.oBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
+    // The fused kernels read separate q/k/v and a gated FFN in Linear layout, RoPE, no biases.
+    const fam = familyOf(c.arch);
+    if (fam.fusedQkv || fam.mlp || fam.conv1d || c.qkvBias || c.oBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
     const spec = this.specFor();
     // The packed matrices share one precision: all f16/bf16 when the model's are, else f32 (a model
     // with some modules merged to f32 after a knot and the rest 16-bit is packed widened to f32:
