@@ -139,7 +139,7 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
     if (prev && (prev.in !== inF || prev.out !== outF)) throw new PeftError(`${e.short} is (${outF}, ${inF}) here but (${prev.out}, ${prev.in}) in another layer`, where);
     shapesByShort.set(e.short, { in: inF, out: outF });
   }
-  return { ...storedPeftConfig(pc, { fanInFanOut: arch === 'gpt2' ? true : pc.fan_in_fan_out }) };
+  return { ...storedPeftConfig(pc, { fanInFanOut: arch && familyOf(arch).conv1d ? true : pc.fan_in_fan_out }) };
 }
 
 // ------------------------------------------------------------------------------------- merge
