@@ -11,6 +11,9 @@ import { familyOf, hfModulePath, layerPrefixOf } from '../model/names.ts';
 
 export type Architecture = 'llama' | 'opt' | 'gpt2';
 
+/** How messages name a family. */
+const FAMILY_NAMES: Record<Architecture, string> = { llama: 'Llama', opt: 'OPT', gpt2: 'GPT-2' };
+
 export interface ArchConfig {
   architecture: Architecture;
   /** Model width (hidden_size / n_embd). */
@@ -129,8 +132,10 @@ export function resolveTargets(cfg: ArchConfig, targets: readonly string[], path
     if (typeof t !== 'string') throw new ColaConfigError(`${path}[${i}]`, 'must be a string');
     const hit = Object.entries(aliases).find(([, names]) => names.includes(t));
     if (!hit) {
-      if (cfg.architecture === 'gpt2' && t === 'c_proj') {
-        throw new ColaConfigError(`${path}[${i}]`, 'GPT-2 has two c_proj layers: say "attn.c_proj" or "mlp.c_proj"');
+      // A leaf name two modules share (GPT-2's c_proj): ask for the full path.
+      const sharing = mods.filter((m) => m.hfPath.split('.').pop() === t);
+      if (sharing.length > 1) {
+        throw new ColaConfigError(`${path}[${i}]`, `${FAMILY_NAMES[cfg.architecture]} has ${sharing.length === 2 ? 'two' : sharing.length} ${t} layers: say ${sharing.map((m) => JSON.stringify(m.hfPath)).join(' or ')}`);
       }
       const valid = Object.values(aliases).map((n) => n.slice(0, 2).join('|'));
       throw new ColaConfigError(`${path}[${i}]`, `unknown layer ${JSON.stringify(t)} for ${cfg.architecture}; valid: ${valid.join(', ')}`);
