@@ -106,14 +106,14 @@ export async function start(config: Config, log: (m: string) => void = (m) => co
   await registerBaseModel(database.db, config, log);
   const { services, engine } = createServices(config);
   const queue = await openQueue(database);
-  const storeRoot = path.join(config.dataDir, 'store');
+  const store = new Store(path.join(config.dataDir, 'store'));
   let worker: JobWorker | null = null;
   if (config.worker) {
-    worker = new JobWorker({ db: database.db, config, storeRoot, runner: services.runner });
+    worker = new JobWorker({ db: database.db, config, store, runner: services.runner });
     await queue.work(worker, config.workerConcurrency);
     worker.startReclaimer();
   }
-  const app = createApp({ config, db: database, engine, store: new Store(storeRoot), services, queue });
+  const app = createApp({ config, db: database, engine, store, services, queue });
   const server = Bun.serve({
     port: config.port,
     hostname: config.host,

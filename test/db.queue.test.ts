@@ -16,6 +16,7 @@ import { FinetuneRequest } from '../src/domain/schemas.ts';
 import { openQueue } from '../src/jobs/queue.ts';
 import type { FinetuneJobSpec, JobContext, JobRunner } from '../src/services.ts';
 import type { Db } from '../src/db/index.ts';
+import { Store } from '../src/store/store.ts';
 
 const cfg = (o: Partial<{ leaseMs: number; heartbeatMs: number }> = {}) => ({
   leaseMs: o.leaseMs ?? 5_000,
@@ -89,7 +90,7 @@ for (const tier of tiers) {
     test('pg-boss dispatch runs a job to success with its knots as versions 1..n', async () => {
       const q = await openQueue(T.database);
       const runner = fakeRunner({ steps: 6, every: 2 });
-      const w = new JobWorker({ db, config: cfg(), storeRoot: store, runner, owner: 'w-boss', log: () => {} });
+      const w = new JobWorker({ db, config: cfg(), store: new Store(store), runner, owner: 'w-boss', log: () => {} });
       try {
         await q.work(w, 1);
         const { job, tenantId, base } = await newJob(db);
@@ -116,7 +117,7 @@ for (const tier of tiers) {
     }, 30_000);
 
     test('without a runner a job fails with "trainer not available"', async () => {
-      const w = new JobWorker({ db, config: cfg(), storeRoot: store, log: () => {} });
+      const w = new JobWorker({ db, config: cfg(), store: new Store(store), log: () => {} });
       const { job } = await newJob(db);
       expect(await w.process(job.id)).toBe(true);
       const j = (await getJobById(db, job.id))!;
@@ -142,7 +143,7 @@ for (const tier of tiers) {
       }
       // B must not take it while the lease is live
       const runnerB = fakeRunner({ steps: 6, every: 2, onRun: (_s, ctx) => (resumedFrom = ctx.resumeFrom) });
-      const b = new JobWorker({ db, config: cfg(), storeRoot: store, runner: runnerB, owner: 'B', log: () => {} });
+      const b = new JobWorker({ db, config: cfg(), store: new Store(store), runner: runnerB, owner: 'B', log: () => {} });
       expect(await b.reclaimOnce()).toBe(0);
       await Bun.sleep(500);
       expect(await b.reclaimOnce()).toBe(1);
@@ -164,7 +165,7 @@ for (const tier of tiers) {
       const gate = new Promise<void>((r) => (release = r));
       let signal: AbortSignal | null = null;
       const runnerA = fakeRunner({ steps: 2, every: 2, gate, onRun: (_s, ctx) => (signal = ctx.signal) });
-      const a = new JobWorker({ db, config: cfg({ leaseMs: 1000, heartbeatMs: 100 }), storeRoot: store, runner: runnerA, owner: 'A', log: () => {} });
+      const a = new JobWorker({ db, config: cfg({ leaseMs: 1000, heartbeatMs: 100 }), store: new Store(store), runner: runnerA, owner: 'A', log: () => {} });
       const pa = a.process(job.id);
       await waitFor(async () => signal);
       // steal the lease (as if A's heartbeats had stopped reaching the database)
@@ -184,7 +185,7 @@ for (const tier of tiers) {
     test('cancel is honoured between steps; knots already tied stay', async () => {
       const { job, tenantId } = await newJob(db);
       const runner = fakeRunner({ steps: 1000, every: 2, stepDelayMs: 5 });
-      const w = new JobWorker({ db, config: cfg(), storeRoot: store, runner, owner: 'W', log: () => {} });
+      const w = new JobWorker({ db, config: cfg(), store: new Store(store), runner, owner: 'W', log: () => {} });
       const p = w.process(job.id);
       await waitFor(async () => ((await getJobById(db, job.id))!.knots.length >= 1 ? true : null));
       const { requestCancel } = await import('../src/jobs/transitions.ts');
@@ -214,7 +215,7 @@ describe('graceful stop', () => {
           }
         },
       };
-      const w = new JobWorker({ db, config: cfg(), storeRoot: path.join(T.dataDir, 'store'), runner, log: () => {} });
+      const w = new JobWorker({ db, config: cfg(), store: new Store(path.join(T.dataDir, 'store')), runner, log: () => {} });
       const p = w.process(job.id);
       await waitFor(async () => ((await getJobById(db, job.id))!.progress?.step ?? 0) >= 3);
       await w.stop();

@@ -29,6 +29,7 @@ import { loadBundledModel } from '../src/model/registry.ts';
 import { parseSafetensors, toFloat32 } from '../src/model/safetensors.ts';
 import type { JobContext, JobRunner, Services } from '../src/services.ts';
 import { Rng } from '../src/util/rng.ts';
+import { Store } from '../src/store/store.ts';
 
 const STORIES = [{ text: 'Lily liked to play in the park.' }, { text: 'Tom had a big red ball.' }, { prompt: 'The sun', completion: ' was warm and bright.' }];
 
@@ -115,7 +116,7 @@ beforeAll(async () => {
   await registerBaseModel(T.database.db, config, () => {});
   { const eng = await Engine.create(); real = createJobRunner(eng, config.repoRoot, new GpuScheduler(eng, { trainShare: 0.3 })); }
   const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
-  worker = new JobWorker({ db: T.database.db, config, storeRoot: path.join(T.dataDir, 'store'), runner, log: () => {} });
+  worker = new JobWorker({ db: T.database.db, config, store: new Store(path.join(T.dataDir, 'store')), runner, log: () => {} });
   const app = createApp({ config, db: T.database, services, queue: { enqueue: async (id) => void worker.process(id) } });
   server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
   url = `http://127.0.0.1:${server.port}`;

@@ -15,6 +15,7 @@ import { registerBaseModel } from '../src/main.ts';
 import { createModelServices } from '../src/cola/services.ts';
 import { JobWorker } from '../src/jobs/worker.ts';
 import type { JobRunner, Services } from '../src/services.ts';
+import { Store } from '../src/store/store.ts';
 
 const ROOT = path.resolve(import.meta.dir, '..');
 
@@ -48,7 +49,7 @@ describe('models, adapters and merge over HTTP', () => {
       },
     };
     const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
-    worker = new JobWorker({ db: T.database.db, config, storeRoot: path.join(T.dataDir, 'store'), runner, log: () => {} });
+    worker = new JobWorker({ db: T.database.db, config, store: new Store(path.join(T.dataDir, 'store')), runner, log: () => {} });
     const app = createApp({ config, db: T.database, services, queue: { enqueue: async (id) => void worker.process(id) } });
     server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
     url = `http://127.0.0.1:${server.port}`;

@@ -51,7 +51,7 @@ describe('storage: uploads, quota per knot, deletes, error details', () => {
       },
     };
     const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
-    worker = new JobWorker({ db: T.database.db, config, storeRoot: store(), runner, log: () => {} });
+    worker = new JobWorker({ db: T.database.db, config, store: new Store(store()), runner, log: () => {} });
     const app = createApp({ config, db: T.database, services, store: new Store(store()), queue: { enqueue: async (id) => void worker.process(id) } });
     server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
     url = `http://127.0.0.1:${server.port}`;

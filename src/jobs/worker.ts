@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import crypto from 'node:crypto';
 import { MAX_FILE_LIMIT_BYTES, type Config } from '../config.ts';
 import { FinetuneRequest, type FinetuneRequestBody } from '../domain/schemas.ts';
+import type { Store } from '../store/store.ts';
 import { isSystemError, publicMessage } from '../util/redact.ts';
 import type { Db } from '../db/index.ts';
 import { eq } from 'drizzle-orm';
@@ -34,7 +35,8 @@ export interface WorkerOptions {
   db: Db;
   /** `defaultQuotas` absent: only a tenant's own stored_bytes quota limits its jobs. */
   config: Pick<Config, 'leaseMs' | 'heartbeatMs' | 'reclaimIntervalMs' | 'maxJobAttempts' | 'workerConcurrency' | 'repoRoot'> & Partial<Pick<Config, 'defaultQuotas'>>;
-  storeRoot: string;
+  /** The service's Store (the same one the app uses): the runner writes snapshots into its weightsDir. */
+  store: Store;
   runner?: JobRunner;
   /** Worker identity (lease owner); default host-pid-random. */
   owner?: string;
@@ -328,7 +330,7 @@ export class JobWorker {
       },
       outputModel: job.outputModel,
       attempt: job.attempts,
-      storeDir: path.join(this.o.storeRoot, 'weights'),
+      storeDir: this.o.store.weightsDir,
       ...(initAdapter ? { initAdapter } : {}),
     };
   }
