@@ -26,6 +26,9 @@ WORKDIR /app
 COPY --chown=cola:cola package.json bun.lock bunfig.toml tsconfig.json ./
 RUN bun install --frozen-lockfile --production && chown -R cola:cola /app/node_modules
 COPY --chown=cola:cola src ./src
+# The dashboard (/ui) serves ui/*.ts and the typed client transpiled at request time.
+COPY --chown=cola:cola ui ./ui
+COPY --chown=cola:cola client ./client
 COPY --chown=cola:cola migrations ./migrations
 COPY --chown=cola:cola models ./models
 

@@ -11,7 +11,7 @@ import { ColaError, createClient, type ColaClient, type Job } from '../client/in
 const USAGE = `usage: cola [--url URL] [--key KEY] [--json] <command>
 
   models                                   models you can use (yours and shared)
-  versions <model>                         a model's versions: kind, parent, link, rank, sha256, size
+  versions <model>                         a model's versions: kind, parent, link (1-based), rank, sha256, size
   finetune <train.jsonl> --model M [--output NAME] [--links N] [--rank R] [--method cola|lora]
            [--epochs N] [--batch-size N] [--max-seq-len N] [--max-steps N] [--lr X]
            [--optimizer adamw|sgd|adagrad] [--validation val.jsonl] [--seed N] [--watch]
@@ -185,7 +185,7 @@ async function run(argv: string[]): Promise<number> {
       if (json) return out(JSON.stringify(m.versions, null, 2)), 0;
       table([
         ['VERSION', 'KIND', 'PARENT', 'JOB', 'LINK', 'RANK', 'SIZE', 'SHA256'],
-        ...m.versions.map((v) => [v.version, v.kind, v.parent ? `${v.parent.model}@${v.parent.version}` : '', v.job_id ?? '', v.link ?? '', v.rank ?? '', mib(v.bytes), v.sha256.slice(0, 16)]),
+        ...m.versions.map((v) => [v.version, v.kind, v.parent ? `${v.parent.model}@${v.parent.version}` : '', v.job_id ?? '', v.link !== undefined && v.link !== null ? v.link + 1 : '', v.rank ?? '', mib(v.bytes), v.sha256.slice(0, 16)]),
       ]);
       return 0;
     }

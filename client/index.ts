@@ -14,6 +14,8 @@ export type Problem = Schemas['Problem'];
 export type Job = Schemas['Job'];
 export type GenerateRequest = Schemas['GenerateRequest'];
 export type GenerateResponse = Schemas['GenerateResponse'];
+/** GET /models/{name}: a model with its versions (kind, parent, link, rank, sha256, bytes). */
+export type ModelDetail = paths['/models/{name}']['get']['responses'][200]['content']['application/json'];
 
 /** One event of GET /finetune/{id}/events, its data typed by its name. */
 export type JobEvent = { [K in keyof Schemas['JobEvents']]: { id: number; event: K; data: Schemas['JobEvents'][K] } }[keyof Schemas['JobEvents']];

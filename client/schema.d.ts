@@ -7,7 +7,47 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** Every tenant with its quotas in force and its usage (stored bytes, active and all jobs) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description tenants */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            data: components["schemas"]["TenantUsage"][];
+                        };
+                    };
+                };
+                /** @description Unauthorized */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Internal Server Error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
         put?: never;
         /** Create a tenant and its first API key (shown once) */
         post: {
@@ -1004,9 +1044,13 @@ export interface paths {
                         source: {
                             path: string;
                         };
+                        /** @enum {string} */
+                        dtype?: "auto" | "f32" | "f16" | "bf16";
                     };
                     "multipart/form-data": {
                         name: string;
+                        /** @enum {string} */
+                        dtype?: "auto" | "f32" | "f16" | "bf16";
                         files: string[];
                     };
                 };
@@ -2921,6 +2965,42 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/ui": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The dashboard (its modules under /ui/…; it signs in with an API key kept in the browser session) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description HTML page */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "text/html": string;
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -2946,6 +3026,8 @@ export interface components {
                 lr: number | null;
                 link: number;
                 epoch: number;
+                tokens?: number;
+                at: string;
             };
             knot: {
                 link: number;
@@ -2999,6 +3081,22 @@ export interface components {
                 path: string;
                 message: string;
             }[];
+        };
+        TenantUsage: {
+            id: string;
+            name: string;
+            created_at: string;
+            quotas: {
+                requests_per_minute: number;
+                concurrent_jobs: number;
+                stored_bytes: number;
+                max_tokens_per_request: number;
+            };
+            usage: {
+                stored_bytes: number;
+                active_jobs: number;
+                jobs: number;
+            };
         };
         Quotas: {
             requests_per_minute?: number;

@@ -38,6 +38,8 @@ fi
 
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
 command -v unzip >/dev/null || need_apt+=(unzip)
+# Chromium for the dashboard's browser tests (test/ui.browser.test.ts drives /usr/bin/chromium).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null

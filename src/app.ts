@@ -26,6 +26,7 @@ import { fileRoutes } from './routes/files.ts';
 import { mergeRoutes } from './routes/merge.ts';
 import { deleteRoutes } from './routes/delete.ts';
 import { docsRoutes } from './routes/docs.ts';
+import { uiRoutes } from './routes/ui.ts';
 
 export type { AppOptions, AppDeps } from './routes/deps.ts';
 
@@ -179,5 +180,6 @@ export function createApp(opts: AppOptions): App {
   deleteRoutes(app, deps);
 
   docsRoutes(app);
+  uiRoutes(app, deps);
   return app;
 }

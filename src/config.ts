@@ -45,7 +45,8 @@ export const EnvSchema = z.object({
   COLA_MODEL_CACHE_BYTES: int(1, Number.MAX_SAFE_INTEGER, 1024 * 1024 * 1024),
   COLA_TRAIN_SHARE: z.coerce.number().min(0).max(1).default(0.3),
   COLA_GPU_MEMORY_BUDGET_BYTES: int(1, Number.MAX_SAFE_INTEGER, 2 * 1024 * 1024 * 1024),
-  COLA_WORKER_CONCURRENCY: int(1, 64, 2),
+  COLA_WORKER_CONCURRENCY: int(1, 64, 4),
+  COLA_TRAIN_MEMORY_BYTES: z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
   COLA_LEASE_MS: int(1000, 3_600_000, 30_000),
   COLA_HEARTBEAT_MS: int(100, 600_000, 5_000),
   COLA_RECLAIM_INTERVAL_MS: int(100, 600_000, 5_000),
@@ -92,6 +93,8 @@ export interface Config {
   /** Share of device time guaranteed to training when generation also has work. */
   trainShare: number;
   gpuMemoryBudgetBytes: number;
+  /** Device memory that running jobs may reserve together (default half the GPU budget). */
+  trainMemoryBytes: number;
   workerConcurrency: number;
   leaseMs: number;
   heartbeatMs: number;
@@ -154,6 +157,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     modelCacheBytes: e.COLA_MODEL_CACHE_BYTES,
     trainShare: e.COLA_TRAIN_SHARE,
     gpuMemoryBudgetBytes: e.COLA_GPU_MEMORY_BUDGET_BYTES,
+    trainMemoryBytes: e.COLA_TRAIN_MEMORY_BYTES ?? Math.floor(e.COLA_GPU_MEMORY_BUDGET_BYTES / 2),
     workerConcurrency: e.COLA_WORKER_CONCURRENCY,
     leaseMs: e.COLA_LEASE_MS,
     heartbeatMs: e.COLA_HEARTBEAT_MS,

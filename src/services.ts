@@ -4,6 +4,8 @@
 //
 // All types are plain data; no class from this file is required.
 
+import type { FinetuneRequestBody } from './domain/schemas.ts';
+
 /** A resolved model version, as the service hands it to the ML side. */
 export interface ResolvedVersion {
   /** Model name as the tenant sees it. */
@@ -112,7 +114,12 @@ export interface ModelImporter {
    * Import an HF folder or a llama2.c checkpoint from a server path (or an upload directory)
    * into the store. Throws `UserInputError` for unusable input (→ 400).
    */
-  import(req: { source: string; storeDir: string }): Promise<ImportedModel>;
+  import(req: {
+    source: string;
+    storeDir: string;
+    /** Weight precision: the checkpoint's own ("auto", default), or every tensor converted (model/weights.ts setWeightsDtype). */
+    dtype?: 'auto' | 'f32' | 'f16' | 'bf16';
+  }): Promise<ImportedModel>;
 }
 
 export interface AdapterValidator {
@@ -144,8 +151,8 @@ export interface ExportService {
 export interface FinetuneJobSpec {
   id: string;
   tenantId: string;
-  /** The validated POST /finetune body (train examples resolved from training_file). */
-  request: Record<string, unknown>;
+  /** The validated POST /finetune body (defaults applied); train examples resolved from training_file are in `train`. */
+  request: FinetuneRequestBody;
   train: Example[];
   validation: Example[];
   base: ResolvedVersion;
@@ -189,7 +196,7 @@ export interface JobContext {
   /** Last persisted knot, null on a fresh start: the runner continues from there. */
   resumeFrom: ResumePoint | null;
   /** Report a step. Fenced: throws StaleLeaseError if this worker lost the job. */
-  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number }): Promise<void>;
+  onStep(s: { step: number; total_steps: number; link: number; links: number; epoch: number; loss?: number; lr?: number; tokens?: number }): Promise<void>;
   onLinkStarted(e: { link: number; rank: number }): Promise<void>;
   /**
    * Call before writing a knot's files: throws QuotaExceededError when `bytes` more would take the
@@ -226,7 +233,7 @@ export interface EngineHealth {
   /** Bytes of GPU memory in use (for /metrics). */
   memoryInUse?(): number;
   /** Serving and scheduler gauges (for /metrics); null before the device is up. */
-  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> }; bindGroups?: { hits: number; misses: number; evicted: number; collections: number } } | null;
+  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number; weightBytes?: number; models?: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> }; bindGroups?: { hits: number; misses: number; evicted: number; collections: number }; trainMemory?: { capacity: number; reserved: number; waiting: number } } | null;
 }
 
 /** Thrown by the ML side for bad user input; the service answers 400 with the message. */

@@ -10,6 +10,7 @@ import { DeviceUnavailableError, type EngineHealth, type Services } from './serv
 import { createMlServices, type MlServices } from './model/service.ts';
 import { GpuScheduler } from './gpu/scheduler.ts';
 import { createJobRunner } from './cola/runner.ts';
+import { MemoryReservations } from './gpu/reservations.ts';
 import { createModelServices } from './cola/services.ts';
 import type { JobRunner } from './services.ts';
 
@@ -22,6 +23,8 @@ interface Live {
 }
 
 export function createServices(config: Config): { services: Services; engine: EngineHealth } {
+  // Per process, across device re-creation: jobs running when the device is lost still hold theirs.
+  const trainMemory = new MemoryReservations(config.trainMemoryBytes);
   let live: Promise<Live> | null = null;
   let lost = false;
   let current: Live | null = null; // for synchronous gauges
@@ -40,7 +43,7 @@ export function createServices(config: Config): { services: Services; engine: En
         prefillChunk: config.prefillChunk,
         modelCacheBytes: config.modelCacheBytes,
       });
-      current = { engine, sched, ml, runner: createJobRunner(engine, config.repoRoot, sched) };
+      current = { engine, sched, ml, runner: createJobRunner(engine, config.repoRoot, sched, trainMemory) };
       return current;
     })().catch((err) => {
       live = null;
@@ -83,7 +86,7 @@ export function createServices(config: Config): { services: Services; engine: En
       }
     },
     memoryInUse: () => current?.engine.allocatedBytes ?? 0,
-    load: () => (current ? { serving: current.ml.serving.stats(), scheduler: current.sched.stats(), bindGroups: { ...current.engine.bindGroupStats } } : null),
+    load: () => (current ? { serving: current.ml.serving.stats(), scheduler: current.sched.stats(), bindGroups: { ...current.engine.bindGroupStats }, trainMemory: trainMemory.stats() } : null),
   };
   return { services, engine };
 }

@@ -65,6 +65,7 @@ describe('cola CLI against the real server', () => {
     expect(rows.map((v) => [v.version, v.kind, v.rank])).toEqual([[1, 'knot', 4], [2, 'knot', 4]]);
     const table = await cola(['versions', 'cli-bot'], env);
     expect(table.stdout.split('\n')[0]).toMatch(/^VERSION\s+KIND\s+PARENT/);
+    expect(table.stdout).toMatch(/^2\s+knot\s+cli-bot@1\s+job_\S+\s+2\s+4\s/m); // link 2 of the chain (1-based, as watch prints it)
     const models = await cola(['models'], env);
     expect(models.stdout).toMatch(/^stories260K\s+shared\s+llama/m);
     expect(models.stdout).toMatch(/^cli-bot\s+tenant\s+llama\s+\d+\s+2$/m);
@@ -104,6 +105,33 @@ describe('cola CLI against the real server', () => {
     expect(up.code, up.stderr).toBe(0);
     expect(up.stdout).toMatch(/^adapter adp_\S+$/m);
   });
+
+  test('knot ties a knot in a running job, cancel stops it, watch exits 1 for a job that did not succeed', async () => {
+    const start = await cola(['finetune', path.join(dir, 'train.jsonl'), '--model', 'stories260K', '--output', 'cli-long', '--links', '1', '--rank', '2', '--epochs', '300', '--batch-size', '2', '--max-seq-len', '32', '--json'], env);
+    expect(start.code, start.stderr).toBe(0);
+    const id = (JSON.parse(start.stdout) as { id: string }).id;
+    const api = createClient(s.url, key);
+    const end = Date.now() + 120_000;
+    while (Date.now() < end) {
+      const j = await api.ok(api.api.GET('/finetune/{id}', { params: { path: { id } } }));
+      if (j.status === 'running' && (j.progress?.step ?? 0) >= 2) break;
+      await Bun.sleep(100);
+    }
+    const knot = await cola(['knot', id], env);
+    expect(knot.code, knot.stderr).toBe(0);
+    const after = await api.ok(api.api.GET('/finetune/{id}', { params: { path: { id } } }));
+    expect(after.knots.map((k) => k.version)).toEqual([1]);
+    const cancel = await cola(['cancel', id], env);
+    expect(cancel.code, cancel.stderr).toBe(0);
+    expect(cancel.stdout).toContain(`job ${id}:`);
+    const w = await cola(['watch', id], env);
+    expect(w.code).toBe(1);
+    expect(w.stderr).toContain('status: cancelled');
+    expect(w.stderr).toMatch(/→ knot: cli-long@1 \(rank 2\)/);
+    const again = await cola(['cancel', id], env);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('error: 409 Conflict: job is already cancelled');
+  }, 240_000);
 
   test("errors: the server's problem detail and exit 1; bad usage exit 2", async () => {
     const nf = await cola(['generate', 'nope', 'Once'], env);

@@ -5,7 +5,8 @@ import { createHash } from 'node:crypto';
 import { Engine } from '../src/gpu/engine.ts';
 import { loadBundledModel, type LoadedModel } from '../src/model/registry.ts';
 import { TransformerModel } from '../src/model/transformer.ts';
-import { saveSafetensorsWeights } from '../src/model/weights.ts';
+import { halfBitsOf, saveSafetensorsWeights, setWeightsDtype, weightsDtypeOf } from '../src/model/weights.ts';
+import { parseSafetensors } from '../src/model/safetensors.ts';
 import { trainCola, type KnotInfo, type ResumePoint, type TrainConfig } from '../src/cola/trainer.ts';
 import type { KnotDecision } from '../src/cola/auto.ts';
 import { decodeCarriedState, encodeCarriedState, keptCount } from '../src/cola/optimizer.ts';
@@ -272,4 +273,26 @@ describe('memory and FLOPs', () => {
     expect(knots[1]!.flops).toBeLessThan(knots[0]!.flops);
     expect(knots[1]!.adapter.rank).toBe(4);
   });
+});
+
+describe('16-bit base weights', () => {
+  test('bf16 stories260K: knots merge q, v in f32 (kept f32), every other matrix stays bf16; the saved version holds both', async () => {
+    const copy = new Map([...base.weights.tensors].map(([n, t]) => [n, { shape: t.shape, data: t.data.slice() }]));
+    const w16 = setWeightsDtype({ config: base.weights.config, tensors: copy }, 'bf16');
+    expect(weightsDtypeOf(w16)).toBe('bf16');
+    const { knots, losses } = await run(cfg({ epochs: 1 }), { weights: w16 });
+    expect(knots.length).toBe(3);
+    expect(losses.length).toBeGreaterThan(0);
+    expect(losses.every(Number.isFinite)).toBe(true);
+    const last = knots.at(-1)!.weights;
+    expect(weightsDtypeOf(last)).toBe('mixed');
+    const q = last.tensors.get('model.layers.0.self_attn.q_proj.weight')!;
+    expect(q.dtype).toBeUndefined();
+    expect(halfBitsOf(q)).toBeNull(); // the merged update is not representable in bf16
+    expect(halfBitsOf(last.tensors.get('model.layers.0.self_attn.k_proj.weight')!)).not.toBeNull();
+    const file = parseSafetensors(saveSafetensorsWeights(last));
+    expect(file.tensors.get('model.layers.0.self_attn.q_proj.weight')!.dtype).toBe('F32');
+    expect(file.tensors.get('model.layers.0.self_attn.k_proj.weight')!.dtype).toBe('BF16');
+    expect(file.tensors.get('model.layers.0.mlp.gate_proj.weight')!.dtype).toBe('BF16');
+  }, 300_000);
 });

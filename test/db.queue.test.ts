@@ -12,6 +12,7 @@ import { createModel, ensureTenantModel, insertVersion, listVersions, findModel 
 import { listSteps, getJobById, insertJob, listEvents } from '../src/db/repos/jobs.ts';
 import { claim } from '../src/jobs/transitions.ts';
 import { JobWorker } from '../src/jobs/worker.ts';
+import { FinetuneRequest } from '../src/domain/schemas.ts';
 import { openQueue } from '../src/jobs/queue.ts';
 import type { FinetuneJobSpec, JobContext, JobRunner } from '../src/services.ts';
 import type { Db } from '../src/db/index.ts';
@@ -57,7 +58,7 @@ async function newJob(db: Db) {
   const base = await createModel(db, { tenantId: null, name: `b-${crypto.randomBytes(4).toString('hex')}`, architecture: 'llama' });
   await insertVersion(db, { modelId: base.id, version: 0, parentModelId: null, parentVersion: null, kind: 'base', jobId: null, link: null, rank: null, sha256: 'a'.repeat(64), bytes: 1, path: '/x', adapterPath: null, metrics: null });
   await ensureTenantModel(db, { tenantId: t.tenant.id, name: 'out', architecture: 'llama' });
-  const job = await insertJob(db, { tenantId: t.tenant.id, request: { seed: 7, train: [{ text: 'a' }] }, baseModelId: base.id, baseModelName: base.name, baseVersion: 0, outputModel: 'out' });
+  const job = await insertJob(db, { tenantId: t.tenant.id, request: FinetuneRequest.parse({ model: base.name, seed: 7, train: [{ text: 'a' }] }), baseModelId: base.id, baseModelName: base.name, baseVersion: 0, outputModel: 'out' });
   return { tenantId: t.tenant.id, job, base };
 }
 

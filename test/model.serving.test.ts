@@ -102,6 +102,12 @@ describe('serving while tuning', () => {
     for (const r of rs) if (r.status === 'fulfilled') expect(r.value.usage.completion_tokens).toBe(40);
     await expect(ml.generation.generate(req('t1', 0, { max_tokens: 200 }))).rejects.toBeInstanceOf(UserInputError);
     expect(ml.serving.stats().live).toBe(0);
+    // The resident model's device bytes (/metrics cola_serving_weight_bytes): stories260K is f32.
+    const st = ml.serving.stats();
+    expect(st.models).toBe(1);
+    let params = 0;
+    for (const t of loadBundledModel().weights.tensors.values()) params += t.data.length;
+    expect(st.weightBytes).toBe(4 * params);
     ml.serving.clear();
   }, 300_000);
 

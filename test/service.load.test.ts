@@ -61,5 +61,9 @@ test('32 concurrent clients on /generate: only 200 and 429, bounded memory, p50/
   expect(rss1 - rss0).toBeLessThan(512 * 2 ** 20);
   const m = await (await fetch(`${s.url}/metrics`)).text();
   expect(m).toMatch(/cola_generate_rejected_total [1-9]/);
+  // Training memory: half the default 2 GiB budget, nothing reserved (no job runs here).
+  expect(m).toContain(`cola_train_memory_bytes{kind="capacity"} ${2 ** 30}`);
+  expect(m).toContain('cola_train_memory_bytes{kind="reserved"} 0');
+  expect(m).toContain('cola_train_memory_waiting 0');
   expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
 }, 120_000);

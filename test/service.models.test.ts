@@ -81,6 +81,26 @@ describe('models, adapters and merge over HTTP', () => {
     expect(Object.keys(header)).toContain('model.layers.0.self_attn.q_proj.weight');
   });
 
+  test('import with "dtype": bf16 stores 16-bit weights (half the bytes, BF16 in the download); the default keeps f32; a bad dtype is 400', async () => {
+    const imp = async (name: string, dtype?: string) =>
+      fetch(`${url}/models`, { method: 'POST', headers: h(), body: JSON.stringify({ name, source: { path: 'models/stories260K' }, ...(dtype ? { dtype } : {}) }) });
+    expect((await imp('as-f32')).status).toBe(201);
+    expect((await imp('as-bf16', 'bf16')).status).toBe(201);
+    const bad = await imp('as-f64', 'f64');
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as any).errors[0].path).toBe('dtype');
+    const f = (await (await fetch(`${url}/models/as-f32`, { headers: h() })).json()) as any;
+    const b = (await (await fetch(`${url}/models/as-bf16`, { headers: h() })).json()) as any;
+    expect(f.config.weights_dtype).toBe('f32'); // llama2.c stories260K is f32 and stays so
+    expect(b.config.weights_dtype).toBe('bf16');
+    expect(b.config.weight_bytes * 2).toBe(f.config.weight_bytes);
+    expect(b.versions[0].bytes).toBeLessThan(0.51 * f.versions[0].bytes);
+    const w = new Uint8Array(await (await fetch(`${url}/models/as-bf16/versions/0/weights`, { headers: h() })).arrayBuffer());
+    const n = Number(new DataView(w.buffer).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(w.subarray(8, 8 + n)));
+    expect(header['model.layers.0.self_attn.q_proj.weight'].dtype).toBe('BF16');
+  });
+
   test('adapter upload validated, merged into a new version, adapter of that version downloadable', async () => {
     const a = stories260kAdapter();
     const form = new FormData();

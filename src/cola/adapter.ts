@@ -28,6 +28,7 @@ import { SnapshotStore } from '../store/snapshot-store.ts';
 import { writeFileAtomicSync } from '../util/atomic.ts';
 import { isDir, isFile, sha256Hex } from '../util/fs.ts';
 import { ColaConfigError } from './errors.ts';
+import { FAMILIES, familyOf, hfModulePath, moduleShorts, type Family } from '../model/names.ts';
 import { layerModules, layerPrefix, MAX_LAYERS, type ArchConfig } from './modules.ts';
 import { CONFIG_FILE, packAdapter, parsePeftAdapter, parsePeftConfig, PeftError, storedPeftConfig, unpackAdapter, WEIGHTS_FILE } from './peft.ts';
 
@@ -50,11 +51,12 @@ export function archConfigOf(c: ModelConfig): ArchConfig {
 
 // ---------------------------------------------------------------------- adapter validation
 
-const LORA_LAYER_PATTERNS: { arch: ArchConfig['architecture']; re: RegExp }[] = [
-  { arch: 'llama', re: /^model\.layers\.(\d+)\.(self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)$/ },
-  { arch: 'opt', re: /^model\.decoder\.layers\.(\d+)\.(self_attn\.(?:q|k|v|out)_proj|fc1|fc2)$/ },
-  { arch: 'gpt2', re: /^transformer\.h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)$/ },
-];
+/** Per family: `<layer prefix>.(\d+).<module path>` of its LoRA-targetable linears (model/names.ts). */
+const LORA_LAYER_PATTERNS: { arch: ArchConfig['architecture']; re: RegExp }[] = (Object.keys(FAMILIES) as Family[]).map((arch) => {
+  const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const prefix = esc(FAMILIES[arch].layerPrefix(987654321)).replace('987654321', '(\\d+)');
+  return { arch, re: new RegExp(`^${prefix}(${moduleShorts(arch).map((s) => esc(hfModulePath(arch, s))).join('|')})$`) };
+});
 
 /** Default bound on an adapter's weights file (or ZIP). */
 export const MAX_ADAPTER_BYTES = 2 * GiB;
@@ -98,7 +100,8 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
     const name = rawName.replace(/\.(lora_[AB])\.default\.weight$/, '.$1.weight');
     const m = /^base_model\.model\.(.+)\.(lora_A\.weight|lora_B\.weight|bias)$/.exec(name);
     if (!m) throw new PeftError('not a PEFT LoRA tensor name (base_model.model.<module>.lora_A.weight / lora_B.weight / bias)', rawName);
-    const [, mod, kind] = m as unknown as [string, string, string];
+    const mod = m[1]!;
+    const kind = m[2]!;
     const hit = LORA_LAYER_PATTERNS.map((p) => ({ arch: p.arch, m: p.re.exec(mod) })).find((x) => x.m);
     if (!hit) throw new PeftError('not a LoRA-targetable linear layer of llama, opt or gpt2', rawName);
     if (arch && hit.arch !== arch) throw new PeftError(`mixes ${arch} and ${hit.arch} module names`, rawName);
@@ -136,7 +139,7 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
     if (prev && (prev.in !== inF || prev.out !== outF)) throw new PeftError(`${e.short} is (${outF}, ${inF}) here but (${prev.out}, ${prev.in}) in another layer`, where);
     shapesByShort.set(e.short, { in: inF, out: outF });
   }
-  return { ...storedPeftConfig(pc, { fanInFanOut: arch === 'gpt2' ? true : pc.fan_in_fan_out }) };
+  return { ...storedPeftConfig(pc, { fanInFanOut: arch && familyOf(arch).conv1d ? true : pc.fan_in_fan_out }) };
 }
 
 // ------------------------------------------------------------------------------------- merge
@@ -170,7 +173,7 @@ export function mergeAdapterInto(w: ModelWeights, adapter: ReturnType<typeof par
     const base = `${layerPrefix(cfg.arch, layer)}.${hfPath}`;
     const W = w.tensors.get(`${base}.weight`);
     if (!W) throw new UserInputError(`the model has no tensor ${base}.weight for adapter module ${key}`);
-    const conv1d = cfg.arch === 'gpt2';
+    const conv1d = familyOf(cfg.arch).conv1d;
     const [d0, d1] = W.shape as [number, number];
     const [outF, inF] = conv1d ? [d1, d0] : [d0, d1];
     if (W.shape.length !== 2 || outF !== m.out || inF !== m.in) {

@@ -37,6 +37,7 @@
 // 0 … n-1 without shuffling); batch b of epoch e is positions [b·B, min((b+1)·B, n)) of that
 // order. `batchAt(step)` computes any step's batch directly, so a resumed run sees the same data.
 
+import { splitAnswer } from '../model/answer.ts';
 import { Rng, mixSeed } from '../util/rng.ts';
 import { ColaConfigError, checkInt, describe } from './errors.ts';
 
@@ -145,12 +146,11 @@ function checkIds(ids: number[], what: string): number[] {
  * Throws ColaConfigError when the completion adds no token.
  */
 export function splitPromptCompletion(tok: TokenizerLike, prompt: string, completion: string, path = 'example'): { prompt: number[]; completion: number[] } {
-  const full = checkIds(tok.encode(prompt + completion, { bos: false }), `${path}.completion`);
-  const p = prompt.length > 0 ? checkIds(tok.encode(prompt, { bos: false }), `${path}.prompt`) : [];
-  let k = 0;
-  while (k < p.length && k < full.length && p[k] === full[k]) k++;
-  if (k === full.length) throw new ColaConfigError(`${path}.completion`, 'encodes to no tokens');
-  return { prompt: full.slice(0, k), completion: full.slice(k) };
+  const s = splitAnswer(tok, prompt, completion); // the one definition of the answer tokens (model/answer.ts)
+  checkIds(s.prompt, `${path}.prompt`);
+  checkIds(s.completion, `${path}.completion`);
+  if (s.completion.length === 0) throw new ColaConfigError(`${path}.completion`, 'encodes to no tokens');
+  return s;
 }
 
 /** Tokenizes, truncates and builds shifted targets for one example. */

@@ -24,7 +24,7 @@
 // (exact integers below 2^53 ≈ 9·10^15; relative error ≤ 1e-16 above).
 
 import { ColaConfigError, checkInt } from './errors.ts';
-import { checkArch, resolveTargets, type ArchConfig } from './modules.ts';
+import { checkArch, layerModules, resolveTargets, type ArchConfig } from './modules.ts';
 import { MAX_RANK, type ChainPlan } from './schedule.ts';
 
 export const MAX_TOKENS = 1e15;
@@ -57,14 +57,7 @@ export function flopsPerToken(cfg: ArchConfig, targets: readonly string[], rank:
 }
 
 function allShortNames(cfg: ArchConfig): string[] {
-  switch (cfg.architecture) {
-    case 'llama':
-      return ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
-    case 'opt':
-      return ['q', 'k', 'v', 'o', 'fc1', 'fc2'];
-    case 'gpt2':
-      return ['c_attn', 'attn.c_proj', 'c_fc', 'mlp.c_proj'];
-  }
+  return layerModules(cfg).map((m) => m.short);
 }
 
 export interface LinkFlops {

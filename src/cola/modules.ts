@@ -7,9 +7,12 @@
 // modules with fan_in_fan_out = true.
 
 import { ColaConfigError, checkInt } from './errors.ts';
-import { hfModulePath, layerPrefixOf } from '../model/names.ts';
+import { familyOf, hfModulePath, layerPrefixOf } from '../model/names.ts';
 
 export type Architecture = 'llama' | 'opt' | 'gpt2';
+
+/** How messages name a family. */
+const FAMILY_NAMES: Record<Architecture, string> = { llama: 'Llama', opt: 'OPT', gpt2: 'GPT-2' };
 
 export interface ArchConfig {
   architecture: Architecture;
@@ -66,42 +69,20 @@ export function layerModules(cfg: ArchConfig): LinearModule[] {
   const c = checkArch(cfg);
   const q = c.nHeads * c.headDim;
   const kv = c.nKvHeads * c.headDim;
-  // HF module paths come from the model's table (src/model/names.ts).
-  const m = (short: string, inF: number, outF: number, fanInFanOut = false): LinearModule => ({
+  // Names, roles and the Conv1D layout come from the model's family description (src/model/names.ts).
+  const fam = familyOf(c.architecture);
+  const m = (short: string, inF: number, outF: number): LinearModule => ({
     short,
     hfPath: hfModulePath(c.architecture, short),
     in: inF,
     out: outF,
-    fanInFanOut,
+    fanInFanOut: fam.conv1d,
   });
-  switch (c.architecture) {
-    case 'llama':
-      return [
-        m('q', c.dim, q),
-        m('k', c.dim, kv),
-        m('v', c.dim, kv),
-        m('o', q, c.dim),
-        m('gate', c.dim, c.hiddenDim),
-        m('up', c.dim, c.hiddenDim),
-        m('down', c.hiddenDim, c.dim),
-      ];
-    case 'opt':
-      return [
-        m('q', c.dim, q),
-        m('k', c.dim, q),
-        m('v', c.dim, q),
-        m('o', q, c.dim),
-        m('fc1', c.dim, c.hiddenDim),
-        m('fc2', c.hiddenDim, c.dim),
-      ];
-    case 'gpt2':
-      return [
-        m('c_attn', c.dim, 3 * q, true),
-        m('attn.c_proj', q, c.dim, true),
-        m('c_fc', c.dim, c.hiddenDim, true),
-        m('mlp.c_proj', c.hiddenDim, c.dim, true),
-      ];
-  }
+  const attention = fam.fusedQkv ? [m(fam.fusedQkv, c.dim, q + 2 * kv)] : [m('q', c.dim, q), m('k', c.dim, kv), m('v', c.dim, kv)];
+  const ffn = fam.mlp
+    ? [m(fam.mlp[0], c.dim, c.hiddenDim), m(fam.mlp[1], c.hiddenDim, c.dim)]
+    : [m('gate', c.dim, c.hiddenDim), m('up', c.dim, c.hiddenDim), m('down', c.hiddenDim, c.dim)];
+  return [...attention, m(fam.attnOut, q, c.dim), ...ffn];
 }
 
 /** Prefix of layer i's modules inside the HF model (without the PEFT "base_model.model." prefix). */
@@ -151,8 +132,10 @@ export function resolveTargets(cfg: ArchConfig, targets: readonly string[], path
     if (typeof t !== 'string') throw new ColaConfigError(`${path}[${i}]`, 'must be a string');
     const hit = Object.entries(aliases).find(([, names]) => names.includes(t));
     if (!hit) {
-      if (cfg.architecture === 'gpt2' && t === 'c_proj') {
-        throw new ColaConfigError(`${path}[${i}]`, 'GPT-2 has two c_proj layers: say "attn.c_proj" or "mlp.c_proj"');
+      // A leaf name two modules share (GPT-2's c_proj): ask for the full path.
+      const sharing = mods.filter((m) => m.hfPath.split('.').pop() === t);
+      if (sharing.length > 1) {
+        throw new ColaConfigError(`${path}[${i}]`, `${FAMILY_NAMES[cfg.architecture]} has ${sharing.length === 2 ? 'two' : sharing.length} ${t} layers: say ${sharing.map((m) => JSON.stringify(m.hfPath)).join(' or ')}`);
       }
       const valid = Object.values(aliases).map((n) => n.slice(0, 2).join('|'));
       throw new ColaConfigError(`${path}[${i}]`, `unknown layer ${JSON.stringify(t)} for ${cfg.architecture}; valid: ${valid.join(', ')}`);

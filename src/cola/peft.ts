@@ -24,6 +24,7 @@ import { describe } from './errors.ts';
 import { compileModulePattern, MAX_PATTERN_LENGTH, PatternError } from './module-pattern.ts';
 import { checkArch, layerModules, layerPrefix, MAX_LAYERS, type ArchConfig, type LinearModule } from './modules.ts';
 import { MAX_RANK } from './schedule.ts';
+import { familyOf } from '../model/names.ts';
 
 export class PeftError extends Error {
   override name = 'PeftError';
@@ -220,8 +221,12 @@ function adapterModules(cfg: ArchConfig, w: AdapterWeights): LinearModule[] {
 export function buildPeftConfig(cfg: ArchConfig, w: AdapterWeights, baseModel: string | null): PeftConfig {
   const mods = adapterModules(cfg, w);
   const hasBias = [...w.modules.values()].some((m) => m.bias !== undefined);
-  // Leaf names, except GPT-2's two c_proj layers, which need their parent to be told apart.
-  const names = mods.map((m) => (cfg.architecture === 'gpt2' && m.hfPath.endsWith('c_proj') ? m.hfPath : m.hfPath.split('.').pop()!));
+  // Leaf names, except where two modules of the family share one (GPT-2's attn.c_proj and
+  // mlp.c_proj): those need their parent to be told apart.
+  const leaf = (p: string) => p.split('.').pop()!;
+  const leafCount = new Map<string, number>();
+  for (const m of layerModules(cfg)) leafCount.set(leaf(m.hfPath), (leafCount.get(leaf(m.hfPath)) ?? 0) + 1);
+  const names = mods.map((m) => ((leafCount.get(leaf(m.hfPath)) ?? 0) > 1 ? m.hfPath : leaf(m.hfPath)));
   return {
     peft_type: 'LORA',
     task_type: 'CAUSAL_LM',
@@ -230,7 +235,7 @@ export function buildPeftConfig(cfg: ArchConfig, w: AdapterWeights, baseModel: s
     lora_dropout: 0,
     target_modules: names,
     bias: hasBias ? 'lora_only' : 'none',
-    fan_in_fan_out: cfg.architecture === 'gpt2',
+    fan_in_fan_out: familyOf(cfg.architecture).conv1d,
     base_model_name_or_path: baseModel,
     inference_mode: true,
     init_lora_weights: true,

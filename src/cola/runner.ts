@@ -4,13 +4,15 @@
 // arrives, so what the runner would refuse is refused with 400 before a job exists.
 import type { Engine } from '../gpu/engine.ts';
 import type { GpuScheduler } from '../gpu/scheduler.ts';
+import type { MemoryReservations } from '../gpu/reservations.ts';
+import { trainingDeviceBytes } from './memory.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner } from '../services.ts';
 import { loadVersion, resolvePath, tokenizerPathOf } from '../model/versions.ts';
 import { loadModelFromPath, type LoadedModel } from '../model/registry.ts';
 import type { ModelConfig } from '../model/config.ts';
 import { hasBias } from '../model/names.ts';
 import { saveSafetensorsWeights } from '../model/weights.ts';
-import type { ChatEncoder, Tokenizer, Example } from './data.ts';
+import type { ChatEncoder, Example } from './data.ts';
 import { ChatTemplateError, encodeChatForTraining } from '../model/chat.ts';
 import { ColaConfigError } from './errors.ts';
 import { layerModules } from './modules.ts';
@@ -24,10 +26,10 @@ import { decodeCarriedState, encodeCarriedState } from './optimizer.ts';
 import { OPTIMIZER_STATE_FILE, unpackExtra } from './peft.ts';
 import { readFileSync } from 'node:fs';
 import type { ChainConfig, ChainPlan } from './schedule.ts';
+import type { FinetuneRequestBody } from '../domain/schemas.ts';
 
-type Req = Record<string, any>;
+type Req = FinetuneRequestBody;
 
-/** The trainer's config from the validated request body (snake_case, defaults applied by zod). Throws ColaConfigError. */
 /**
  * The scheduler key of a job's training steps: its tenant. Device time is shared fairly between
  * tenants, not jobs, so a tenant with two running jobs gets the same share as one with one; the
@@ -37,6 +39,7 @@ export function trainKey(tenantId: string): string {
   return `job:${tenantId}`;
 }
 
+/** The trainer's config from the validated request body (snake_case, defaults applied by zod). Throws ColaConfigError. */
 export function trainConfigFromRequest(req: Req, modelConfig: ModelConfig): TrainConfig {
   const lora = req.lora ?? {};
   if ((lora.dropout ?? 0) > 0) throw new ColaConfigError('lora.dropout', 'dropout > 0 is not implemented: this trainer has no dropout; leave it at 0');
@@ -106,11 +109,26 @@ function initHost(imp: ImportedAdapter, modelConfig: ModelConfig, config: TrainC
  * vs steps, per-link steps vs the run), unsupported options, and init_adapter against the model
  * and the first link. Throws UserInputError with `errors: [{path, message}]` (→ 400).
  */
-export function admitFinetune(req: Req, modelConfig: ModelConfig, nTrain: number, initAdapter?: { config: Record<string, unknown>; path: string }): void {
+export function admitFinetune(
+  req: Req,
+  modelConfig: ModelConfig,
+  nTrain: number,
+  initAdapter?: { config: Record<string, unknown>; path: string },
+  limits: { trainMemoryBytes?: number } = {},
+): void {
   try {
     const config = trainConfigFromRequest(req, modelConfig);
     const plan = planFor(config, nTrain);
     checkOptions(config, plan);
+    const need = trainingBytesOf(modelConfig, config, plan);
+    if (limits.trainMemoryBytes !== undefined && need > limits.trainMemoryBytes) {
+      const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+      throw new ColaConfigError(
+        'batch_size',
+        `this run needs about ${mib(need)} of device memory (batch_size × max_seq_len = ${config.batchSize} × ${config.maxSeqLen} tokens per step); ` +
+          `this server gives training ${mib(limits.trainMemoryBytes)} (COLA_TRAIN_MEMORY_BYTES): lower batch_size or max_seq_len`,
+      );
+    }
     if (initAdapter) {
       let imp: ImportedAdapter;
       try {
@@ -172,11 +190,11 @@ function asTrainExamples(xs: FinetuneJobSpec['train'], what: string): Example[] 
  * and job, so jobs of different tenants progress side by side and generation never waits for a
  * whole job.
  */
-export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler): JobRunner {
+export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler, memory?: MemoryReservations): JobRunner {
   return {
     async run(job: FinetuneJobSpec, ctx: JobContext) {
       const base = loadVersion(repoRoot, job.base);
-      const tokenizer = base.tokenizer as unknown as Tokenizer;
+      const tokenizer = base.tokenizer;
       // EOS ends completions and pads batches; BOS is optional (Qwen2 has none).
       if (base.tokenizer.eos === null) throw new UserInputError('the base model has no EOS token; fine-tuning needs one');
       const chat = chatEncoderOf(base);
@@ -219,44 +237,57 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       }
       const store = new SnapshotStore(job.storeDir);
       let lastEpoch = 0;
-      const res = await trainCola(
-          { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
-          {
-            onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
-            onStep: async (s) => {
-              lastEpoch = s.epoch;
-              await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: s.links, epoch: s.epoch, loss: s.loss, lr: s.lr });
+      // The run's device memory is reserved before anything is uploaded: a job that does not fit
+      // beside the running ones waits here (first come first served), never fails mid-run.
+      const release = memory ? await memory.reserve(trainingBytesOf(mc, config, plan), ctx.signal) : () => {};
+      try {
+        const res = await trainCola(
+            { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
+            {
+              onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
+              onStep: async (s) => {
+                lastEpoch = s.epoch;
+                await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: s.links, epoch: s.epoch, loss: s.loss, lr: s.lr, tokens: s.tokens });
+              },
+              onKnot: async (k) => {
+                // No job id in the file: the same request must give the same bytes (same sha256) on any run.
+                const weightsFile = saveSafetensorsWeights(k.weights);
+                // With a partial reset the knot's ZIP also carries the state kept for the next link (for a resume).
+                const extra = k.optimizerState ? { [OPTIMIZER_STATE_FILE]: encodeCarriedState(k.optimizerState) } : undefined;
+                const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model, extra });
+                // The stored-bytes quota is checked before anything of this knot is written.
+                await ctx.reserveBytes(weightsFile.length + adapterZip.length);
+                const snap = await store.put(weightsFile);
+                const adapterObj = await store.put(adapterZip, { ext: 'zip' });
+                await ctx.onKnot({
+                  link: k.link,
+                  step: k.endStep,
+                  rank: k.rank,
+                  val_loss: k.valLoss ?? undefined,
+                  flops: k.flops,
+                  snapshot: snap,
+                  adapterPath: adapterObj.path,
+                  adapterBytes: adapterObj.bytes,
+                  metrics: { epoch: lastEpoch, start_step: k.startStep, end_step: k.endStep },
+                });
+                if (k.valLoss !== null) await ctx.onEval({ link: k.link, val_loss: k.valLoss });
+              },
+              isCancelled: () => ctx.isCancelled() || ctx.signal.aborted,
+              takeMergeRequest: () => ctx.takeMergeRequest(),
+              onKnotDecision: (d) => ctx.onKnotDecision?.({ ...d }),
             },
-            onKnot: async (k) => {
-              // No job id in the file: the same request must give the same bytes (same sha256) on any run.
-              const weightsFile = saveSafetensorsWeights(k.weights);
-              // With a partial reset the knot's ZIP also carries the state kept for the next link (for a resume).
-              const extra = k.optimizerState ? { [OPTIMIZER_STATE_FILE]: encodeCarriedState(k.optimizerState) } : undefined;
-              const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model, extra });
-              // The stored-bytes quota is checked before anything of this knot is written.
-              await ctx.reserveBytes(weightsFile.length + adapterZip.length);
-              const snap = await store.put(weightsFile);
-              const adapterObj = await store.put(adapterZip, { ext: 'zip' });
-              await ctx.onKnot({
-                link: k.link,
-                step: k.endStep,
-                rank: k.rank,
-                val_loss: k.valLoss ?? undefined,
-                flops: k.flops,
-                snapshot: snap,
-                adapterPath: adapterObj.path,
-                adapterBytes: adapterObj.bytes,
-                metrics: { epoch: lastEpoch, start_step: k.startStep, end_step: k.endStep },
-              });
-              if (k.valLoss !== null) await ctx.onEval({ link: k.link, val_loss: k.valLoss });
-            },
-            isCancelled: () => ctx.isCancelled() || ctx.signal.aborted,
-            takeMergeRequest: () => ctx.takeMergeRequest(),
-            onKnotDecision: (d) => ctx.onKnotDecision?.({ ...d }),
-          },
-      );
-      return res.status === 'cancelled' ? { cancelled: true } : undefined;
+        );
+        return res.status === 'cancelled' ? { cancelled: true } : undefined;
+      } finally {
+        release();
+      }
     },
   };
+}
+
+/** The device bytes a run reserves (see memory.ts): its batch shape, targets and largest rank. */
+function trainingBytesOf(mc: ModelConfig, config: TrainConfig, plan: ChainPlan): number {
+  const maxRank = Math.max(...plan.links.map((l) => l.rank));
+  return trainingDeviceBytes(mc, { batchSize: config.batchSize, maxSeqLen: config.maxSeqLen, targets: config.lora.targets, maxRank });
 }
 

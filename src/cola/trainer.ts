@@ -22,8 +22,9 @@ import { mergeLoraMany, type MergeItem } from '../gpu/ops/merge.ts';
 import { createOptimizer, loadState, pruneState, type CarriedState, type Optimizer, type OptimizerConfig } from './optimizer.ts';
 import { AutoKnots, type KnotDecision } from './auto.ts';
 import type { ModelWeights } from '../model/weights.ts';
-import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type LoraWeights } from '../model/transformer.ts';
-import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type ChatEncoder, type Example, type EncodedExample, type Tokenizer } from './data.ts';
+import { TransformerModel, bucketLen, moduleWeightName, type GpuBatch, type GpuLinear, type LoraWeights } from '../model/transformer.ts';
+import { familyOf } from '../model/names.ts';
+import { encodeExample, makeBatch, batchAt, totalSteps as epochTotalSteps, stepsPerEpoch, type ChatEncoder, type Example, type EncodedExample, type TokenizerLike } from './data.ts';
 import { autoOf, planChain, replayKnots, splitAt, type ChainConfig, type ChainPlan, type PlannedLink } from './schedule.ts';
 import { lrAt, type LrSchedule } from './lr.ts';
 import { chainFlops } from './flops.ts';
@@ -54,6 +55,8 @@ export interface StepInfo {
   epoch: number;
   /** Links of the chain as planned now (grows when a knot is tied on request or automatically). */
   links: number;
+  /** Tokens this step processed (its batch's non-padding tokens), for tokens/s. */
+  tokens?: number;
 }
 
 export interface KnotInfo {
@@ -119,7 +122,8 @@ export interface TrainInput {
   device?: TrainDevice;
   /** Starting weights: the base model, or the last knot's merged weights when resuming. */
   weights: ModelWeights;
-  tokenizer: Tokenizer;
+  /** BOS may be absent (Qwen2); EOS is needed: it ends completions and pads batches. */
+  tokenizer: TokenizerLike;
   train: Example[];
   validation?: Example[];
   config: TrainConfig;
@@ -133,7 +137,7 @@ export interface TrainInput {
 }
 
 /** Encodes the examples once; errors name the offending example. */
-export function encodeAll(tok: Tokenizer, xs: Example[], maxSeqLen: number, what: string, chat: ChatEncoder | null = null): EncodedExample[] {
+export function encodeAll(tok: TokenizerLike, xs: Example[], maxSeqLen: number, what: string, chat: ChatEncoder | null = null): EncodedExample[] {
   return xs.map((x, i) => encodeExample(tok, x, { maxSeqLen, chat }, `${what}[${i}]`));
 }
 
@@ -195,7 +199,8 @@ async function snapshotWeights(e: Engine, model: TransformerModel, base: ModelWe
     for (const short of spec.targets) {
       const lin = model.linearOf(layer, short);
       const name = moduleWeightName(c.arch, layer, short);
-      items.push({ name, t: lin.w, transpose: c.arch === 'gpt2' });
+      // A module still 16-bit was not merged (tieKnot makes merged ones f32): its base tensor stands.
+      if (lin.w.dtype === 'f32') items.push({ name, t: lin.w, transpose: familyOf(c.arch).conv1d });
       if (spec.bias && lin.b) items.push({ name: name.replace(/\.weight$/, '.bias'), t: lin.b, transpose: false });
     }
   }
@@ -217,17 +222,26 @@ async function snapshotWeights(e: Engine, model: TransformerModel, base: ModelWe
 /** Ties the knot: W += s·B·A (and bias += LoRA bias) for every adapted module, refusing non-finite results. */
 async function tieKnot(e: Engine, model: TransformerModel, lora: LoraWeights): Promise<void> {
   const items: MergeItem[] = [];
+  const lins: GpuLinear[] = [];
   const biases: { b: Tensor; delta: Tensor; key: string }[] = [];
   for (const [key, m] of lora.modules) {
     const dot = key.indexOf('.');
     const lin = model.linearOf(Number(key.slice(0, dot)), key.slice(dot + 1));
+    lins.push(lin);
     items.push({ w: lin.w, a: m.a, b: m.b, scale: lora.scale });
     if (m.bias) {
       if (!lin.b) throw new ColaConfigError('lora.bias', `module ${key} has no bias to merge the LoRA bias into`);
       biases.push({ b: lin.b, delta: m.bias, key });
     }
   }
-  await mergeLoraMany(e, items); // one wait for the whole knot
+  const merged = await mergeLoraMany(e, items); // one wait for the whole knot
+  // A 16-bit module comes back as a new f32 tensor (ops/merge.ts: rounding back would drop the update).
+  lins.forEach((lin, i) => {
+    if (merged[i] !== lin.w) {
+      lin.w.free();
+      lin.w = merged[i]!;
+    }
+  });
   for (const x of biases) await mergeBias(e, x.b, x.delta);
 }
 
@@ -256,6 +270,7 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
   const epochCfg = { n: rows.length, batchSize: cfg.batchSize, epochs: cfg.epochs, seed: cfg.seed, shuffle: cfg.shuffle };
   const sched: LrSchedule = { ...cfg.schedule, lr: cfg.optimizer.lr };
   const padId = tokenizer.eos;
+  if (padId === null) throw new ColaConfigError('model', 'the tokenizer has no EOS token; fine-tuning needs one');
   const arch = archConfigOf(input.weights.config);
   const flopsOf = (p: ChainPlan) => chainFlops(arch, p, { targets: cfg.lora.targets, tokensPerStep: cfg.batchSize * cfg.maxSeqLen, seqLen: cfg.maxSeqLen });
   let flops = flopsOf(plan);
@@ -332,7 +347,7 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
           const lr = lrAt(done, sched, plan.totalSteps, plan);
           const r = await step(lora, params, opt, done, lr, indices);
           tokens += r.tokens;
-          await cb.onStep?.({ step: done + 1, loss: r.lossV, lr, link: j, epoch, links: plan.links.length });
+          await cb.onStep?.({ step: done + 1, loss: r.lossV, lr, link: j, epoch, links: plan.links.length, tokens: r.tokens });
           const d = auto?.observe(done + 1, r.lossV, link.endStep);
           if (d) {
             await cb.onKnotDecision?.(d);

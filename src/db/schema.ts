@@ -20,7 +20,7 @@ import { JOB_STATES } from '../domain/job-states.ts';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
-export const jobStatus = pgEnum('job_status', JOB_STATES as unknown as [string, ...string[]]);
+export const jobStatus = pgEnum('job_status', JOB_STATES);
 export const versionKind = pgEnum('version_kind', ['base', 'knot', 'merge']);
 
 export const tenants = pgTable('tenants', {

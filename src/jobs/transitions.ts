@@ -3,7 +3,7 @@
 // and match `WHERE id = $1 AND lease_token = $2 AND status = 'running'`; a worker whose lease
 // was taken over (token incremented by the new claim) writes nothing and gets StaleLeaseError.
 //
-//   queued ──claim──▶ running ──succeed──▶ succeeded
+//   (submit) ──▶ queued ──claim──▶ running ──succeed──▶ succeeded
 //     │                 │ ├────fail─────▶ failed
 //     │                 │ └──finishCancel▶ cancelled
 //     └──cancelQueued──────────────────▶ cancelled
@@ -11,7 +11,7 @@
 import { and, eq, or, sql } from 'drizzle-orm';
 import type { Db } from '../db/index.ts';
 import { jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
-import { appendEvent } from '../db/repos/jobs.ts';
+import { appendEvent, insertJob } from '../db/repos/jobs.ts';
 import { ensureTenantModel, guardStorePaths, insertVersion, type NewVersion } from '../db/repos/models.ts';
 import type { JobStatus } from '../domain/job-states.ts';
 import { UserInputError } from '../services.ts';
@@ -95,7 +95,7 @@ export async function release(db: Db, l: Lease, reason = 'worker shutting down')
 export async function recordStep(
   db: Db,
   l: Lease,
-  s: { progress: JobProgress; loss?: number; lr?: number },
+  s: { progress: JobProgress; loss?: number; lr?: number; tokens?: number },
 ): Promise<{ cancelRequested: boolean; mergeRequests: number }> {
   return db.transaction(async (tx) => {
     const [r] = await tx
@@ -111,7 +111,16 @@ export async function recordStep(
         .values({ jobId: l.jobId, step: s.progress.step, ...row })
         .onConflictDoUpdate({ target: [jobSteps.jobId, jobSteps.step], set: { ...row, createdAt: sql`now()` } });
     }
-    await appendEvent(tx, l.jobId, 'step', { step: s.progress.step, loss: s.loss ?? null, lr: s.lr ?? null, link: s.progress.link, epoch: s.progress.epoch });
+    // `at` and `tokens` give a watcher tokens/s (the dashboard's job page).
+    await appendEvent(tx, l.jobId, 'step', {
+      step: s.progress.step,
+      loss: s.loss ?? null,
+      lr: s.lr ?? null,
+      link: s.progress.link,
+      epoch: s.progress.epoch,
+      ...(s.tokens !== undefined ? { tokens: s.tokens } : {}),
+      at: new Date().toISOString(),
+    });
     return { cancelRequested: r.cancel, mergeRequests: r.merges };
   });
 }
@@ -215,6 +224,28 @@ export async function requestCancel(db: Db, tenantId: string, jobId: string): Pr
       .returning({ id: jobs.id });
     return r ? 'running' : null;
   });
+}
+
+/** A new job, queued, with its first event: one transaction (a job never exists without its 'queued' event). */
+export async function submit(db: Db, input: Parameters<typeof insertJob>[1]): Promise<Job> {
+  return db.transaction(async (tx) => {
+    const job = await insertJob(tx, input);
+    await appendEvent(tx, job.id, 'status', { status: 'queued' });
+    return job;
+  });
+}
+
+/**
+ * A user's request to tie a knot now in a running job (POST /merge {job}): counts one more merge
+ * request, which the worker compares with those it has honoured. False when the job is not running.
+ */
+export async function requestKnot(db: Db, tenantId: string, jobId: string): Promise<boolean> {
+  const [r] = await db
+    .update(jobs)
+    .set({ mergeRequests: sql`${jobs.mergeRequests} + 1` })
+    .where(and(eq(jobs.id, jobId), eq(jobs.tenantId, tenantId), eq(jobs.status, 'running')))
+    .returning({ id: jobs.id });
+  return !!r;
 }
 
 /** A job that ran out of attempts after lease expiries is failed without running it again. */

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { existsSync } from 'node:fs';
 import crypto from 'node:crypto';
 import { MAX_FILE_LIMIT_BYTES, type Config } from '../config.ts';
+import { FinetuneRequest, type FinetuneRequestBody } from '../domain/schemas.ts';
 import { isSystemError, publicMessage } from '../util/redact.ts';
 import type { Db } from '../db/index.ts';
 import { eq } from 'drizzle-orm';
@@ -196,6 +197,7 @@ export class JobWorker {
             progress: { step: s.step, total_steps: s.total_steps, link: s.link, links: s.links, epoch: s.epoch },
             loss: s.loss,
             lr: s.lr,
+            tokens: s.tokens,
           });
           cancel = r.cancelRequested;
           merges = r.mergeRequests;
@@ -292,7 +294,7 @@ export class JobWorker {
 
   private async buildSpec(job: Job): Promise<FinetuneJobSpec> {
     const db = this.o.db;
-    const req = job.request as Record<string, any>;
+    const req = storedRequest(job);
     const baseModel = (await getJobModel(db, job))!;
     const bv = await getVersion(db, job.baseModelId, job.baseVersion);
     if (!baseModel || !bv) throw new Error(`base model version ${job.baseModelName}@${job.baseVersion} no longer exists`);
@@ -339,6 +341,20 @@ export class JobWorker {
     for (const r of this.running.values()) r.abort.abort(new Error('shutting down'));
     await Promise.race([Promise.all([...this.running.values()].map((r) => r.done)), Bun.sleep(timeoutMs)]);
   }
+}
+
+/**
+ * The job's request, typed: the row holds the body POST /finetune validated (defaults applied),
+ * read back through the same schema at this boundary (jsonb is untyped), so a row that does not
+ * match it fails the job with a clear error instead of reaching the runner.
+ */
+export function storedRequest(job: Job): FinetuneRequestBody {
+  const r = FinetuneRequest.safeParse(job.request);
+  if (!r.success) {
+    const i = r.error.issues[0]!;
+    throw new Error(`the stored request of job ${job.id} does not match the fine-tune request schema (${i.path.join('.') || '(body)'}: ${i.message})`);
+  }
+  return r.data;
 }
 
 /** The `error.type` a failed job reports. */

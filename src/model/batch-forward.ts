@@ -12,6 +12,7 @@ import { pagedAttention, pagedWrite, type PagedShape } from '../gpu/ops/paged.ts
 import type { Strided } from '../gpu/ops/kvcache.ts';
 import type { KvPool } from './kvpool.ts';
 import type { TransformerModel } from './transformer.ts';
+import { familyOf, plainMlp } from './names.ts';
 
 export interface BatchRow {
   /** Index into `tables` of this row's sequence. */
@@ -69,8 +70,8 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
       const n1 = model.applyNorm(x, L.attnNorm);
       let q: Strided, k: Strided, v: Strided;
       const owned: Tensor[] = [];
-      if (c.arch === 'gpt2') {
-        const lin = L.linears.get('c_attn')!;
+      if (familyOf(c.arch).fusedQkv) {
+        const lin = L.linears.get(familyOf(c.arch).fusedQkv!)!;
         const qkv = linear(e, n1, lin.w, lin.b);
         owned.push(qkv);
         q = { t: qkv, stride: 3 * c.dim, off: 0 };
@@ -93,7 +94,7 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
       for (const t of owned) t.free();
       const att = pagedAttention(e, qr, cache, paged, shape);
       qr.free();
-      const o = L.linears.get(c.arch === 'gpt2' ? 'attn.c_proj' : 'o')!;
+      const o = L.linears.get(familyOf(c.arch).attnOut)!;
       matmul(e, att.view([N, c.nHeads * c.headDim]), o.w, { transB: true, accumulate: x, bias: o.b ?? undefined }); // x += att·Woᵀ + b
       att.free();
       const n2 = model.applyNorm(x, L.ffnNorm);
@@ -109,7 +110,7 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
         ut.free();
         down = L.linears.get('down')!;
       } else {
-        const [fc1, fc2] = c.arch === 'opt' ? ['fc1', 'fc2'] : ['c_fc', 'mlp.c_proj'];
+        const [fc1, fc2] = plainMlp(c.arch);
         const l1 = L.linears.get(fc1!)!;
         const pre = linear(e, n2, l1.w, l1.b);
         act = c.activation === 'relu' ? relu(e, pre) : gelu(e, pre);

@@ -12,6 +12,7 @@ import { canFuseDecode, canFuseDecodeBatch, fusedDecodeStep, packedLayout, type 
 import { Rng } from '../util/rng.ts';
 import type { TextTokenizer } from './tokenizer.ts';
 import { bucketLen, type TransformerModel } from './transformer.ts';
+import { familyOf, plainMlp } from './names.ts';
 
 export const MAX_GENERATE_TOKENS = 4096;
 export const MAX_STOP_SEQUENCES = 8;
@@ -137,11 +138,20 @@ export class Generator {
     // CPU drivers only: there one workgroup is one thread doing the whole step without dispatch
     // overhead; on a GPU one workgroup would leave all but one multiprocessor idle.
     if (!this.allowFused || !this.e.ctx.info.isSoftware) return null;
-    if (c.arch !== 'llama' || c.qkvBias || c.oBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
+    // The fused kernels read separate q/k/v and a gated FFN in Linear layout, RoPE, no biases.
+    const fam = familyOf(c.arch);
+    if (fam.fusedQkv || fam.mlp || fam.conv1d || c.qkvBias || c.oBias || c.mlpBias || !c.gatedFfn || c.positions !== 'rope') return null;
     const spec = this.specFor();
-    const lay = packedLayout(spec, c.tiedEmbeddings);
-    if (!canFuseDecode(this.e, spec, lay.total)) return null;
-    if (batch && !canFuseDecodeBatch(this.e, spec, lay.total)) return null;
+    // The packed matrices share one precision: all f16/bf16 when the model's are, else f32 (a model
+    // with some modules merged to f32 after a knot and the rest 16-bit is packed widened to f32:
+    // these models are small, ≤ FUSED_DECODE_MAX_PARAMS).
+    const m = this.model;
+    const mats = [m.embedding, m.classifierWeight, ...m.layers.flatMap((L) => ['q', 'k', 'v', 'o', 'gate', 'up', 'down'].map((s) => L.linears.get(s)!.w))];
+    const kinds = new Set(mats.map((t) => t.dtype));
+    const kind = kinds.size === 1 ? mats[0]!.dtype : 'f32';
+    const lay = packedLayout(spec, c.tiedEmbeddings, kind === 'f16' || kind === 'bf16' ? kind : undefined);
+    if (!canFuseDecode(this.e, spec, lay)) return null;
+    if (batch && !canFuseDecodeBatch(this.e, spec, lay)) return null;
     if (this.fused === undefined) this.fused = this.packWeights(lay);
     return { ...this.fused!, spec };
   }
@@ -158,7 +168,16 @@ export class Generator {
   private packWeights(lay: PackedLayout): { packed: Tensor; lay: PackedLayout } {
     const { e, model } = this;
     const packed = e.empty([lay.total]);
-    const put = (t: Tensor, at: number) => e.copyBytes(t, 0, packed, at * 4, t.byteLength);
+    const put = (t: Tensor, at: number) => {
+      if (lay.half || t.dtype === 'f32') return e.copyBytes(t, 0, packed, at * 4, t.byteLength);
+      // A 16-bit matrix into an f32 layout: widened by gathering all its rows (the embedding kernel).
+      const R = t.shape[0]!;
+      const ids = e.upload(Int32Array.from({ length: R }, (_, i) => i), [R], 'i32');
+      const f = embedding(e, ids, t);
+      e.copyBytes(f, 0, packed, at * 4, f.byteLength);
+      f.free(); // pooled: reuse is ordered after the copy
+      ids.free();
+    };
     put(model.embedding, lay.emb);
     model.layers.forEach((L, i) => {
       const o = lay.layers[i]!;
@@ -237,8 +256,8 @@ export class Generator {
       const n1 = model.applyNorm(x, L.attnNorm);
       let q: Strided, k: Strided, v: Strided;
       const owned: Tensor[] = [];
-      if (c.arch === 'gpt2') {
-        const lin = L.linears.get('c_attn')!;
+      if (familyOf(c.arch).fusedQkv) {
+        const lin = L.linears.get(familyOf(c.arch).fusedQkv!)!;
         const qkv = linear(e, n1, lin.w, lin.b);
         owned.push(qkv);
         q = { t: qkv, stride: 3 * c.dim, off: 0 };
@@ -270,7 +289,7 @@ export class Generator {
         att = r.out;
       }
       qr.free();
-      const o = L.linears.get(c.arch === 'gpt2' ? 'attn.c_proj' : 'o')!;
+      const o = L.linears.get(familyOf(c.arch).attnOut)!;
       matmul(e, att.view([T, c.nHeads * Dh]), o.w, { transB: true, accumulate: x, bias: o.b ?? undefined }); // x += att·Woᵀ + b
       att.free();
       const n2 = model.applyNorm(x, L.ffnNorm);
@@ -286,7 +305,7 @@ export class Generator {
         ut.free();
         down = L.linears.get('down')!;
       } else {
-        const [fc1, fc2] = c.arch === 'opt' ? ['fc1', 'fc2'] : ['c_fc', 'mlp.c_proj'];
+        const [fc1, fc2] = plainMlp(c.arch);
         const l1 = L.linears.get(fc1!)!;
         const pre = linear(e, n2, l1.w, l1.b);
         act = c.activation === 'relu' ? relu(e, pre) : gelu(e, pre);

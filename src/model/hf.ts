@@ -3,8 +3,8 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { type ModelConfig, configFromHf, configToHf } from './config.ts';
-import { PICKLE_MESSAGE, SafetensorsError, encodeSafetensors, parseSafetensors, type ParsedSafetensors } from './safetensors.ts';
-import { type ModelWeights, WeightsError, saveSafetensorsWeights, weightsFromSafetensors } from './weights.ts';
+import { PICKLE_MESSAGE, SafetensorsError, type TensorToWrite, encodeSafetensors, readSafetensorsFile, type ParsedSafetensors } from './safetensors.ts';
+import { type ModelWeights, WeightsError, saveSafetensorsWeights, tensorToWrite, weightsFromSafetensors } from './weights.ts';
 
 export class ModelLoadError extends Error {
   constructor(message: string) {
@@ -49,9 +49,17 @@ export function readJsonBounded(path: string, max: number, what: string): unknow
 }
 
 function parseFile(path: string, max: number): ParsedSafetensors {
-  const bytes = readFileBounded(path, max, 'weights file');
+  let st;
   try {
-    return parseSafetensors(bytes);
+    st = statSync(path);
+  } catch {
+    throw new ModelLoadError(`weights file ${path} does not exist`);
+  }
+  if (!st.isFile()) throw new ModelLoadError(`weights file ${path} is not a regular file`);
+  if (st.size > max) throw new ModelLoadError(`weights file ${path} is ${st.size} bytes, over the limit of ${max}`);
+  try {
+    // Streamed, one buffer per tensor kept by the weights (no whole-file copy; bench/load-rss.ts).
+    return readSafetensorsFile(path);
   } catch (e) {
     if (e instanceof SafetensorsError) throw new SafetensorsError(`${basename(path)}: ${e.message}`);
     throw e;
@@ -156,7 +164,7 @@ export function shardWeights(w: ModelWeights, maxShardBytes: number): { files: M
   let cur: string[] = [];
   let size = 0;
   for (const n of names) {
-    const b = w.tensors.get(n)!.data.byteLength;
+    const b = tensorToWrite(w.tensors.get(n)!).data.byteLength;
     if (cur.length && size + b > maxShardBytes) {
       groups.push(cur);
       cur = [];
@@ -171,10 +179,10 @@ export function shardWeights(w: ModelWeights, maxShardBytes: number): { files: M
   let total = 0;
   groups.forEach((g, i) => {
     const fname = `model-${String(i + 1).padStart(5, '0')}-of-${String(groups.length).padStart(5, '0')}.safetensors`;
-    const m = new Map<string, { dtype: 'F32'; shape: number[]; data: Float32Array }>();
+    const m = new Map<string, TensorToWrite>();
     for (const n of g) {
-      const t = w.tensors.get(n)!;
-      m.set(n, { dtype: 'F32', shape: t.shape, data: t.data });
+      const t = tensorToWrite(w.tensors.get(n)!);
+      m.set(n, t);
       weightMap[n] = fname;
       total += t.data.byteLength;
     }

@@ -25,7 +25,7 @@ import { loadModelFromPath, type LoadedModel } from './registry.ts';
 import { SafetensorsError } from './safetensors.ts';
 import { loadHfTokenizer, loadLlama2cTokenizer, loadSentencePieceTokenizer, MAX_TOKENIZER_FILE_BYTES, TokenizerError, type TextTokenizer } from './tokenizer.ts';
 import { loadVersion, resolvePath } from './versions.ts';
-import { saveSafetensorsWeights, WeightsError, type ModelWeights } from './weights.ts';
+import { firstNonFinite, numelOfTensor, saveSafetensorsWeights, weightBytes, weightsDtypeOf, WeightsError, type ModelWeights } from './weights.ts';
 
 export const GiB = 1024 ** 3;
 
@@ -55,16 +55,14 @@ export function checkPathString(p: unknown, what: string): string {
 /** Total parameters (each stored tensor once; a tied classifier is the embedding). */
 function paramCount(w: ModelWeights): number {
   let n = 0;
-  for (const t of w.tensors.values()) n += t.data.length;
+  for (const t of w.tensors.values()) n += numelOfTensor(t);
   return n;
 }
 
 function checkFinite(w: ModelWeights, what: string): void {
   for (const [name, t] of w.tensors) {
-    const d = t.data;
-    for (let i = 0; i < d.length; i++) {
-      if (!Number.isFinite(d[i]!)) throw new UserInputError(`${what}: tensor ${name} holds a non-finite value (${d[i]}) at index ${i}`);
-    }
+    const i = firstNonFinite(t); // a 16-bit tensor is checked on its bits (not decoded to f32)
+    if (i >= 0) throw new UserInputError(`${what}: tensor ${name} holds a non-finite value (${t.bits ? 'a NaN or ±Inf' : t.data[i]}) at index ${i}`);
   }
 }
 
@@ -155,7 +153,7 @@ export function createModelImporter(opts: { maxModelFileBytes?: number } = {}): 
       if (!existsSync(source)) throw new UserInputError(`model path ${source} does not exist`);
       let loaded: LoadedModel;
       try {
-        loaded = loadModelFromPath(source, { maxFileBytes: maxModelFileBytes });
+        loaded = loadModelFromPath(source, { maxFileBytes: maxModelFileBytes, dtype: req.dtype ?? 'auto' });
       } catch (e) {
         throw asUserError(e, `cannot import ${source}`);
       }
@@ -180,6 +178,9 @@ export function createModelImporter(opts: { maxModelFileBytes?: number } = {}): 
         ...configToHf(w.config),
         format: 'safetensors',
         source_format: loaded.format,
+        // Precision of the stored weights ("f32", "f16", "bf16", or "mixed" after knots) and their bytes at it.
+        weights_dtype: weightsDtypeOf(w),
+        weight_bytes: weightBytes(w),
         tokenizer: join(tokDir, tok.main),
         ...(tok.spModel ? { tokenizer_model: join(tokDir, tok.spModel) } : {}),
       };

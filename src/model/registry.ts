@@ -4,9 +4,9 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ModelLoadError, loadHfWeights, readFileBounded } from './hf.ts';
 import { loadLlama2c } from './llama2c.ts';
-import { PICKLE_MESSAGE, looksLikePickle, parseSafetensors } from './safetensors.ts';
+import { PICKLE_MESSAGE, SafetensorsError, looksLikePickle, readSafetensorsFile } from './safetensors.ts';
 import { type TextTokenizer, loadHfTokenizer, loadLlama2cTokenizer, loadSentencePieceTokenizer, MAX_TOKENIZER_FILE_BYTES } from './tokenizer.ts';
-import { type ModelWeights, loadSavedSafetensorsWeights } from './weights.ts';
+import { type ModelWeights, type WeightsDtype, loadSavedSafetensorsWeights, setWeightsDtype } from './weights.ts';
 import { ChatTemplateError, loadChatTemplate, type ChatTemplate } from './chat.ts';
 
 /** Folder of the bundled stories260K model (llama2.c checkpoint + tokenizers). */
@@ -63,6 +63,8 @@ export interface LoadModelOptions {
   tokenizerPath?: string;
   /** Largest checkpoint accepted (default 16 GiB). */
   maxFileBytes?: number;
+  /** Precision of the weights (weights.ts setWeightsDtype): the checkpoint's own by default ("auto"). */
+  dtype?: WeightsDtype;
 }
 
 const GiB = 1024 ** 3;
@@ -102,6 +104,12 @@ function findLlama2cTokenizer(dir: string, exclude: string): string {
  * PyTorch pickle files are refused.
  */
 export function loadModelFromPath(path: string = DEFAULT_MODEL_DIR, opts: LoadModelOptions = {}): LoadedModel {
+  const m = loadModelAsIs(path, opts);
+  setWeightsDtype(m.weights, opts.dtype ?? 'auto');
+  return m;
+}
+
+function loadModelAsIs(path: string, opts: LoadModelOptions): LoadedModel {
   const maxFile = opts.maxFileBytes ?? 16 * GiB;
   if (!existsSync(path)) throw new ModelLoadError(`model path ${path} does not exist`);
   const st = statSync(path);
@@ -121,17 +129,26 @@ export function loadModelFromPath(path: string = DEFAULT_MODEL_DIR, opts: LoadMo
       throw new ModelLoadError(`${path}: no config.json (Hugging Face) and no llama2.c checkpoint (*.bin)`);
     }
     if (ckpts.length > 1) throw new ModelLoadError(`${path}: several checkpoints (${ckpts.join(', ')}); pass the file path`);
-    return loadModelFromPath(join(path, ckpts[0]!), opts);
+    return loadModelAsIs(join(path, ckpts[0]!), opts);
   }
-  const bytes = readFileBounded(path, maxFile, 'checkpoint');
-  if (looksLikePickle(bytes)) throw new ModelLoadError(`${path}: ${PICKLE_MESSAGE}`);
   if (path.endsWith('.safetensors')) {
-    const weights = loadSavedSafetensorsWeights(parseSafetensors(bytes));
+    if (st.size > maxFile) throw new ModelLoadError(`checkpoint ${path} is ${st.size} bytes, over the limit of ${maxFile}`);
+    // Streamed: each tensor read into the buffer the weights keep (no whole-file copy).
+    let parsed;
+    try {
+      parsed = readSafetensorsFile(path);
+    } catch (e) {
+      if (e instanceof SafetensorsError && e.message === PICKLE_MESSAGE) throw new ModelLoadError(`${path}: ${PICKLE_MESSAGE}`);
+      throw e;
+    }
+    const weights = loadSavedSafetensorsWeights(parsed);
     const tokPath = opts.tokenizerPath ?? findLlama2cTokenizer(dirname(path), basename(path));
     const tokenizer = loadTokenizerFile(tokPath, weights.config.vocabSize);
     checkVocab(weights, tokenizer, path);
     return { weights, tokenizer, format: 'safetensors', source: path, chat: chatOf(dirname(tokPath)) };
   }
+  const bytes = readFileBounded(path, maxFile, 'checkpoint');
+  if (looksLikePickle(bytes)) throw new ModelLoadError(`${path}: ${PICKLE_MESSAGE}`);
   const weights = loadLlama2c(bytes);
   const tokPath = opts.tokenizerPath ?? findLlama2cTokenizer(dirname(path), basename(path));
   const tokenizer = loadTokenizerFile(tokPath, weights.config.vocabSize);

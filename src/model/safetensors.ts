@@ -10,6 +10,7 @@
 //
 // PyTorch pickle checkpoints (`pytorch_model.bin`, `.pt`, zip or raw pickle) are refused and never
 // unpickled: unpickling runs arbitrary code.
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { bf16BytesToF32, f16BytesToF32 } from '../util/f16.ts';
 
 export class SafetensorsError extends Error {
@@ -54,6 +55,8 @@ export interface ParsedSafetensors {
   /** Tensors in header order. */
   tensors: Map<string, SafeTensor>;
   metadata: Record<string, string>;
+  /** Each tensor's bytes are a buffer of its own (readSafetensorsFile), which a loader may keep. */
+  owned?: boolean;
 }
 
 export interface ParseOptions {
@@ -408,6 +411,45 @@ export async function readSafetensorsHeader(path: string, opts: ParseOptions = {
   if (looksLikePickle(first8)) throw new SafetensorsError(PICKLE_MESSAGE);
   const n = headerLength(first8, size, opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES);
   return parseSafetensorsHeader(new Uint8Array(await f.slice(0, 8 + n).arrayBuffer()), size, opts);
+}
+
+/**
+ * Reads a safetensors file in streamed slices: the header, then each tensor into a buffer of its
+ * own (no second copy of the file): the caller may keep the tensors' bytes as they are
+ * (`owned: true`; weights.ts weightsFromSafetensors does). Peak host memory: the tensors, once.
+ */
+export function readSafetensorsFile(path: string, opts: ParseOptions & { maxFileBytes?: number } = {}): ParsedSafetensors {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    if (opts.maxFileBytes !== undefined && size > opts.maxFileBytes) throw new SafetensorsError(`file is ${size} bytes, over the limit of ${opts.maxFileBytes}`);
+    const first = new Uint8Array(Math.min(size, 9));
+    readFully(fd, first, 0);
+    if (looksLikePickle(first)) throw new SafetensorsError(PICKLE_MESSAGE);
+    const n = headerLength(first, size, opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES);
+    const head = new Uint8Array(8 + n);
+    readFully(fd, head, 0);
+    const h = parseSafetensorsHeader(head, size, opts);
+    const tensors = new Map<string, SafeTensor>();
+    for (const t of h.entries) {
+      const data = new Uint8Array(t.end - t.begin); // its own (8-byte aligned) buffer
+      readFully(fd, data, h.dataStart + t.begin);
+      tensors.set(t.name, { dtype: t.dtype, shape: t.shape, data });
+    }
+    return { tensors, metadata: h.metadata, owned: true };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Fills `buf` from file position `pos` (readSync may return short counts; 1 GiB per call at most). */
+function readFully(fd: number, buf: Uint8Array, pos: number): void {
+  let off = 0;
+  while (off < buf.length) {
+    const n = readSync(fd, buf, off, Math.min(buf.length - off, 1 << 30), pos + off);
+    if (n <= 0) throw new SafetensorsError(`file ended after ${pos + off} bytes (truncated?)`);
+    off += n;
+  }
 }
 
 export function parseSafetensors(bytes: Uint8Array, opts: ParseOptions = {}): ParsedSafetensors {

@@ -1,6 +1,7 @@
 // The generation and evaluation services the HTTP layer calls (src/services.ts interfaces), on the
 // serving engine: continuous batching per model version, admission per tenant, and every piece of
 // device work as a unit of the GPU scheduler.
+import { answerSequence } from './answer.ts';
 import type { Engine } from '../gpu/engine.ts';
 import { MemoryBudgetError, ShapeError } from '../gpu/engine.ts';
 import { DeviceLostError } from '../gpu/context.ts';
@@ -143,14 +144,11 @@ export function createMlServices(e: Engine, sched: GpuScheduler, repoRoot: strin
         /** Σ log p(completion tokens | prompt) and the token count: one scheduler unit per scored sequence. */
         const score = (prompt: string, completion: string): Promise<{ lp: number; n: number }> =>
           serving.withModel(tenant, target, async (live) => {
-            const tok = live.loaded.tokenizer;
             const V = live.model.config.vocabSize;
-            const p = tok.encode(prompt, { bos: true });
-            const full = tok.encode(prompt + completion, { bos: true });
-            // Tokens after the longest common prefix are the answer's (BPE may merge across the boundary).
-            let k = 0;
-            while (k < p.length && k < full.length && p[k] === full[k]) k++;
-            k = Math.max(1, Math.min(k, full.length - 1));
+            // The answer tokens as training and bench/lib/score.ts find them (model/answer.ts).
+            const { ids: full, start } = answerSequence(live.loaded.tokenizer, prompt, completion);
+            const k = Math.max(1, start); // a first token with nothing before it cannot be scored
+            if (k >= full.length) throw new UserInputError(`an example's completion ${JSON.stringify(completion.slice(0, 40))} encodes to no tokens after its prompt`);
             if (full.length > live.model.config.maxSeqLen) throw new UserInputError(`an example of ${full.length} tokens exceeds the model's context of ${live.model.config.maxSeqLen}`);
             const logits = await live.generator.promptLogits(full);
             let lp = 0;

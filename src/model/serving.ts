@@ -70,6 +70,10 @@ export interface ServingStats {
   iterations: number;
   /** Live sequences per tenant (for tests and /metrics). */
   liveByTenant: Record<string, number>;
+  /** Device bytes of the resident models' weights (16-bit weights at 2 bytes a value). */
+  weightBytes: number;
+  /** Resident models. */
+  models: number;
 }
 
 export class ServingEngine {
@@ -97,7 +101,7 @@ export class ServingEngine {
   }
 
   stats(): ServingStats {
-    return { live: this.live, queued: this.queued, rejected: this.rejected, iterations: this.iterations, liveByTenant: Object.fromEntries(this.liveBy) };
+    return { live: this.live, queued: this.queued, rejected: this.rejected, iterations: this.iterations, liveByTenant: Object.fromEntries(this.liveBy), weightBytes: this.cache.residentBytes, models: this.cache.size };
   }
 
   /**

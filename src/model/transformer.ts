@@ -20,10 +20,10 @@ import { crossEntropy } from '../gpu/ops/loss.ts';
 import { sliceCols, scatterCols } from '../gpu/ops/layout.ts';
 import type { ModelConfig } from './config.ts';
 import { modelInvFreq } from './rope.ts';
-import { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName } from './names.ts';
+import { familyOf, plainMlp, hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName } from './names.ts';
 
 export { hfModulePath, layerPrefixOf, moduleShorts, moduleWeightName };
-import { type ModelWeights, classifierWeight, getTensor, linearWeight } from './weights.ts';
+import { type ModelWeights, type WeightTensor, classifierWeight, getTensor, halfBitsOf, linearWeight } from './weights.ts';
 
 /** A linear layer on the GPU: w (out, in), optional bias (out). */
 export interface GpuLinear {
@@ -140,34 +140,38 @@ export class TransformerModel {
     return { invFreq: this.invFreqT, interleaved: this.config.ropeInterleaved };
   }
 
-  /** Uploads CPU weights (HF names) to the GPU. GPT-2 Conv1D weights are transposed to (out, in). */
+  /**
+   * Uploads CPU weights (HF names) to the GPU. GPT-2 Conv1D weights are transposed to (out, in).
+   * The matrices the kernels read as 16-bit (linear weights, token embedding, classifier) stay
+   * f16/bf16 when the tensor is (weights.ts halfBitsOf); norms, biases and position tables are f32.
+   */
   static upload(e: Engine, weights: ModelWeights): TransformerModel {
     const c = weights.config;
     const m = new TransformerModel(e, c);
+    const upMatrix = (t: WeightTensor) => {
+      const bits = halfBitsOf(t);
+      return bits ? e.upload(bits, t.shape, t.dtype) : e.upload(t.data, t.shape);
+    };
     const up = (name: string) => {
       const t = getTensor(weights, name);
       return e.upload(t.data, t.shape);
     };
     const upOpt = (name: string) => (weights.tensors.has(name) ? up(name) : null);
-    const embName = c.arch === 'llama' ? 'model.embed_tokens.weight' : c.arch === 'opt' ? 'model.decoder.embed_tokens.weight' : 'transformer.wte.weight';
-    m.embedTable = up(embName);
-    if (c.arch === 'opt') m.posTable = up('model.decoder.embed_positions.weight');
-    if (c.arch === 'gpt2') m.posTable = up('transformer.wpe.weight');
+    const fam = familyOf(c.arch);
+    m.embedTable = upMatrix(getTensor(weights, fam.embedding));
+    if (fam.positions) m.posTable = up(fam.positions);
     if (c.tiedEmbeddings) m.classifier = m.embedTable;
-    else {
-      const cls = classifierWeight(weights);
-      m.classifier = e.upload(cls.data, cls.shape);
-    }
-    const fn = c.arch === 'llama' ? 'model.norm' : c.arch === 'opt' ? 'model.decoder.final_layer_norm' : 'transformer.ln_f';
+    else m.classifier = upMatrix(classifierWeight(weights));
+    const fn = fam.finalNorm;
     m.finalNorm = { w: up(`${fn}.weight`), b: upOpt(`${fn}.bias`) };
     for (let i = 0; i < c.nLayers; i++) {
       const p = layerPrefixOf(c.arch, i);
-      const [n1, n2] = c.arch === 'llama' ? ['input_layernorm', 'post_attention_layernorm'] : c.arch === 'opt' ? ['self_attn_layer_norm', 'final_layer_norm'] : ['ln_1', 'ln_2'];
+      const [n1, n2] = fam.norms;
       const linears = new Map<string, GpuLinear>();
       for (const short of moduleShorts(c.arch)) {
         const wn = moduleWeightName(c.arch, i, short);
         const lw = linearWeight(weights, wn);
-        linears.set(short, { w: e.upload(lw.data, lw.shape), b: upOpt(wn.replace(/\.weight$/, '.bias')) });
+        linears.set(short, { w: upMatrix(lw), b: upOpt(wn.replace(/\.weight$/, '.bias')) });
       }
       m.layers.push({ attnNorm: { w: up(`${p}${n1}.weight`), b: upOpt(`${p}${n1}.bias`) }, ffnNorm: { w: up(`${p}${n2}.weight`), b: upOpt(`${p}${n2}.bias`) }, linears });
     }
@@ -192,6 +196,27 @@ export class TransformerModel {
   }
   get classifierWeight(): Tensor {
     return this.classifier;
+  }
+
+  /** Every weight tensor on the device, each once (a tied classifier is the embedding). */
+  weightTensors(): Tensor[] {
+    const seen = new Set<Tensor>();
+    const f = (t: Tensor | null) => t && seen.add(t);
+    f(this.embedTable);
+    f(this.posTable);
+    f(this.classifier);
+    f(this.finalNorm.w);
+    f(this.finalNorm.b);
+    for (const l of this.layers) {
+      for (const n of [l.attnNorm, l.ffnNorm]) f(n.w), f(n.b);
+      for (const lin of l.linears.values()) f(lin.w), f(lin.b);
+    }
+    return [...seen];
+  }
+
+  /** Bytes of the weights on the device (16-bit tensors count 2 bytes a value). */
+  get weightBytes(): number {
+    return this.weightTensors().reduce((n, t) => n + t.byteLength, 0);
   }
 
   /** Frees every weight tensor. */
@@ -325,8 +350,8 @@ export class TransformerModel {
       const n1 = this.norm(x, L.attnNorm);
       let q: Tensor, k: Tensor, v: Tensor;
       let qkvIn: Tensor | null = null;
-      if (c.arch === 'gpt2') {
-        const qkv = this.proj(i, 'c_attn', n1.y, lora, h); // (N,3D)
+      if (familyOf(c.arch).fusedQkv) {
+        const qkv = this.proj(i, familyOf(c.arch).fusedQkv!, n1.y, lora, h); // (N,3D)
         q = sliceCols(e, qkv, 0, c.dim).view([B, T, c.nHeads, Dh]);
         k = sliceCols(e, qkv, c.dim, c.dim).view([B, T, c.nKvHeads, Dh]);
         v = sliceCols(e, qkv, 2 * c.dim, c.dim).view([B, T, c.nKvHeads, Dh]);
@@ -347,7 +372,7 @@ export class TransformerModel {
       }
       const att = attention(e, q, k, v, { keyMask: batch.keyMask });
       const attFlat = att.out.view([N, c.nHeads * Dh]);
-      const o = this.proj(i, c.arch === 'gpt2' ? 'attn.c_proj' : 'o', attFlat, lora, h);
+      const o = this.proj(i, familyOf(c.arch).attnOut, attFlat, lora, h);
       const x2 = add(e, x, o);
       o.free();
       yield; // mid-layer: attention done, FFN next (finer hand-over points for the GPU scheduler)
@@ -362,7 +387,7 @@ export class TransformerModel {
         pre = [g, u];
         f = this.proj(i, 'down', act, lora, h);
       } else {
-        const [fc1, fc2] = c.arch === 'opt' ? ['fc1', 'fc2'] : ['c_fc', 'mlp.c_proj'];
+        const [fc1, fc2] = plainMlp(c.arch);
         const a = this.proj(i, fc1!, n2.y, lora, h);
         act = c.activation === 'relu' ? relu(e, a) : gelu(e, a);
         pre = [a];
@@ -399,10 +424,29 @@ export class TransformerModel {
     return rows;
   }
 
+  /**
+   * Vocabulary rows per chunk of the classifier when it is over the storage-binding limit (a
+   * 128k-token vocabulary: 501 MiB in bf16 against lavapipe's 128 MiB), 256-byte aligned; else V.
+   */
+  private vocabChunk(): number {
+    const V = this.config.vocabSize;
+    const cls = this.classifier;
+    const maxBind = this.e.limits.maxStorageBufferBindingSize;
+    if (cls.byteLength <= maxBind) return V;
+    const rowBytes = cls.byteLength / V;
+    const align = this.e.limits.minStorageBufferOffsetAlignment;
+    let g = rowBytes, a = align;
+    while (a) [g, a] = [a, g % a];
+    const alignRows = align / g;
+    return Math.max(alignRows, Math.floor(maxBind / rowBytes / alignRows) * alignRows);
+  }
+
   /** Logits (N,V) = hidden·Clsᵀ, computed in row chunks that fit a storage binding. */
   logits(hidden: Tensor): Tensor {
     const N = hidden.shape[0]!;
     const V = this.config.vocabSize;
+    const vc = this.vocabChunk();
+    if (vc < V) return this.logitsByVocabChunks(hidden, vc);
     const out = this.e.empty([N, V]);
     const step = this.headChunkRows(N);
     for (let r = 0; r < N; r += step) {
@@ -415,10 +459,37 @@ export class TransformerModel {
   }
 
   /**
+   * Logits with the classifier bound in vocabulary chunks: each (rows, vc) product goes to a scratch
+   * block and its rows are copied into place (one copy per row and chunk; decode has one row).
+   */
+  private logitsByVocabChunks(hidden: Tensor, vc: number): Tensor {
+    const e = this.e;
+    const N = hidden.shape[0]!;
+    const V = this.config.vocabSize;
+    const out = e.empty([N, V]);
+    const rows = Math.max(1, Math.min(N, Math.floor(e.limits.maxStorageBufferBindingSize / (vc * 4))));
+    for (let r = 0; r < N; r += rows) {
+      const r1 = Math.min(N, r + rows);
+      // hidden.rows needs 256-byte aligned offsets; a copy of the rows avoids the constraint.
+      const hv = rows >= N ? hidden : e.empty([r1 - r, this.config.dim]);
+      if (hv !== hidden) e.copyBytes(hidden, r * this.config.dim * 4, hv, 0, (r1 - r) * this.config.dim * 4);
+      for (let v0 = 0; v0 < V; v0 += vc) {
+        const v1 = Math.min(V, v0 + vc);
+        const part = matmul(e, hv, this.classifier.rows(v0, v1), { transB: true }); // (rows, v1 − v0)
+        for (let i = 0; i < r1 - r; i++) e.copyBytes(part, i * (v1 - v0) * 4, out, ((r + i) * V + v0) * 4, (v1 - v0) * 4);
+        part.free();
+      }
+      if (hv !== hidden) hv.free();
+    }
+    return out;
+  }
+
+  /**
    * Mean cross-entropy over non-ignored targets and its gradient w.r.t. hidden (N,D).
    * Returns loss (1) and dHidden (N,D).
    */
   lossAndHiddenGrad(hidden: Tensor, targets: Tensor): { loss: Tensor; dHidden: Tensor } {
+    if (this.vocabChunk() < this.config.vocabSize) throw new ShapeError(`the classifier (${this.classifier}) is over the storage-binding limit: training through it is not implemented (generation is)`);
     const logits = this.logits(hidden);
     const { loss, dLogits } = crossEntropy(this.e, logits, targets);
     logits.free();
@@ -467,7 +538,7 @@ export class TransformerModel {
         dxa.free();
         dxb.free();
       } else {
-        const [fc1, fc2] = c.arch === 'opt' ? ['fc1', 'fc2'] : ['c_fc', 'mlp.c_proj'];
+        const [fc1, fc2] = plainMlp(c.arch);
         const dAct = this.projBackward(i, fc2!, dx, s.act, lora, s.h, grads)!;
         const dPre = c.activation === 'relu' ? reluBackward(e, dAct, s.pre[0]!) : geluBackward(e, dAct, s.pre[0]!);
         dAct.free();
@@ -483,7 +554,7 @@ export class TransformerModel {
       for (const t of [...s.pre, s.act, s.xn2, ...s.n2, s.x2]) t.free();
       // Attention: x2 = x + o(attn(q, k, v))
       const attFlat = s.att.out.view([N, c.nHeads * Dh]);
-      const dAtt = this.projBackward(i, c.arch === 'gpt2' ? 'attn.c_proj' : 'o', dx2, attFlat, lora, s.h, grads)!;
+      const dAtt = this.projBackward(i, familyOf(c.arch).attnOut, dx2, attFlat, lora, s.h, grads)!;
       const { dq, dk, dv } = attentionBackward(e, dAtt.view([B, T, c.nHeads, Dh]), s.q, s.k, s.v, s.att);
       dAtt.free();
       s.att.out.free();
@@ -498,12 +569,12 @@ export class TransformerModel {
         dk.free();
       }
       let dn1: Tensor;
-      if (c.arch === 'gpt2') {
+      if (familyOf(c.arch).fusedQkv) {
         const dqkv = e.empty([N, 3 * c.dim]);
         scatterCols(e, dqr.view([N, c.dim]), dqkv, 0);
         scatterCols(e, dkr.view([N, c.dim]), dqkv, c.dim);
         scatterCols(e, dv.view([N, c.dim]), dqkv, 2 * c.dim);
-        dn1 = this.projBackward(i, 'c_attn', dqkv, s.xn, lora, s.h, grads)!;
+        dn1 = this.projBackward(i, familyOf(c.arch).fusedQkv!, dqkv, s.xn, lora, s.h, grads)!;
         dqkv.free();
       } else {
         const a = this.projBackward(i, 'q', dqr.view([N, c.nHeads * Dh]), s.xn, lora, s.h, grads)!;

@@ -5,6 +5,7 @@ import type { ResolvedVersion } from '../services.ts';
 import { chatOf, loadModelFromPath, type LoadedModel } from './registry.ts';
 import { TransformerModel } from './transformer.ts';
 import { Generator } from './generate.ts';
+import { weightBytes } from './weights.ts';
 
 /** Absolute path of a stored file: relative paths (bundled models) are under the repository root. */
 export function resolvePath(repoRoot: string, p: string): string {
@@ -113,10 +114,9 @@ export class ModelCache {
       return hit;
     }
     const loaded = loadVersion(this.repoRoot, v);
-    let bytes = 0;
-    for (const t of loaded.weights.tensors.values()) bytes += t.data.byteLength;
-    this.evict(bytes);
+    this.evict(weightBytes(loaded.weights)); // 16-bit tensors at 2 bytes a value
     const model = TransformerModel.upload(this.e, loaded.weights);
+    const bytes = model.weightBytes; // what the device holds (norms and biases stay f32)
     const entry: LiveModel = { key, loaded, model, generator: new Generator(this.e, model, loaded.tokenizer), bytes };
     this.live.set(key, entry);
     this.held += bytes;

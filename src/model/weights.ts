@@ -10,12 +10,126 @@
 //   = true); they are not permuted to HF's rotate_half layout.
 // - lm_head.weight is absent when config.tiedEmbeddings (use the token embedding).
 import type { ModelConfig } from './config.ts';
+import { familyOf } from './names.ts';
 import { configFromHf, configToHf } from './config.ts';
-import { type ParsedSafetensors, type SafeTensor, encodeSafetensors, numelOf, toFloat32 } from './safetensors.ts';
+import { type ParsedSafetensors, type SafeTensor, type TensorToWrite, encodeSafetensors, numelOf, toFloat32 } from './safetensors.ts';
+import { fromHalf, halfBits, roundToHalf, type HalfKind } from '../gpu/half.ts';
 
 export interface WeightTensor {
   shape: number[];
+  /**
+   * The values as f32 (for a 16-bit tensor: exactly the decoded 16-bit values). A tensor made by
+   * halfTensor decodes them on first read and from then on holds them as f32 (the caller may
+   * change them); until then it holds only `bits` (2 bytes a value on the host).
+   */
   data: Float32Array;
+  /** A 16-bit tensor's bits while its values were never read as f32 (halfTensor). */
+  readonly bits?: Uint16Array;
+  /**
+   * The precision the values were given in (a bf16/f16 checkpoint, or `"dtype"` on import); absent:
+   * f32. The matrices (linear weights, token embedding, classifier) of a 16-bit tensor are stored
+   * 16-bit on the device, and the tensor is written 16-bit, whenever its values are still exact in
+   * that format (halfBits); a tensor changed in f32 (a merged knot) is kept and written as f32.
+   */
+  dtype?: HalfKind;
+}
+
+/** Precision asked for on import: the checkpoint's own ("auto"), or every tensor converted. */
+export type WeightsDtype = 'auto' | 'f32' | 'f16' | 'bf16';
+
+/**
+ * Converts weights in place to `dtype`: "f32" forgets the 16-bit precision (the device then holds
+ * f32), "f16"/"bf16" round every tensor to nearest even (throws a WeightsError when an f16 value
+ * overflows), "auto" keeps what the checkpoint had.
+ */
+export function setWeightsDtype(w: ModelWeights, dtype: WeightsDtype): ModelWeights {
+  if (dtype === 'auto') return w;
+  for (const [name, t] of w.tensors) {
+    if (dtype === 'f32') {
+      delete t.dtype;
+      continue;
+    }
+    if (t.dtype === dtype) continue;
+    const r = roundToHalf(t.data, dtype);
+    for (let i = 0; i < r.length; i++) {
+      if (!Number.isFinite(r[i]!) && Number.isFinite(t.data[i]!)) throw new WeightsError(`tensor ${name} holds ${t.data[i]} at index ${i}, beyond the range of ${dtype}; import it as bf16 or f32`);
+    }
+    t.data = r;
+    t.dtype = dtype;
+  }
+  return w;
+}
+
+/**
+ * A 16-bit tensor held as its bits; `data` decodes them once, on first read (the bits are then
+ * dropped: whoever read `data` may change it, and halfBitsOf checks what it holds).
+ */
+export function halfTensor(shape: number[], kind: HalfKind, bits: Uint16Array): WeightTensor {
+  let raw: Uint16Array | undefined = bits;
+  let f32: Float32Array | null = null;
+  return {
+    shape,
+    dtype: kind,
+    get bits() {
+      return raw;
+    },
+    get data(): Float32Array {
+      if (!f32) {
+        f32 = fromHalf(raw!, kind);
+        raw = undefined;
+      }
+      return f32;
+    },
+    set data(v: Float32Array) {
+      f32 = v;
+      raw = undefined;
+    },
+  };
+}
+
+/** Values of a tensor, without decoding a 16-bit one. */
+export function numelOfTensor(t: WeightTensor): number {
+  return t.bits ? t.bits.length : t.data.length;
+}
+
+/** The tensor's 16-bit bits when it is a 16-bit tensor whose values are still exact, else null. */
+export function halfBitsOf(t: WeightTensor): Uint16Array | null {
+  if (!t.dtype) return null;
+  return t.bits ?? halfBits(t.data, t.dtype);
+}
+
+/** Index of the first non-finite value (NaN, ±Inf), or -1; a 16-bit tensor is checked on its bits. */
+export function firstNonFinite(t: WeightTensor): number {
+  const b = t.bits;
+  if (b) {
+    const exp = t.dtype === 'bf16' ? 0x7f80 : 0x7c00;
+    for (let i = 0; i < b.length; i++) if ((b[i]! & exp) === exp) return i;
+    return -1;
+  }
+  const d = t.data;
+  for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i]!)) return i;
+  return -1;
+}
+
+/** The tensor as it is written to a file: 16-bit when halfBitsOf allows it, else F32. */
+export function tensorToWrite(t: WeightTensor): TensorToWrite {
+  const bits = halfBitsOf(t);
+  if (bits) return { dtype: t.dtype === 'bf16' ? 'BF16' : 'F16', shape: t.shape, data: bits };
+  return { dtype: 'F32', shape: t.shape, data: t.data };
+}
+
+/** Bytes of the weights at their stored precision (2 per value of an exact 16-bit tensor, else 4). */
+export function weightBytes(w: ModelWeights): number {
+  let n = 0;
+  for (const t of w.tensors.values()) n += numelOfTensor(t) * (t.dtype && halfBitsOf(t) ? 2 : 4);
+  return n;
+}
+
+/** The precision of the weights as a model reports it: "f32", "f16", "bf16" or "mixed". */
+export function weightsDtypeOf(w: ModelWeights): 'f32' | 'f16' | 'bf16' | 'mixed' {
+  const kinds = new Set<string>();
+  for (const t of w.tensors.values()) kinds.add(t.dtype && halfBitsOf(t) ? t.dtype : 'f32');
+  return kinds.size === 1 ? (kinds.values().next().value as 'f32' | 'f16' | 'bf16') : 'mixed';
 }
 
 export interface ModelWeights {
@@ -108,7 +222,7 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
 
 /** Name of the token-embedding tensor (also the classifier when tied). */
 export function embeddingName(c: ModelConfig): string {
-  return c.arch === 'llama' ? 'model.embed_tokens.weight' : c.arch === 'opt' ? 'model.decoder.embed_tokens.weight' : 'transformer.wte.weight';
+  return familyOf(c.arch).embedding;
 }
 
 /** The classifier matrix (V, D): lm_head.weight, or the token embedding when tied. */
@@ -128,11 +242,11 @@ export function getTensor(w: ModelWeights, name: string): WeightTensor {
  */
 export function linearWeight(w: ModelWeights, name: string): WeightTensor {
   const t = getTensor(w, name);
-  if (w.config.arch !== 'gpt2' || !/\.(c_attn|c_proj|c_fc)\.weight$/.test(name)) return t;
+  if (!familyOf(w.config.arch).conv1d || !/\.(c_attn|c_proj|c_fc)\.weight$/.test(name)) return t;
   const [rows, cols] = t.shape as [number, number];
   const out = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = t.data[r * cols + c]!;
-  return { shape: [cols, rows], data: out };
+  return { shape: [cols, rows], data: out, ...(t.dtype ? { dtype: t.dtype } : {}) };
 }
 
 /**
@@ -151,8 +265,8 @@ export function validateWeights(w: ModelWeights): void {
     }
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       bad.push(`${name}: shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
-    } else if (t.data.length !== numelOf(shape)) {
-      bad.push(`${name}: ${t.data.length} values for shape [${shape.join(', ')}]`);
+    } else if (numelOfTensor(t) !== numelOf(shape)) {
+      bad.push(`${name}: ${numelOfTensor(t)} values for shape [${shape.join(', ')}]`);
     }
   }
   const extra = [...w.tensors.keys()].filter((n) => !exp.has(n));
@@ -201,6 +315,7 @@ export interface FromSafetensorsOptions {
  */
 export function weightsFromSafetensors(config: ModelConfig, files: ParsedSafetensors[], opts: FromSafetensorsOptions = {}): ModelWeights {
   const tensors = new Map<string, WeightTensor>();
+  const sources = new Map<string, SafeTensor>();
   let lmHead: SafeTensor | null = null;
   for (const f of files) {
     for (const [name, t] of f.tensors) {
@@ -214,14 +329,31 @@ export function weightsFromSafetensors(config: ModelConfig, files: ParsedSafeten
         lmHead = t;
         continue;
       }
-      tensors.set(n, { shape: t.shape.slice(), data: toFloat32(t, { copy: true }) });
+      sources.set(n, t);
+      // With `owned` (readSafetensorsFile: one buffer per tensor) the bytes are used in place: an
+      // F32 tensor is viewed as a Float32Array, a 16-bit one kept as its bits (no f32 copy).
+      const owned = !!f.owned && t.data.byteOffset % 4 === 0;
+      if (t.dtype === 'BF16' || t.dtype === 'F16') {
+        const n16 = t.data.byteLength / 2;
+        const bits = owned ? new Uint16Array(t.data.buffer, t.data.byteOffset, n16) : new Uint16Array(t.data.slice().buffer, 0, n16);
+        tensors.set(n, halfTensor(t.shape.slice(), t.dtype === 'BF16' ? 'bf16' : 'f16', bits));
+      } else {
+        tensors.set(n, { shape: t.shape.slice(), data: toFloat32(t, { copy: !owned }) });
+      }
     }
   }
   const w: ModelWeights = { config, tensors };
   if (lmHead && (opts.tiedLmHead ?? 'check') === 'check') {
-    const emb = tensors.get(embeddingName(config));
-    const head = toFloat32(lmHead, { copy: true });
-    if (!emb || emb.data.length !== head.length || emb.data.some((v, i) => !Object.is(v, head[i]))) {
+    const src = sources.get(embeddingName(config));
+    const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && Buffer.compare(a, b) === 0;
+    const same = (): boolean => {
+      if (!src) return false;
+      if (src.dtype === lmHead!.dtype) return sameBytes(src.data, lmHead!.data);
+      const a = toFloat32(src, { copy: true });
+      const b = toFloat32(lmHead!, { copy: true });
+      return a.length === b.length && a.every((v, i) => Object.is(v, b[i]));
+    };
+    if (!same()) {
       throw new WeightsError('tie_word_embeddings is true but lm_head.weight differs from the token embedding; set tie_word_embeddings: false');
     }
   }
@@ -230,13 +362,14 @@ export function weightsFromSafetensors(config: ModelConfig, files: ParsedSafeten
 }
 
 /**
- * The weights as a safetensors file with HF names (F32, names sorted), metadata {format: "pt"}
- * plus the config as JSON under "cola_config" so the file alone can be reloaded.
+ * The weights as a safetensors file with HF names (names sorted; each tensor F32, or BF16/F16 when
+ * it is a 16-bit tensor still exact in that format: tensorToWrite), metadata {format: "pt"} plus the
+ * config as JSON under "cola_config" so the file alone can be reloaded.
  */
 export function saveSafetensorsWeights(w: ModelWeights, metadata: Record<string, string> = {}): Uint8Array {
   validateWeights(w);
-  const out = new Map<string, { dtype: 'F32'; shape: number[]; data: Float32Array }>();
-  for (const [name, t] of w.tensors) out.set(name, { dtype: 'F32', shape: t.shape, data: t.data });
+  const out = new Map<string, TensorToWrite>();
+  for (const [name, t] of w.tensors) out.set(name, tensorToWrite(t));
   return encodeSafetensors(out, { format: 'pt', cola_config: JSON.stringify(configToHf(w.config)), ...metadata });
 }
 

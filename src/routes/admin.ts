@@ -1,8 +1,10 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
-import { createKey, createTenant, getTenantByName, revokeKey } from '../db/repos/tenants.ts';
-import { IdParam } from './common.ts';
+import { createKey, createTenant, getTenantByName, listTenants, revokeKey } from '../db/repos/tenants.ts';
+import { countActiveJobs, countJobsOfTenant } from '../db/repos/jobs.ts';
+import { tenantStoredBytes } from '../db/repos/files.ts';
+import { IdParam, iso, quotasOf } from './common.ts';
 
 export const QuotasSchema = z
   .object({
@@ -24,7 +26,45 @@ const CreateTenant = z
 
 const KeyOut = z.object({ tenant_id: z.string(), key_id: z.string(), api_key: z.string() });
 
+const TenantUsage = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    created_at: z.string(),
+    /** The quotas in force: the tenant's overrides over the configured defaults. */
+    quotas: z.object({ requests_per_minute: z.number(), concurrent_jobs: z.number(), stored_bytes: z.number(), max_tokens_per_request: z.number() }),
+    usage: z.object({ stored_bytes: z.number(), active_jobs: z.number().int(), jobs: z.number().int() }),
+  })
+  .openapi('TenantUsage');
+
 export function adminRoutes(app: App, d: AppDeps) {
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/admin/tenants',
+      tags: ['admin'],
+      summary: 'Every tenant with its quotas in force and its usage (stored bytes, active and all jobs)',
+      responses: {
+        200: { description: 'tenants', content: { 'application/json': { schema: z.object({ data: z.array(TenantUsage) }) } } },
+        ...problems(401),
+      },
+    }),
+    async (c) => {
+      const data = [];
+      for (const t of await listTenants(d.db)) {
+        const q = quotasOf(d, t);
+        data.push({
+          id: t.id,
+          name: t.name,
+          created_at: iso(t.createdAt)!,
+          quotas: { requests_per_minute: q.requests_per_minute, concurrent_jobs: q.concurrent_jobs, stored_bytes: q.stored_bytes, max_tokens_per_request: q.max_tokens_per_request },
+          usage: { stored_bytes: await tenantStoredBytes(d.db, t.id), active_jobs: await countActiveJobs(d.db, t.id), jobs: await countJobsOfTenant(d.db, t.id) },
+        });
+      }
+      return c.json({ data }, 200);
+    },
+  );
+
   app.openapi(
     createRoute({
       method: 'post',

@@ -4,10 +4,9 @@
 // them any more (content-addressed files may be shared), and only inside the store root.
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
-import { problems, ProblemError } from './problem.ts';
+import { problems } from './problem.ts';
 import { IdParam, ModelName, tenantOf, VersionParam } from './common.ts';
-import { findModel } from '../db/repos/models.ts';
-import { deleteAdapter, deleteFile, deleteModel, deleteVersion, type DeleteResult } from '../db/repos/deletes.ts';
+import { removeAdapter, removeFile, removeModel, removeVersion } from '../usecases/delete.ts';
 
 const Deleted = z
   .object({
@@ -17,14 +16,7 @@ const Deleted = z
   })
   .openapi('Deleted');
 
-function answer(r: DeleteResult | null, what: string) {
-  if (!r) throw new ProblemError(404, `${what} not found`);
-  if (!r.ok) throw new ProblemError(409, `${what} cannot be deleted now: ${r.conflict}`);
-  return { deleted: what, freed_bytes: r.bytes };
-}
-
 export function deleteRoutes(app: App, d: AppDeps) {
-  const free = (paths: string[]) => d.store.free(paths);
 
   app.openapi(
     createRoute({
@@ -37,7 +29,7 @@ export function deleteRoutes(app: App, d: AppDeps) {
     }),
     async (c) => {
       const { id } = c.req.valid('param');
-      return c.json(answer(await deleteFile(d.db, tenantOf(c).id, id, free), `file ${id}`), 200);
+      return c.json(await removeFile(d, tenantOf(c), id), 200);
     },
   );
 
@@ -52,17 +44,9 @@ export function deleteRoutes(app: App, d: AppDeps) {
     }),
     async (c) => {
       const { id } = c.req.valid('param');
-      return c.json(answer(await deleteAdapter(d.db, tenantOf(c).id, id, free), `adapter ${id}`), 200);
+      return c.json(await removeAdapter(d, tenantOf(c), id), 200);
     },
   );
-
-  /** The tenant's own model of that name; a shared one is refused, an unknown one is 404. */
-  const ownModel = async (tenantId: string, name: string) => {
-    const m = await findModel(d.db, tenantId, name);
-    if (!m) throw new ProblemError(404, `model "${name}" not found`);
-    if (m.tenantId !== tenantId) throw new ProblemError(409, `"${name}" is a shared base model: only the operator can remove it`);
-    return m;
-  };
 
   app.openapi(
     createRoute({
@@ -75,8 +59,7 @@ export function deleteRoutes(app: App, d: AppDeps) {
     }),
     async (c) => {
       const { name, v } = c.req.valid('param');
-      const m = await ownModel(tenantOf(c).id, name);
-      return c.json(answer(await deleteVersion(d.db, m, v, free), `version ${v} of model "${name}"`), 200);
+      return c.json(await removeVersion(d, tenantOf(c), name, v), 200);
     },
   );
 
@@ -91,8 +74,7 @@ export function deleteRoutes(app: App, d: AppDeps) {
     }),
     async (c) => {
       const { name } = c.req.valid('param');
-      const m = await ownModel(tenantOf(c).id, name);
-      return c.json(answer(await deleteModel(d.db, m, free), `model "${name}"`), 200);
+      return c.json(await removeModel(d, tenantOf(c), name), 200);
     },
   );
 }

@@ -19,7 +19,17 @@ export const JobEvents = z
   .object({
     status: z.object({ status: JobStatusSchema, attempt: z.number().int().optional(), reason: z.string().optional(), error: z.object({ type: z.string(), detail: z.string() }).optional() }),
     link_started: z.object({ link: z.number().int(), rank: z.number().int() }),
-    step: z.object({ step: z.number().int(), loss: z.number().nullable(), lr: z.number().nullable(), link: z.number().int(), epoch: z.number().int() }),
+    step: z.object({
+      step: z.number().int(),
+      loss: z.number().nullable(),
+      lr: z.number().nullable(),
+      link: z.number().int(),
+      epoch: z.number().int(),
+      /** Tokens the step processed (its batch's non-padding tokens; absent when a trainer does not count them). */
+      tokens: z.number().int().optional(),
+      /** When the step was recorded (ISO 8601): with `tokens`, tokens/s. */
+      at: z.string(),
+    }),
     knot: z.object({ link: z.number().int(), step: z.number().int(), version: z.number().int(), rank: z.number().int(), val_loss: z.number().nullable() }),
     eval: z.object({ link: z.number().int(), val_loss: z.number() }),
     knot_decision: z.object({
@@ -89,6 +99,16 @@ export function docsRoutes(app: App) {
       tags: ['ops'],
       security: [],
       summary: 'The API reference page (Swagger UI, its assets served from this server: works offline)',
+      responses: { 200: { description: 'HTML page', content: { 'text/html': { schema: z.string() } } } },
+    }),
+  );
+  app.openAPIRegistry.registerPath(
+    createRoute({
+      method: 'get',
+      path: '/ui',
+      tags: ['ops'],
+      security: [],
+      summary: 'The dashboard (its modules under /ui/…; it signs in with an API key kept in the browser session)',
       responses: { 200: { description: 'HTML page', content: { 'text/html': { schema: z.string() } } } },
     }),
   );

@@ -1,83 +1,17 @@
-import fs from 'node:fs/promises';
-import path from 'node:path';
+// /files (upload, list, read) and POST /evaluate: route + handler; the work is in
+// src/usecases/files.ts and src/usecases/evaluate.ts.
 import { createRoute, z } from '@hono/zod-openapi';
-import type { Context } from 'hono';
-import type { App, AppDeps, AppEnv } from './deps.ts';
-import { problems, ProblemError, notImplemented, zodErrors } from './problem.ts';
-import { IdParam, iso, ModelName, quotasOf, resolveVersion, tenantOf, VersionNumber } from './common.ts';
+import type { App, AppDeps } from './deps.ts';
+import { problems, ProblemError } from './problem.ts';
+import { IdParam, iso, ModelName, tenantOf, VersionNumber } from './common.ts';
 import { AnyExample } from './schemas.ts';
-import { createFile, getFile, listFiles, readFileExamples, tenantStoredBytes } from '../db/repos/files.ts';
-import type { Example } from '../services.ts';
-import { newId } from '../db/ids.ts';
-import { MAX_FILE_LIMIT_BYTES } from '../config.ts';
-import { JsonlTooLargeError, readJsonl, type LineCheck } from '../util/jsonl.ts';
+import { getFile, listFiles } from '../db/repos/files.ts';
+import { evaluate } from '../usecases/evaluate.ts';
+import { uploadFile } from '../usecases/files.ts';
+
+export { checkExample } from '../usecases/files.ts';
 
 const FileView = z.object({ id: z.string(), examples: z.number(), bytes: z.number(), filename: z.string().nullable(), created_at: z.string() }).openapi('File');
-const MAX_REPORTED = 20;
-/** Normalised lines are written to disk in batches of this many bytes. */
-const WRITE_BATCH = 1 << 20;
-
-/** One JSONL line → an example, or the reason it is not one. */
-export function checkExample(v: unknown): LineCheck<Example> {
-  const r = AnyExample.safeParse(v);
-  if (r.success) return { ok: true, value: r.data as Example };
-  const first = r.error.issues[0];
-  return { ok: false, message: 'not an example: expected {prompt, completion}, {text}, {prompt, candidates, label} or {messages}' + (first ? ` (${zodErrors([first])[0]!.path}: ${first.message})` : '') };
-}
-
-class QuotaExceeded extends Error {}
-
-/**
- * Streams a JSONL body into `<store>/files/<id>.jsonl`: each valid line is re-serialised and
- * appended to a temporary file in batches (the body is never held whole), which is renamed into
- * place only when every line was valid. Every failure removes the temporary file.
- */
-async function storeJsonl(
-  d: AppDeps,
-  id: string,
-  body: ReadableStream<Uint8Array>,
-  budget: number,
-): Promise<{ path: string; bytes: number; examples: number }> {
-  const file = d.store.newDataFile(id);
-  try {
-    let batch: string[] = [];
-    let batchBytes = 0;
-    let written = 0;
-    const flush = () => {
-      if (batch.length === 0) return;
-      file.write(Buffer.from(batch.join('')));
-      batch = [];
-      batchBytes = 0;
-    };
-    const r = await readJsonl(
-      body,
-      { maxLineBytes: d.config.fileMaxLineBytes, maxExamples: d.config.maxFileExamples, maxBytes: d.config.fileLimitBytes, maxErrors: MAX_REPORTED },
-      checkExample,
-      async (e) => {
-        const line = JSON.stringify(e) + '\n';
-        const n = Buffer.byteLength(line);
-        written += n;
-        if (written > budget) throw new QuotaExceeded();
-        batch.push(line);
-        batchBytes += n;
-        if (batchBytes >= WRITE_BATCH) flush();
-      },
-    );
-    if (r.errors.length) throw new ProblemError(400, `the file has invalid lines (first ${r.errors.length} shown)`, { errors: r.errors });
-    if (r.examples === 0) throw new ProblemError(400, 'the file has no examples');
-    flush();
-    file.commit();
-    return { path: file.finalPath, bytes: written, examples: r.examples };
-  } catch (e) {
-    if (e instanceof JsonlTooLargeError) throw new ProblemError(413, `the file exceeds the limit of ${d.config.fileLimitBytes} bytes (COLA_FILE_LIMIT_BYTES)`);
-    throw e;
-  } finally {
-    file.abort();
-  }
-}
-
-const quotaProblem = (q: number) =>
-  new ProblemError(429, `stored bytes quota of ${q} would be exceeded; delete data first`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
 
 export function fileRoutes(app: App, d: AppDeps) {
   app.openapi(
@@ -104,45 +38,26 @@ export function fileRoutes(app: App, d: AppDeps) {
         ...problems(400, 401, 413, 415, 429),
       },
     }),
-    (async (c: Context<AppEnv>) => {
+    async (c) => {
       const t = tenantOf(c);
       const ct = (c.req.header('content-type') ?? '').toLowerCase();
-      const q = quotasOf(d, t);
-      const budget = q.stored_bytes - (await tenantStoredBytes(d.db, t.id));
-      if (budget <= 0) throw quotaProblem(q.stored_bytes);
-      let body: ReadableStream<Uint8Array>;
-      let filename: string | null = null;
-      if (ct.startsWith('multipart/form-data')) {
-        // Multipart is parsed by the runtime (the body limit middleware bounds it); the file part is then streamed.
-        const form = await c.req.parseBody().catch(() => {
-          throw new ProblemError(400, 'malformed multipart body');
-        });
-        const f = form['file'];
-        if (!(f instanceof File)) throw new ProblemError(400, 'multipart field "file" (the JSONL file) is missing', { errors: [{ path: 'file', message: 'required' }] });
-        filename = (f.name || '').slice(0, 255) || null;
-        body = f.stream();
-      } else {
+      const f = await uploadFile(d, t, async () => {
+        if (ct.startsWith('multipart/form-data')) {
+          // Multipart is parsed by the runtime (the body limit middleware bounds it); the file part is then streamed.
+          const form = await c.req.parseBody().catch(() => {
+            throw new ProblemError(400, 'malformed multipart body');
+          });
+          const f = form['file'];
+          if (!(f instanceof File)) throw new ProblemError(400, 'multipart field "file" (the JSONL file) is missing', { errors: [{ path: 'file', message: 'required' }] });
+          return { body: f.stream(), filename: (f.name || '').slice(0, 255) || null };
+        }
         // The raw body is streamed: refuse a declared over-limit length before reading anything.
         const len = Number(c.req.header('content-length') ?? NaN);
         if (len > d.config.fileLimitBytes) throw new ProblemError(413, `the file exceeds the limit of ${d.config.fileLimitBytes} bytes (COLA_FILE_LIMIT_BYTES)`);
-        body = c.req.raw.body ?? new Blob([]).stream();
-      }
-      const id = newId('file');
-      let stored: { path: string; bytes: number; examples: number };
-      try {
-        stored = await storeJsonl(d, id, body, budget);
-      } catch (e) {
-        if (e instanceof QuotaExceeded) throw quotaProblem(q.stored_bytes);
-        throw e;
-      }
-      try {
-        const f = await createFile(d.db, { id, tenantId: t.id, filename, path: stored.path, bytes: stored.bytes, examples: stored.examples });
-        return c.json({ id: f.id, examples: f.examples, bytes: f.bytes, filename: f.filename, created_at: iso(f.createdAt)! }, 201);
-      } catch (e) {
-        await fs.rm(stored.path, { force: true });
-        throw e;
-      }
-    }) as never,
+        return { body: c.req.raw.body ?? new Blob([]).stream(), filename: null };
+      });
+      return c.json({ id: f.id, examples: f.examples, bytes: f.bytes, filename: f.filename, created_at: iso(f.createdAt)! }, 201);
+    },
   );
 
   app.openapi(
@@ -201,19 +116,6 @@ export function fileRoutes(app: App, d: AppDeps) {
         ...problems(400, 401, 404, 413, 415, 501, 503),
       },
     }),
-    async (c) => {
-      const t = tenantOf(c);
-      const b = c.req.valid('json');
-      const r = await resolveVersion(d, t, b.model, b.version ?? null);
-      let examples = b.examples as Example[] | undefined;
-      if (b.file) {
-        const f = await getFile(d.db, t.id, b.file);
-        if (!f) throw new ProblemError(404, `file ${b.file} not found`);
-        examples = await readFileExamples<Example>(f, MAX_FILE_LIMIT_BYTES);
-      }
-      if (!d.services.evaluation) throw notImplemented('evaluation');
-      const out = await d.services.evaluation.evaluate({ tenant: tenantOf(c).id, target: r.resolved, examples: examples!, signal: c.req.raw.signal });
-      return c.json(out, 200);
-    },
+    async (c) => c.json(await evaluate(d, tenantOf(c), c.req.valid('json'), c.req.raw.signal), 200),
   );
 }

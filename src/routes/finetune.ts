@@ -2,19 +2,12 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { streamSSE } from 'hono/streaming';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
-import { absPath, IdParam, iso, quotasOf, refuseSharedName, resolveVersion, tenantOf } from './common.ts';
+import { IdParam, iso, tenantOf } from './common.ts';
 import { FinetuneRequest, JobView, LossPage } from './schemas.ts';
-import { countActiveJobs, getJob, insertJob, listEvents, listJobs, appendEvent, listSteps, sampledLosses, type LossPoint } from '../db/repos/jobs.ts';
-import { getAdapter, getFile, tenantStoredBytes } from '../db/repos/files.ts';
-import { findModel } from '../db/repos/models.ts';
-import { admitFinetune } from '../cola/runner.ts';
-import { configFromRegistration } from '../model/config.ts';
-import { ChatTemplate } from '../model/chat.ts';
-import { chatTemplateOf } from '../model/versions.ts';
-import { requestCancel } from '../jobs/transitions.ts';
+import { getJob, listEvents, listJobs, listSteps, sampledLosses, type LossPoint } from '../db/repos/jobs.ts';
+import { cancelFinetune, submitFinetune } from '../usecases/finetune.ts';
 import { isTerminal, type JobStatus } from '../domain/job-states.ts';
 import type { Job } from '../db/schema.ts';
-import { newId } from '../db/ids.ts';
 
 /** Loss points a job view carries (the full curve is paged by GET /finetune/{id}/losses). */
 export const VIEW_LOSS_POINTS = 500;
@@ -63,66 +56,7 @@ export function finetuneRoutes(app: App, d: AppDeps) {
         ...problems(400, 401, 404, 409, 413, 415, 429),
       },
     }),
-    async (c) => {
-      const t = tenantOf(c);
-      const body = c.req.valid('json');
-      const base = await resolveVersion(d, t, body.model, body.version ?? null);
-      const trainFile = body.training_file ? await getFile(d.db, t.id, body.training_file) : null;
-      if (body.training_file && !trainFile) throw new ProblemError(404, `file ${body.training_file} not found`);
-      if (body.validation_file && !(await getFile(d.db, t.id, body.validation_file))) throw new ProblemError(404, `file ${body.validation_file} not found`);
-      const adapter = body.init_adapter ? await getAdapter(d.db, t.id, body.init_adapter) : null;
-      if (body.init_adapter && !adapter) throw new ProblemError(404, `adapter ${body.init_adapter} not found`);
-      if (body.output_model) await refuseSharedName(d, body.output_model, 'output_model');
-      // Chat examples need the base model's chat template.
-      const chatAt = [...(body.train ?? []).map((x, i) => ['train', i, x] as const), ...(body.validation ?? []).map((x, i) => ['validation', i, x] as const)].find(([, , x]) => 'messages' in x);
-      if (chatAt) {
-        const tpl = chatTemplateOf(d.config.repoRoot, base.model.config);
-        if (!(tpl instanceof ChatTemplate)) {
-          const why = tpl ? `its chat template is unusable: ${tpl.message}` : 'it has no chat template (tokenizer_config.json "chat_template")';
-          const path = `${chatAt[0]}[${chatAt[1]}].messages`;
-          throw new ProblemError(400, `${path}: model "${base.model.name}" cannot train on chat examples: ${why}`, { errors: [{ path, message: why }] });
-        }
-      }
-      // What the runner would refuse is refused now (400 with the field), not after a 202.
-      admitFinetune(
-        body,
-        configFromRegistration(base.model.config),
-        body.train?.length ?? trainFile?.examples ?? 0,
-        adapter ? { config: adapter.config, path: absPath(d, adapter.path) } : undefined,
-      );
-      const q = quotasOf(d, t);
-      if ((await countActiveJobs(d.db, t.id)) >= q.concurrent_jobs) {
-        throw new ProblemError(429, `concurrent job quota of ${q.concurrent_jobs} reached; wait for a job to finish or cancel one`, {
-          headers: { 'retry-after': '30' },
-          type: 'quota-exceeded',
-        });
-      }
-      if ((await tenantStoredBytes(d.db, t.id)) >= q.stored_bytes) {
-        throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} reached; delete data first`, {
-          headers: { 'retry-after': '3600' },
-          type: 'quota-exceeded',
-        });
-      }
-      const id = newId('job');
-      const outputModel = body.output_model ?? `${base.model.name}-${id}`;
-      // Created with the job's first knot (jobs/transitions.ts recordKnot), never empty.
-      const out = await findModel(d.db, t.id, outputModel);
-      if (out && out.tenantId === t.id && out.architecture !== base.model.architecture) {
-        throw new ProblemError(409, `output model "${outputModel}" exists with architecture ${out.architecture}, not ${base.model.architecture}`);
-      }
-      const job = await insertJob(d.db, {
-        id,
-        tenantId: t.id,
-        request: body as unknown as Record<string, unknown>,
-        baseModelId: base.model.id,
-        baseModelName: base.model.name,
-        baseVersion: base.version.version,
-        outputModel,
-      });
-      await appendEvent(d.db, job.id, 'status', { status: 'queued' });
-      if (d.queue) await d.queue.enqueue(job.id);
-      return c.json({ id: job.id, status: 'queued' as const, output_model: outputModel }, 202);
-    },
+    async (c) => c.json(await submitFinetune(d, tenantOf(c), c.req.valid('json')), 202),
   );
 
   app.openapi(
@@ -198,13 +132,7 @@ export function finetuneRoutes(app: App, d: AppDeps) {
       responses: { 200: { description: 'cancelled or cancelling', content: { 'application/json': { schema: JobView } } }, ...problems(400, 401, 404, 409) },
     }),
     async (c) => {
-      const t = tenantOf(c);
-      const { id } = c.req.valid('param');
-      const j = await getJob(d.db, t.id, id);
-      if (!j) throw new ProblemError(404, 'job not found');
-      const r = await requestCancel(d.db, t.id, id);
-      if (!r) throw new ProblemError(409, `job is already ${(await getJob(d.db, t.id, id))?.status ?? j.status}`);
-      return c.json(await viewOf(d, (await getJob(d.db, t.id, id))!), 200);
+      return c.json(await viewOf(d, await cancelFinetune(d, tenantOf(c), c.req.valid('param').id)), 200);
     },
   );
 

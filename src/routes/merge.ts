@@ -1,29 +1,12 @@
-import fs from 'node:fs';
-import path from 'node:path';
-import crypto from 'node:crypto';
+// POST /merge (tie a knot now, or merge an uploaded adapter into a version) and the adapters'
+// routes. Route + handler only: the work is in src/usecases (finetune.ts requestKnot, adapters.ts).
 import { createRoute, z } from '@hono/zod-openapi';
-import { eq, sql } from 'drizzle-orm';
-import type { Context } from 'hono';
-import type { App, AppDeps, AppEnv } from './deps.ts';
-import { problems, ProblemError, notImplemented } from './problem.ts';
-import { IdParam, iso, ModelName, quotasOf, refuseSharedName, resolveVersion, tenantOf, VersionNumber } from './common.ts';
-import { getJob } from '../db/repos/jobs.ts';
-import { createAdapter, getAdapter, tenantStoredBytes } from '../db/repos/files.ts';
-import { ensureTenantModel, insertVersion } from '../db/repos/models.ts';
-import { jobs } from '../db/schema.ts';
-import { newId } from '../db/ids.ts';
-import { UserInputError } from '../services.ts';
-import { parsePeftConfig, PeftError, storedPeftConfig, type ParsedPeftConfig } from '../cola/peft.ts';
-import { readSafetensorsHeader, SafetensorsError, type SafetensorsHeader } from '../model/safetensors.ts';
-
-/** Size of a file the merge wrote (0 when it is gone): counted in the tenant's stored bytes. */
-function fileSize(p: string): number {
-  try {
-    return fs.statSync(p).size;
-  } catch {
-    return 0;
-  }
-}
+import type { App, AppDeps } from './deps.ts';
+import { problems, ProblemError } from './problem.ts';
+import { IdParam, iso, ModelName, tenantOf, VersionNumber } from './common.ts';
+import { getAdapter } from '../db/repos/files.ts';
+import { MAX_ADAPTER_CONFIG_BYTES, mergeAdapter, uploadAdapter } from '../usecases/adapters.ts';
+import { requestKnot } from '../usecases/finetune.ts';
 
 const MergeJob = z.object({ job: IdParam, timeout_s: z.number().int().min(1).max(600).default(120) }).strict();
 const MergeAdapter = z
@@ -31,18 +14,7 @@ const MergeAdapter = z
   .strict();
 const MergeBody = z.union([MergeJob, MergeAdapter]).openapi('MergeRequest');
 
-/** Structural check of an uploaded adapter's safetensors file (the one header parser, model/safetensors.ts). */
-export async function checkSafetensors(p: string): Promise<{ tensors: Record<string, { dtype: string; shape: number[] }> }> {
-  let h: SafetensorsHeader;
-  try {
-    h = await readSafetensorsHeader(p);
-  } catch (e) {
-    if (e instanceof SafetensorsError) throw new UserInputError(`adapter_model.safetensors: ${e.message}`);
-    throw e;
-  }
-  if (h.entries.length === 0) throw new UserInputError('adapter_model.safetensors: no tensors');
-  return { tensors: Object.fromEntries(h.entries.map((t) => [t.name, { dtype: t.dtype, shape: t.shape }])) };
-}
+export { checkSafetensors } from '../usecases/adapters.ts';
 
 export function mergeRoutes(app: App, d: AppDeps) {
   app.openapi(
@@ -57,68 +29,11 @@ export function mergeRoutes(app: App, d: AppDeps) {
         ...problems(400, 401, 404, 409, 413, 415, 429, 501, 503, 504),
       },
     }),
-    (async (c: Context<AppEnv>) => {
+    async (c) => {
       const t = tenantOf(c);
-      const b = (c.req as any).valid('json') as z.infer<typeof MergeBody>;
-      if ('job' in b) {
-        const j = await getJob(d.db, t.id, b.job);
-        if (!j) throw new ProblemError(404, 'job not found');
-        if (j.status !== 'running') throw new ProblemError(409, `job is ${j.status}, not running: a knot can only be tied in a running job`);
-        const knotsBefore = j.knots.length;
-        const [r] = await d.db
-          .update(jobs)
-          .set({ mergeRequests: sql`${jobs.mergeRequests} + 1` })
-          .where(sql`${jobs.id} = ${j.id} and ${jobs.status} = 'running'`)
-          .returning({ id: jobs.id });
-        if (!r) throw new ProblemError(409, 'job is no longer running');
-        const deadline = Date.now() + b.timeout_s * 1000;
-        while (Date.now() < deadline) {
-          await Bun.sleep(200);
-          const cur = await getJob(d.db, t.id, j.id);
-          if (!cur) throw new ProblemError(404, 'job not found');
-          if (cur.knots.length > knotsBefore) {
-            const k = cur.knots[cur.knots.length - 1]!;
-            return c.json({ model: cur.outputModel, version: k.version }, 200);
-          }
-          if (cur.status !== 'running') throw new ProblemError(409, `job became ${cur.status} before the knot was tied`);
-        }
-        throw new ProblemError(504, `the job did not tie the knot within ${b.timeout_s} s; the request stays pending and the job ties it at its next step`);
-      }
-      const target = await resolveVersion(d, t, b.model, b.version);
-      const adapter = await getAdapter(d.db, t.id, b.adapter);
-      if (!adapter) throw new ProblemError(404, `adapter ${b.adapter} not found`);
-      const outName = b.output_model ?? (target.model.tenantId === t.id ? target.model.name : null);
-      if (!outName) throw new ProblemError(409, `"${b.model}" is a shared model: name your own model in "output_model" for the merged version`);
-      if (b.output_model) await refuseSharedName(d, b.output_model, 'output_model');
-      if (!d.services.merge) throw notImplemented('adapter merge');
-      const q = quotasOf(d, t);
-      if ((await tenantStoredBytes(d.db, t.id)) >= q.stored_bytes) {
-        throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} reached`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
-      }
-      const res = await d.services.merge.mergeAdapter({
-        target: target.resolved,
-        adapter: { config: adapter.config, path: adapter.path },
-        scale: b.scale,
-        storeDir: d.store.weightsDir,
-      });
-      const out = await ensureTenantModel(d.db, { tenantId: t.id, name: outName, architecture: target.model.architecture, params: target.model.params, config: target.model.config });
-      const v = await insertVersion(d.db, {
-        modelId: out.id,
-        parentModelId: target.model.id,
-        parentVersion: target.version.version,
-        kind: 'merge',
-        jobId: null,
-        link: null,
-        rank: typeof adapter.config['r'] === 'number' ? (adapter.config['r'] as number) : null,
-        sha256: res.weights.sha256,
-        bytes: res.weights.bytes,
-        path: res.weights.path,
-        adapterPath: res.adapterPath ?? null,
-        adapterBytes: res.adapterPath ? fileSize(res.adapterPath) : 0,
-        metrics: { adapter: adapter.id, scale: b.scale },
-      });
-      return c.json({ model: out.name, version: v.version }, 200);
-    }) as never,
+      const b = c.req.valid('json');
+      return c.json('job' in b ? await requestKnot(d, t, b) : await mergeAdapter(d, t, b), 200);
+    },
   );
 
   const AdapterView = z.object({ id: z.string(), config: z.record(z.string(), z.unknown()), sha256: z.string(), bytes: z.number(), created_at: z.string() }).openapi('Adapter');
@@ -146,7 +61,7 @@ export function mergeRoutes(app: App, d: AppDeps) {
       },
       responses: { 201: { description: 'stored', content: { 'application/json': { schema: z.object({ id: z.string() }) } } }, ...problems(400, 401, 413, 415, 429) },
     }),
-    (async (c: Context<AppEnv>) => {
+    async (c) => {
       const t = tenantOf(c);
       const form = await c.req.parseBody().catch(() => {
         throw new ProblemError(400, 'malformed multipart body');
@@ -157,42 +72,10 @@ export function mergeRoutes(app: App, d: AppDeps) {
       if (cfgPart === undefined) errors.push({ path: 'adapter_config.json', message: 'required' });
       if (!(model instanceof File)) errors.push({ path: 'adapter_model.safetensors', message: 'required (a file)' });
       if (errors.length) throw new ProblemError(400, 'missing adapter parts', { errors });
-      const cfgText = cfgPart instanceof File ? (cfgPart.size > 1024 * 1024 ? null : await cfgPart.text()) : String(cfgPart);
-      if (cfgText === null || cfgText.length > 1024 * 1024) throw new ProblemError(400, 'adapter_config.json over 1 MiB');
-      let cfgJson: unknown;
-      try {
-        cfgJson = JSON.parse(cfgText);
-      } catch {
-        throw new ProblemError(400, 'adapter_config.json is not JSON', { errors: [{ path: 'adapter_config.json', message: 'not JSON' }] });
-      }
-      let cfg: ParsedPeftConfig;
-      try {
-        cfg = parsePeftConfig(cfgJson);
-      } catch (e) {
-        if (!(e instanceof PeftError)) throw e;
-        throw new ProblemError(400, `adapter_config.json is not a usable PEFT LoRA config: ${e.message}`, { errors: [{ path: e.path, message: e.message }] });
-      }
-      const m = model as File;
-      const q = quotasOf(d, t);
-      if ((await tenantStoredBytes(d.db, t.id)) + m.size > q.stored_bytes) {
-        throw new ProblemError(429, `stored bytes quota of ${q.stored_bytes} would be exceeded`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
-      }
-      const id = newId('adp');
-      const staged = await d.store.stageAdapter(id, m);
-      try {
-        await checkSafetensors(staged.weightsPath);
-        let config: Record<string, unknown> = { ...storedPeftConfig(cfg) };
-        if (d.services.adapterValidator) config = (await d.services.adapterValidator.validate({ config: cfgJson, safetensorsPath: staged.weightsPath })).config;
-        await staged.install(config);
-        const bytes = fs.statSync(staged.weightsPath).size;
-        const sha256 = crypto.createHash('sha256').update(new Uint8Array(await Bun.file(staged.weightsPath).arrayBuffer())).digest('hex');
-        await createAdapter(d.db, { id, tenantId: t.id, config, path: staged.dir, sha256, bytes });
-        return c.json({ id }, 201);
-      } catch (e) {
-        await staged.discard();
-        throw e;
-      }
-    }) as never,
+      if (cfgPart instanceof File && cfgPart.size > MAX_ADAPTER_CONFIG_BYTES) throw new ProblemError(400, 'adapter_config.json over 1 MiB');
+      const configText = cfgPart instanceof File ? await cfgPart.text() : String(cfgPart);
+      return c.json(await uploadAdapter(d, t, { configText, weights: model as File }), 201);
+    },
   );
 
   app.openapi(

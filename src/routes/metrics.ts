@@ -29,9 +29,10 @@ export class Metrics {
     jobsByStatus: Record<string, number>;
     gpuMemoryBytes: number | null;
     load: {
-      serving: { live: number; queued: number };
+      serving: { live: number; queued: number; weightBytes?: number; models?: number };
       scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> };
       bindGroups?: { hits: number; misses: number; evicted: number; collections: number };
+      trainMemory?: { capacity: number; reserved: number; waiting: number };
     } | null;
   }): string {
     const out: string[] = [];
@@ -63,6 +64,15 @@ export class Metrics {
     out.push('# HELP cola_generate_queued Generation requests waiting for a slot in this process.');
     out.push('# TYPE cola_generate_queued gauge');
     out.push(`cola_generate_queued ${extra.load?.serving.queued ?? 0}`);
+    const sv = extra.load?.serving;
+    if (sv?.weightBytes !== undefined) {
+      out.push('# HELP cola_serving_weight_bytes Device bytes of the weights of the models resident for serving (16-bit weights count 2 bytes a value).');
+      out.push('# TYPE cola_serving_weight_bytes gauge');
+      out.push(`cola_serving_weight_bytes ${sv.weightBytes}`);
+      out.push('# HELP cola_serving_models Models resident for serving.');
+      out.push('# TYPE cola_serving_models gauge');
+      out.push(`cola_serving_models ${sv.models ?? 0}`);
+    }
     if (extra.load) {
       const s = extra.load.scheduler;
       out.push('# HELP cola_gpu_busy_seconds_total Device time by work class (GPU scheduler units).');
@@ -86,6 +96,16 @@ export class Metrics {
         out.push('# TYPE cola_gpu_collections_total counter');
         out.push(`cola_gpu_collections_total ${bg.collections}`);
       }
+    }
+    const tm = extra.load?.trainMemory;
+    if (tm) {
+      out.push('# HELP cola_train_memory_bytes Device memory for training: what jobs may reserve together, and what they hold.');
+      out.push('# TYPE cola_train_memory_bytes gauge');
+      out.push(`cola_train_memory_bytes{kind="capacity"} ${tm.capacity}`);
+      out.push(`cola_train_memory_bytes{kind="reserved"} ${tm.reserved}`);
+      out.push('# HELP cola_train_memory_waiting Jobs waiting for training memory before they start.');
+      out.push('# TYPE cola_train_memory_waiting gauge');
+      out.push(`cola_train_memory_waiting ${tm.waiting}`);
     }
     out.push('# HELP cola_jobs Fine-tune jobs by status (whole database).');
     out.push('# TYPE cola_jobs gauge');

@@ -1,12 +1,9 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
-import { problems, ProblemError, notImplemented } from './problem.ts';
-import { absPath, iso, ModelName, refuseSharedName, resolveVersion, tenantOf, VersionParam } from './common.ts';
-import { createModel, findModel, guardStorePaths, insertVersion, listModels, listVersions } from '../db/repos/models.ts';
-import { tenantStoredBytes } from '../db/repos/files.ts';
-import { quotasOf } from './common.ts';
+import { problems, ProblemError } from './problem.ts';
+import { absPath, iso, ModelName, tenantOf, VersionParam } from './common.ts';
+import { findModel, listModels, listVersions } from '../db/repos/models.ts';
+import { exportAdapter, exportWeights, importModel } from '../usecases/models.ts';
 
 const ModelSummary = z.object({
   name: z.string(),
@@ -29,7 +26,9 @@ const VersionView = z.object({
   metrics: z.record(z.string(), z.unknown()).optional(),
 });
 
-const ImportJson = z.object({ name: ModelName, source: z.object({ path: z.string().min(1).max(4096) }).strict() }).strict();
+/** Weight precision on import: the checkpoint's own ("auto") or converted (f16/bf16 round to nearest even). */
+const WeightsDtype = z.enum(['auto', 'f32', 'f16', 'bf16']);
+const ImportJson = z.object({ name: ModelName, source: z.object({ path: z.string().min(1).max(4096) }).strict(), dtype: WeightsDtype.optional() }).strict();
 
 const MAX_IMPORT_FILES = 16;
 const UPLOAD_NAME = /^[A-Za-z0-9._-]{1,128}$/;
@@ -46,11 +45,6 @@ export function uploadNameErrors(names: string[]): { path: string; message: stri
     seen.add(n);
   });
   return errors;
-}
-
-/** Server paths a tenant may import from: the repository's models/ and <data dir>/imports/. */
-function importRoots(d: AppDeps): string[] {
-  return [path.join(d.config.repoRoot, 'models'), path.join(d.config.dataDir, 'imports')];
 }
 
 function fileResponse(p: string, contentType: string, filename: string): Response {
@@ -103,10 +97,10 @@ export function modelRoutes(app: App, d: AppDeps) {
           content: {
             // Documentation only (the handler parses either form and validates with ImportJson / ModelName).
             'application/json': {
-              schema: { type: 'object', properties: { name: { type: 'string' }, source: { type: 'object', properties: { path: { type: 'string' } }, required: ['path'] } }, required: ['name', 'source'] },
+              schema: { type: 'object', properties: { name: { type: 'string' }, source: { type: 'object', properties: { path: { type: 'string' } }, required: ['path'] }, dtype: { type: 'string', enum: ['auto', 'f32', 'f16', 'bf16'] } }, required: ['name', 'source'] },
             },
             'multipart/form-data': {
-              schema: { type: 'object', properties: { name: { type: 'string' }, files: { type: 'array', items: { type: 'string', format: 'binary' } } }, required: ['name', 'files'] },
+              schema: { type: 'object', properties: { name: { type: 'string' }, dtype: { type: 'string', enum: ['auto', 'f32', 'f16', 'bf16'] }, files: { type: 'array', items: { type: 'string', format: 'binary' } } }, required: ['name', 'files'] },
             },
           },
         },
@@ -119,80 +113,29 @@ export function modelRoutes(app: App, d: AppDeps) {
     async (c) => {
       const t = tenantOf(c);
       const ct = (c.req.header('content-type') ?? '').toLowerCase();
-      const q = quotasOf(d, t);
-      const quotaProblem = () =>
-        new ProblemError(429, `stored bytes quota of ${q.stored_bytes} would be exceeded; delete data first`, { headers: { 'retry-after': '3600' }, type: 'quota-exceeded' });
-      // Everything is checked before a byte is written; the upload then goes into a fresh temporary
-      // folder that is removed on every path out (the importer copies what it keeps into the store).
-      let name: string;
-      let source: string | null = null;
-      let uploads: File[] = [];
       if (ct.startsWith('multipart/form-data')) {
         const form = await c.req.parseBody({ all: true }).catch(() => {
           throw new ProblemError(400, 'malformed multipart body');
         });
         const n = ModelName.safeParse(form['name']);
         if (!n.success) throw new ProblemError(400, 'field "name" is missing or invalid', { errors: [{ path: 'name', message: n.error.issues[0]!.message }] });
-        name = n.data;
-        uploads = Object.values(form).flat().filter((v): v is File => v instanceof File);
+        let dtype: z.infer<typeof WeightsDtype> = 'auto';
+        if (form['dtype'] !== undefined) {
+          const dt = WeightsDtype.safeParse(form['dtype']);
+          if (!dt.success) throw new ProblemError(400, 'field "dtype" must be auto, f32, f16 or bf16', { errors: [{ path: 'dtype', message: dt.error.issues[0]!.message }] });
+          dtype = dt.data;
+        }
+        const uploads = Object.values(form).flat().filter((v): v is File => v instanceof File);
         if (uploads.length === 0 || uploads.length > MAX_IMPORT_FILES) throw new ProblemError(400, `upload 1 to ${MAX_IMPORT_FILES} model files`);
         const errors = uploadNameErrors(uploads.map((f) => f.name ?? ''));
         if (errors.length) throw new ProblemError(400, 'bad file names in the upload', { errors });
-      } else {
-        const r = ImportJson.safeParse(await c.req.json().catch(() => {
-          throw new ProblemError(400, 'Malformed JSON in request body');
-        }));
-        if (!r.success) throw new ProblemError(400, 'the request body is invalid', { errors: r.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) });
-        name = r.data.name;
-        const p = path.resolve(absPath(d, r.data.source.path));
-        if (!importRoots(d).some((root) => p === root || p.startsWith(root + path.sep))) {
-          throw new ProblemError(400, "source.path must lie under the repository's models/ folder or <data dir>/imports/ on the server");
-        }
-        source = p;
+        return c.json(await importModel(d, t, { name: n.data, uploads, dtype }), 201);
       }
-      const importer = d.services.importer;
-      if (!importer) throw notImplemented('model import');
-      if (await findModel(d.db, t.id, name).then((m) => m?.tenantId === t.id)) throw new ProblemError(409, `model "${name}" already exists`);
-      await refuseSharedName(d, name, 'name');
-      const uploadBytes = uploads.reduce((n, f) => n + f.size, 0);
-      const stored = await tenantStoredBytes(d.db, t.id);
-      if (stored >= q.stored_bytes || stored + uploadBytes > q.stored_bytes) throw quotaProblem();
-      let tmp: string | null = null;
-      try {
-        if (source === null) {
-          tmp = await d.store.stageUpload(uploads);
-          source = tmp;
-        }
-        const imp = await importer.import({ source, storeDir: d.store.weightsDir });
-        const tok = [imp.config['tokenizer'], imp.config['tokenizer_model']].filter((x): x is string => typeof x === 'string').map((p) => path.dirname(p));
-        await d.db.transaction(async (tx) => {
-          const db = tx;
-          // A concurrent delete must not remove the (shared, content-addressed) files this row will reference.
-          await guardStorePaths(db, [imp.weights.path, ...tok], fs.existsSync);
-          const m = await createModel(db, { tenantId: t.id, name, architecture: imp.architecture, params: imp.params, config: imp.config });
-          await insertVersion(db, {
-            modelId: m.id,
-            version: 0,
-            parentModelId: null,
-            parentVersion: null,
-            kind: 'base',
-            jobId: null,
-            link: null,
-            rank: null,
-            sha256: imp.weights.sha256,
-            bytes: imp.weights.bytes,
-            path: imp.weights.path,
-            adapterPath: null,
-            metrics: null,
-          });
-        }).catch(async (e) => {
-          if (await findModel(d.db, t.id, name).then((m) => m?.tenantId === t.id)) throw new ProblemError(409, `model "${name}" already exists`);
-          throw e;
-        });
-        return c.json({ name, version: 0 as const }, 201);
-      } finally {
-        if (tmp) await d.store.discard(tmp);
-      }
+      const r = ImportJson.safeParse(await c.req.json().catch(() => {
+        throw new ProblemError(400, 'Malformed JSON in request body');
+      }));
+      if (!r.success) throw new ProblemError(400, 'the request body is invalid', { errors: r.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) });
+      return c.json(await importModel(d, t, { name: r.data.name, sourcePath: absPath(d, r.data.source.path), dtype: r.data.dtype ?? 'auto' }), 201);
     },
   );
 
@@ -258,15 +201,8 @@ export function modelRoutes(app: App, d: AppDeps) {
     }),
     (async (c: any) => {
       const { name, v } = c.req.valid('param');
-      const r = await resolveVersion(d, tenantOf(c), name, v);
-      if (d.services.exporter) {
-        const f = await d.services.exporter.weightsFile(r.resolved);
-        return fileResponse(f.path, f.contentType, f.filename);
-      }
-      if (r.resolved.path.endsWith('.safetensors') && fs.existsSync(r.resolved.path)) {
-        return fileResponse(r.resolved.path, 'application/octet-stream', `${name}-v${v}.safetensors`);
-      }
-      throw notImplemented('safetensors export of this version (stored in another format)');
+      const f = await exportWeights(d, tenantOf(c), name, v);
+      return fileResponse(f.path, f.contentType, f.filename);
     }) as never,
   );
 
@@ -284,16 +220,8 @@ export function modelRoutes(app: App, d: AppDeps) {
     }),
     (async (c: any) => {
       const { name, v } = c.req.valid('param');
-      const r = await resolveVersion(d, tenantOf(c), name, v);
-      if (r.version.kind === 'base') throw new ProblemError(404, `version ${v} of "${name}" is a base version: it has no adapter`);
-      if (d.services.exporter) {
-        const f = await d.services.exporter.adapterFile({ ...r.resolved, adapterPath: r.version.adapterPath ? absPath(d, r.version.adapterPath) : null });
-        if (!f) throw new ProblemError(404, `no adapter was kept for version ${v} of "${name}"`);
-        return fileResponse(f.path, f.contentType, f.filename);
-      }
-      const p = r.version.adapterPath ? absPath(d, r.version.adapterPath) : null;
-      if (p && p.endsWith('.zip') && fs.existsSync(p)) return fileResponse(p, 'application/zip', `${name}-v${v}-adapter.zip`);
-      throw notImplemented('adapter export');
+      const f = await exportAdapter(d, tenantOf(c), name, v);
+      return fileResponse(f.path, f.contentType, f.filename);
     }) as never,
   );
 }

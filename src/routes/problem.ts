@@ -1,6 +1,7 @@
 // RFC 9457 problem details: every error the service answers is application/problem+json.
 import type { Context } from 'hono';
 import { z } from '@hono/zod-openapi';
+import { ProblemError, zodErrors } from '../domain/errors.ts';
 
 export const ProblemSchema = z
   .object({
@@ -44,17 +45,7 @@ const TYPES: Record<number, string> = {
   504: 'timeout',
 };
 
-/** Thrown anywhere in a handler; app.onError turns it into a problem response. */
-export class ProblemError extends Error {
-  constructor(
-    public readonly status: number,
-    public readonly detail: string,
-    public readonly opts: { errors?: { path: string; message: string }[]; headers?: Record<string, string>; type?: string } = {},
-  ) {
-    super(detail);
-    this.name = 'ProblemError';
-  }
-}
+export { ProblemError, zodErrors } from '../domain/errors.ts';
 
 export function problemBody(status: number, detail: string, errors?: { path: string; message: string }[], type?: string): Problem {
   return {
@@ -80,11 +71,6 @@ export function problemResponse(
 export const notFound = (what: string) => new ProblemError(404, `${what} not found`);
 export const notImplemented = (what: string) =>
   new ProblemError(501, `${what} is not available in this build yet: the service that implements it is not wired into the server`);
-
-/** zod issues → [{path, message}] with a JSON-pointer-like dotted path. */
-export function zodErrors(issues: readonly { path: readonly PropertyKey[]; message: string }[]) {
-  return issues.slice(0, 50).map((i) => ({ path: i.path.map(String).join('.') || '(body)', message: i.message }));
-}
 
 /** Hook for every OpenAPI route: a failed zod validation answers 400 problem+json. */
 export function validationHook(

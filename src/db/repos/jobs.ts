@@ -48,6 +48,11 @@ export async function listJobs(db: Db, tenantId: string, limit = 100): Promise<J
   return db.select().from(jobs).where(eq(jobs.tenantId, tenantId)).orderBy(desc(jobs.createdAt)).limit(limit);
 }
 
+export async function countJobsOfTenant(db: Db, tenantId: string): Promise<number> {
+  const [r] = await db.select({ n: sql<number>`count(*)::int` }).from(jobs).where(eq(jobs.tenantId, tenantId));
+  return Number(r?.n ?? 0);
+}
+
 export async function countActiveJobs(db: Db, tenantId: string): Promise<number> {
   const [r] = await db
     .select({ n: sql<number>`count(*)::int` })

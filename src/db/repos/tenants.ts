@@ -69,3 +69,8 @@ export async function findTenantByKey(db: Db, key: string): Promise<Tenant | nul
   for (const r of rows) if (sameHash(r.hash, want)) found = r.tenant;
   return found;
 }
+
+/** Every tenant, oldest first (the admin's list). */
+export async function listTenants(db: Db): Promise<Tenant[]> {
+  return db.select().from(tenants).orderBy(tenants.createdAt, tenants.id);
+}

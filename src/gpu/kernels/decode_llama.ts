@@ -8,8 +8,11 @@
 // kernel. One workgroup runs on one CPU thread on lavapipe, so this only pays for models small
 // enough that a token's arithmetic is cheap (ops/decode.ts decides).
 //
-// Layout (all f32): `w` packs every weight (offsets below, baked in as constants); `kv` holds the
-// cache (L, 2, MAXT, HKV, DH); `logits` (V) is the output; `u` = {token, pos}.
+// Layout: `w` packs every weight (offsets below, in 32-bit words, baked in as constants); `kv` holds
+// the cache (L, 2, MAXT, HKV, DH); `logits` (V) is the output; `u` = {token, pos}. With
+// PackedLayout.half the matrices (embedding, projections, classifier) are 16-bit values packed two
+// per word (kernels/half.ts) and read as such; norms stay f32; all arithmetic is f32.
+import { halfWGSL, type HalfKind } from './half.ts';
 export interface DecodeSpec {
   D: number; // model width
   L: number; // layers
@@ -25,8 +28,12 @@ export interface DecodeSpec {
   WG: number; // invocations
 }
 
-/** Offsets (in floats) of each weight inside the packed buffer. */
+/** Offsets (in 32-bit words) of each weight inside the packed buffer. */
 export interface PackedLayout {
+  /** Matrices stored 16-bit (n/2 words for n values); unset: f32. */
+  half?: HalfKind;
+  /** Parameters (values, not words). */
+  params: number;
   emb: number; // (V, D)
   layers: { attnNorm: number; wq: number; wk: number; wv: number; wo: number; ffnNorm: number; wg: number; wu: number; wd: number }[];
   finalNorm: number; // (D)
@@ -34,29 +41,58 @@ export interface PackedLayout {
   total: number;
 }
 
-export function packedLayout(s: DecodeSpec, tied: boolean): PackedLayout {
+export function packedLayout(s: DecodeSpec, tied: boolean, half?: HalfKind): PackedLayout {
   let o = 0;
-  const take = (n: number) => ((o += n), o - n);
+  let params = 0;
+  // Every matrix has a multiple of 4 values (D, F, H·DH, HKV·DH are), so 16-bit offsets stay even.
+  const take = (n: number, matrix = true) => ((params += n), (o += half && matrix ? n / 2 : n), o - (half && matrix ? n / 2 : n));
   const Dq = s.H * s.DH;
   const Dkv = s.HKV * s.DH;
   const emb = take(s.V * s.D);
   const layers = [];
   for (let l = 0; l < s.L; l++) {
     layers.push({
-      attnNorm: take(s.D),
+      attnNorm: take(s.D, false),
       wq: take(Dq * s.D),
       wk: take(Dkv * s.D),
       wv: take(Dkv * s.D),
       wo: take(s.D * Dq),
-      ffnNorm: take(s.D),
+      ffnNorm: take(s.D, false),
       wg: take(s.F * s.D),
       wu: take(s.F * s.D),
       wd: take(s.D * s.F),
     });
   }
-  const finalNorm = take(s.D);
+  const finalNorm = take(s.D, false);
   const cls = tied ? emb : take(s.V * s.D);
-  return { emb, layers, finalNorm, cls, total: o };
+  return { emb, layers, finalNorm, cls, total: o, params, ...(half ? { half } : {}) };
+}
+
+/**
+ * WGSL shared by both fused decoders for reading the packed matrices: `W4(i)` is the i-th group of 4
+ * values from a row start `row` (in words) given as `R4(row)`, `EMB(j)` the j-th value of the
+ * embedding (j counted in values from the embedding's start), and `rowWords(K)` a row's length in words.
+ */
+export function packedReads(lay: PackedLayout): { decl: string; R4: (row: string) => string; W4: (i: string) => string; EMB: (j: string) => string; rowWords: (K: number) => number } {
+  if (!lay.half) {
+    return {
+      decl: '@group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;    // packed weights (vec4 view)',
+      R4: (row) => `${row} / 4u`,
+      W4: (i) => `w[${i}]`,
+      EMB: (j) => `ws[${lay.emb}u + ${j}]`,
+      rowWords: (K) => K,
+    };
+  }
+  return {
+    decl: `@group(0) @binding(0) var<storage, read> w: array<vec2<u32>>;   // packed weights: ${lay.half} matrices, 4 values per vec2 of words
+${halfWGSL(lay.half)}
+fn w4h(i: u32) -> vec4<f32> { let p = w[i]; return vec4<f32>(h2(p.x), h2(p.y)); }
+fn embh(j: u32) -> f32 { let p = w[j >> 2u]; let v = h2(select(p.x, p.y, ((j >> 1u) & 1u) == 1u)); return select(v.x, v.y, (j & 1u) == 1u); }`,
+    R4: (row) => `${row} / 2u`,
+    W4: (i) => `w4h(${i})`,
+    EMB: (j) => `embh(${2 * lay.emb}u + ${j})`,
+    rowWords: (K) => K / 2,
+  };
 }
 
 /** The inverse frequencies as a WGSL constant array, exact (f32 bit patterns). */
@@ -71,6 +107,7 @@ export function invFreqKey(invFreq: Float32Array): string {
 }
 
 export function decodeLlamaWGSL(s: DecodeSpec, lay: PackedLayout): string {
+  const rd = packedReads(lay);
   const Dq = s.H * s.DH;
   const Dkv = s.HKV * s.DH;
   const G = s.H / s.HKV;
@@ -81,9 +118,9 @@ export function decodeLlamaWGSL(s: DecodeSpec, lay: PackedLayout): string {
   const dotFn = (vec: string, len: number) => `
 fn dot_${vec}(row: u32, K: u32) -> f32 {
   var acc = vec4<f32>(0.0);
-  let r4 = row / 4u;
+  let r4 = ${rd.R4('row')};
   for (var k = 0u; k < K / 4u; k++) { // K comes from the uniform: a constant bound would be fully unrolled at every call site
-    acc += w[r4 + k] * vec4<f32>(${vec}[4u * k], ${vec}[4u * k + 1u], ${vec}[4u * k + 2u], ${vec}[4u * k + 3u]);
+    acc += ${rd.W4('r4 + k')} * vec4<f32>(${vec}[4u * k], ${vec}[4u * k + 1u], ${vec}[4u * k + 2u], ${vec}[4u * k + 3u]);
   }
   return (acc.x + acc.y) + (acc.z + acc.w);
 }`;
@@ -117,8 +154,8 @@ fn dot_${vec}(row: u32, K: u32) -> f32 {
       let i = pi % ${u(s.DH / 2)};
       let r0 = hd * ${u(s.DH)} + ${pair[0]};
       let r1 = hd * ${u(s.DH)} + ${pair[1]};
-      let a = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r0 * ${u(s.D)}, un.d);
-      let b = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r1 * ${u(s.D)}, un.d);
+      let a = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r0 * ${u(rd.rowWords(s.D))}, un.d);
+      let b = dot_xn(base + ${u(lay.layers[0]!.wq - lay.layers[0]!.attnNorm)} + r1 * ${u(rd.rowWords(s.D))}, un.d);
       let ang = f32(pos) * INV_FREQ[i]; // f32, as llama2.c and HF
       let c = cos(ang);
       let sn = sin(ang);
@@ -169,20 +206,20 @@ fn dot_${vec}(row: u32, K: u32) -> f32 {
     workgroupBarrier();
     // x += ao · Woᵀ
     for (var r = lid; r < ${u(s.D)}; r += ${u(s.WG)}) {
-      x[r] += dot_ao(base + ${u(lay.layers[0]!.wo - lay.layers[0]!.attnNorm)} + r * ${u(Dq)}, un.dq);
+      x[r] += dot_ao(base + ${u(lay.layers[0]!.wo - lay.layers[0]!.attnNorm)} + r * ${u(rd.rowWords(Dq))}, un.dq);
     }
     workgroupBarrier();
     ${norm(`base + ${u(lay.layers[0]!.ffnNorm - lay.layers[0]!.attnNorm)}`)}
     // hb = silu(xn·Wgᵀ) ⊙ (xn·Wuᵀ)
     for (var r = lid; r < ${u(s.F)}; r += ${u(s.WG)}) {
-      let g = dot_xn(base + ${u(lay.layers[0]!.wg - lay.layers[0]!.attnNorm)} + r * ${u(s.D)}, un.d);
-      let v = dot_xn(base + ${u(lay.layers[0]!.wu - lay.layers[0]!.attnNorm)} + r * ${u(s.D)}, un.d);
+      let g = dot_xn(base + ${u(lay.layers[0]!.wg - lay.layers[0]!.attnNorm)} + r * ${u(rd.rowWords(s.D))}, un.d);
+      let v = dot_xn(base + ${u(lay.layers[0]!.wu - lay.layers[0]!.attnNorm)} + r * ${u(rd.rowWords(s.D))}, un.d);
       hb[r] = g / (1.0 + exp(-g)) * v;
     }
     workgroupBarrier();
     // x += hb · Wdᵀ
     for (var r = lid; r < ${u(s.D)}; r += ${u(s.WG)}) {
-      x[r] += dot_hb(base + ${u(lay.layers[0]!.wd - lay.layers[0]!.attnNorm)} + r * ${u(s.F)}, un.f);
+      x[r] += dot_hb(base + ${u(lay.layers[0]!.wd - lay.layers[0]!.attnNorm)} + r * ${u(rd.rowWords(s.F))}, un.f);
     }
     workgroupBarrier();
   }`;
@@ -190,8 +227,8 @@ fn dot_${vec}(row: u32, K: u32) -> f32 {
 // Sizes that bound loops come from here, not from constants: with constant trip counts LLVM unrolled
 // the whole layer stack and every dot product, and one pipeline took minutes to compile on lavapipe.
 struct U { token: u32, pos: u32, layers: u32, maxT: u32, d: u32, dq: u32, f: u32, _a: u32 }
-@group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;    // packed weights (vec4 view)
-@group(0) @binding(1) var<storage, read> ws: array<f32>;         // the same buffer, scalar view
+${rd.decl}
+@group(0) @binding(1) var<storage, read> ws: array<f32>;         // the same buffer, scalar view (norms)
 @group(0) @binding(2) var<storage, read_write> kv: array<f32>;   // (L, 2, MAXT, HKV, DH)
 @group(0) @binding(3) var<storage, read_write> logits: array<f32>; // (V)
 @group(0) @binding(4) var<uniform> un: U;
@@ -211,11 +248,11 @@ ${dotFn('hb', s.F)}
 @compute @workgroup_size(${s.WG})
 fn main(@builtin(local_invocation_index) lid: u32) {
   let pos = un.pos;
-  for (var i = lid; i < ${u(s.D)}; i += ${u(s.WG)}) { x[i] = ws[${u(lay.emb)} + un.token * ${u(s.D)} + i]; }
+  for (var i = lid; i < ${u(s.D)}; i += ${u(s.WG)}) { x[i] = ${rd.EMB(`un.token * ${u(s.D)} + i`)}; }
   workgroupBarrier();
 ${layer}
   ${norm(u(lay.finalNorm))}
-  for (var r = lid; r < ${u(s.V)}; r += ${u(s.WG)}) { logits[r] = dot_xn(${u(lay.cls)} + r * ${u(s.D)}, un.d); }
+  for (var r = lid; r < ${u(s.V)}; r += ${u(s.WG)}) { logits[r] = dot_xn(${u(lay.cls)} + r * ${u(rd.rowWords(s.D))}, un.d); }
 }
 `;
 }

@@ -9,7 +9,9 @@
 override C: u32;       // embedding width
 override WG: u32 = 64;
 
-struct Params { n: u32, v: u32 } // tokens, vocabulary size
+// tokens, vocabulary size; the gather reads rows [lo, hi) of the vocabulary from a table chunk
+// bound from row lo (a table over the storage-binding limit is gathered chunk by chunk).
+struct Params { n: u32, v: u32, lo: u32, hi: u32 }
 
 // ---------------------------------------------------------------- gather
 @group(0) @binding(0) var<storage, read> g_ids: array<i32>;        // (N)
@@ -26,7 +28,10 @@ fn emb_fwd(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   let c = i - n * C;
   let id = g_ids[n];
   var v = 0.0;
-  if (id >= 0 && u32(id) < g_p.v) { v = g_table[u32(id) * C + c]; }
+  if (id >= 0 && u32(id) < g_p.v) {
+    if (u32(id) < g_p.lo || u32(id) >= g_p.hi) { return; } // another chunk's row
+    v = g_table[(u32(id) - g_p.lo) * C + c];
+  }
   g_out[i] = v;
 }
 

@@ -15,11 +15,11 @@ export function fusedDecodeWorkgroupBytes(s: DecodeSpec): number {
 }
 
 /** Whether this device and these sizes can run the fused kernel (vec4 rows need multiples of 4). */
-export function canFuseDecode(e: Engine, s: DecodeSpec, packedFloats: number): boolean {
+export function canFuseDecode(e: Engine, s: DecodeSpec, lay: PackedLayout): boolean {
   const m4 = (x: number) => x % 4 === 0;
   return (
-    packedFloats <= FUSED_DECODE_MAX_PARAMS &&
-    packedFloats * 4 <= e.limits.maxStorageBufferBindingSize &&
+    lay.params <= FUSED_DECODE_MAX_PARAMS &&
+    lay.total * 4 <= e.limits.maxStorageBufferBindingSize &&
     m4(s.D) && m4(s.F) && m4(s.H * s.DH) && m4(s.HKV * s.DH) && s.DH % 2 === 0 && s.H % s.HKV === 0 &&
     fusedDecodeWorkgroupBytes(s) <= e.limits.maxComputeWorkgroupStorageSize &&
     s.WG <= e.limits.maxComputeInvocationsPerWorkgroup
@@ -35,7 +35,7 @@ export function fusedDecodeStep(e: Engine, s: DecodeSpec, lay: PackedLayout, pac
   if (!(pos >= 0 && pos < cacheT)) throw new ShapeError(`fusedDecodeStep: position ${pos} outside the cache (${cacheT})`);
   if (kv.numel !== s.L * 2 * cacheT * s.HKV * s.DH || logits.numel !== s.V || packed.numel !== lay.total) throw new ShapeError('fusedDecodeStep: buffer sizes do not match the spec');
   // One pipeline per model: the cache length and positions are uniform values.
-  const key = `decode_llama.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.MAXT}.${s.EPS}.${invFreqKey(s.INV_FREQ)}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
+  const key = `decode_llama.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.MAXT}.${s.EPS}.${invFreqKey(s.INV_FREQ)}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}.${lay.half ?? 'f32'}`;
   const p = e.pipeline(key, () => decodeLlamaWGSL(s, lay));
   e.dispatch(p, [packed, packed, kv, logits, e.uniform(new Uint32Array([token, pos, s.L, cacheT, s.D, s.H * s.DH, s.F, 0]))], [1]);
 }
@@ -58,8 +58,8 @@ export function fusedBatchWorkgroupBytes(s: DecodeSpec, G: number): number {
 }
 
 /** Whether the batched kernel can serve this model with groups of up to 8 sequences. */
-export function canFuseDecodeBatch(e: Engine, s: DecodeSpec, packedFloats: number): boolean {
-  return canFuseDecode(e, s, packedFloats) && s.DH <= 128 && fusedBatchWorkgroupBytes(s, 8) <= e.limits.maxComputeWorkgroupStorageSize;
+export function canFuseDecodeBatch(e: Engine, s: DecodeSpec, lay: PackedLayout): boolean {
+  return canFuseDecode(e, s, lay) && s.DH <= 128 && fusedBatchWorkgroupBytes(s, 8) <= e.limits.maxComputeWorkgroupStorageSize;
 }
 
 /**
@@ -74,7 +74,7 @@ export function fusedDecodeBatch(
   if (pool.numel !== s.L * nb * 2 * BS * s.HKV * s.DH) throw new ShapeError(`fusedDecodeBatch: pool ${pool} is not (L·${nb}·2·${BS}, ${s.HKV * s.DH})`);
   if (seqs.numel < 4 * M || logits.numel < M * s.V || packed.numel !== lay.total) throw new ShapeError('fusedDecodeBatch: buffer sizes do not match');
   const G = batchGroupSize(M);
-  const key = `decode_llama_batch.${G}.${BS}.${MAXB}.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.EPS}.${invFreqKey(s.INV_FREQ)}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}`;
+  const key = `decode_llama_batch.${G}.${BS}.${MAXB}.${s.D}.${s.L}.${s.H}.${s.HKV}.${s.DH}.${s.F}.${s.V}.${s.EPS}.${invFreqKey(s.INV_FREQ)}.${s.INTERLEAVED}.${s.WG}.${lay.cls === lay.emb}.${lay.half ?? 'f32'}`;
   const p = e.pipeline(key, () => decodeLlamaBatchWGSL(s, lay, G, BS, MAXB));
   const u = new Uint32Array([0, M, s.L, nb, s.D / 4, (s.H * s.DH) / 4, s.F / 4, G]);
   e.dispatch(p, [packed, packed, pool, seqs, tables, logits, e.uniform(u)], [Math.ceil(M / G)]);

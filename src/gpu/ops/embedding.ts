@@ -7,7 +7,7 @@ import { halfWGSL, type HalfKind } from '../kernels/half.ts';
 function gatherHalfWGSL(kind: HalfKind): string {
   return `override C: u32;
 override WG: u32 = 64;
-struct Params { n: u32, v: u32 }
+struct Params { n: u32, v: u32, lo: u32, hi: u32 }
 @group(0) @binding(0) var<storage, read> g_ids: array<i32>;        // (N)
 @group(0) @binding(1) var<storage, read> g_table: array<u32>;      // (V, C) ${kind}, two per word
 @group(0) @binding(2) var<storage, read_write> g_out: array<f32>;  // (N, C)
@@ -22,7 +22,8 @@ fn emb_fwd(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   let id = g_ids[n];
   var v = 0.0;
   if (id >= 0 && u32(id) < g_p.v) {
-    let j = u32(id) * C + c;
+    if (u32(id) < g_p.lo || u32(id) >= g_p.hi) { return; } // another chunk's row
+    let j = (u32(id) - g_p.lo) * C + c;
     let p = h2(g_table[j >> 1u]);
     v = select(p.x, p.y, (j & 1u) == 1u);
   }
@@ -34,7 +35,12 @@ fn emb_fwd(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 const WG = 64;
 
 function params(e: Engine, n: number, v: number) {
-  return e.uniform(new Uint32Array([n, v, 0, 0]));
+  return e.uniform(new Uint32Array([n, v, 0, v]));
+}
+
+function gcd(x: number, y: number): number {
+  while (y) [x, y] = [y, x % y];
+  return x;
 }
 
 /**
@@ -50,7 +56,19 @@ export function embedding(e: Engine, ids: Tensor, table: Tensor): Tensor {
   const out = e.empty([...ids.shape, C]);
   if (N * C === 0) return out;
   const p = half ? e.pipeline(`embedding.${half}`, () => gatherHalfWGSL(half), { C, WG: 256 }, 'emb_fwd') : e.pipeline('embedding', () => src, { C, WG: 256 }, 'emb_fwd');
-  e.dispatch(p, [ids, table, out, params(e, N, V)], grid1d(e, N * C, 256));
+  // A table over the storage-binding limit (a 128k-token vocabulary) is bound in row chunks whose
+  // byte offsets are 256-aligned; each dispatch writes the tokens whose ids fall in its chunk.
+  const rowBytes = table.byteLength / V;
+  const align = e.limits.minStorageBufferOffsetAlignment;
+  const alignRows = align / gcd(rowBytes, align);
+  let chunk = V;
+  if (table.byteLength > e.limits.maxStorageBufferBindingSize) chunk = Math.floor(e.limits.maxStorageBufferBindingSize / rowBytes / alignRows) * alignRows;
+  if (chunk < 1 || !Number.isInteger(alignRows)) throw new ShapeError(`embedding: ${table} cannot be bound in row chunks`);
+  for (let lo = 0; lo < V; lo += chunk) {
+    const hi = Math.min(V, lo + chunk);
+    const t = chunk === V ? table : table.rows(lo, hi);
+    e.dispatch(p, [ids, t, out, e.uniform(new Uint32Array([N, V, lo, hi]))], grid1d(e, N * C, 256));
+  }
   return out;
 }
 
