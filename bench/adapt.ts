@@ -59,6 +59,9 @@ const opt = {
   fresh: process.argv.includes('--fresh'),
   /** Only write results.md from runs.jsonl (e.g. while a run is still going). */
   reportOnly: process.argv.includes('--report-only'),
+  /** chain.auto's rate window and threshold (defaults 5 and 0.25). */
+  autoWindow: Number(arg('auto-window', '5')),
+  autoThreshold: Number(arg('auto-threshold', '0.25')),
   nVal: Number(arg('val', '48')),
   nTest: Number(arg('test', '160')),
 };
@@ -132,7 +135,7 @@ function configFor(m: Method, w: ModelWeights, seed: number, lr: number, T: numb
   const chain: ChainConfig =
     m === 'cola2' ? { links: 2 } : m === 'cola3' || m === 'reset' ? { links: 3 } : m === 'cola5' ? { links: 5 }
     : m === 'stepdown' ? { links: [{ steps: first, rank: 8 }, { steps: T - first, rank: 4 }] }
-    : m === 'auto' ? { auto: { min_link_steps: Math.max(2, Math.floor(T / 8)), max_links: 5, threshold: 0.25, ema: 0.9, window: 5 } }
+    : m === 'auto' ? { auto: { min_link_steps: Math.max(2, Math.floor(T / 8)), max_links: 5, threshold: opt.autoThreshold, ema: 0.9, window: opt.autoWindow } }
     : { links: 1 };
   return {
     lora: resolveLoraSpec(w.config, { targets: ['q', 'v'], rank, alpha: 2 * rank, bias: false }),
@@ -171,7 +174,8 @@ interface Run {
 const CODE = new TextDecoder().decode(Bun.spawnSync(['git', 'rev-parse', '--short', 'HEAD']).stdout).trim();
 const runsFile = join(opt.out, 'runs.jsonl');
 const runs: Run[] = !opt.fresh && existsSync(runsFile) ? readFileSync(runsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
-const keyOf = (d: Domain, m: Method, seed: number, lr: number) => `${d}|${m}|s${seed}|lr${lr}|T${opt.steps}|v${opt.nVal}|t${opt.nTest}`;
+const autoTag = (m: Method) => (m === 'auto' && (opt.autoWindow !== 5 || opt.autoThreshold !== 0.25) ? `|aw${opt.autoWindow}|at${opt.autoThreshold}` : '');
+const keyOf = (d: Domain, m: Method, seed: number, lr: number) => `${d}|${m}|s${seed}|lr${lr}|T${opt.steps}|v${opt.nVal}|t${opt.nTest}${autoTag(m)}`;
 
 const e = await Engine.create();
 const base = loadBundledModel();
@@ -322,10 +326,10 @@ report();
 console.log(`done in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
 
 function report(): void {
-  const lines: string[] = [`# Adaptation experiment (bench/adapt.ts)`, '', `Code ${CODE}; ${opt.steps} steps of batch ${BATCH} × ≤ ${MAX_LEN} tokens; LR grid ${opt.lrs.join(', ')} chosen on validation (seed 0); seeds ${opt.seeds}.`, ''];
+  const lines: string[] = [`# Adaptation experiment (bench/adapt.ts)`, '', `Code ${CODE}; ${opt.steps} steps of batch ${BATCH} × ≤ ${MAX_LEN} tokens; LR grid ${opt.lrs.join(', ')} chosen on validation (seed 0); seeds ${opt.seeds}; auto: window ${opt.autoWindow}, threshold ${opt.autoThreshold}, min link ${Math.max(2, Math.floor(opt.steps / 8))} steps.`, ''];
   for (const d of opt.domains) {
     const data = datasets.get(d)!;
-    const sel = (m: Method) => runs.filter((r) => r.domain === d && r.method === m && r.lr === chosen.get(`${d}|${m}`) && r.key.endsWith(`|T${opt.steps}|v${opt.nVal}|t${opt.nTest}`)).sort((a, b) => a.seed - b.seed);
+    const sel = (m: Method) => runs.filter((r) => r.domain === d && r.method === m && r.lr === chosen.get(`${d}|${m}`) && r.key.endsWith(`|T${opt.steps}|v${opt.nVal}|t${opt.nTest}${autoTag(m)}`)).sort((a, b) => a.seed - b.seed);
     const ref = sel('lora8');
     lines.push(`## ${d}: ${data.nTrain} training windows, validation ${data.valTok} tokens, test ${data.testTok} tokens; base model test NLL ${baseNll.get(d)?.toFixed(4)}`, '');
     const rows: string[][] = [];
@@ -368,5 +372,5 @@ function report(): void {
       lines.push(`![training loss, ${d}](loss-${d}.svg)`, '');
     }
   }
-  writeFileSync(join(opt.out, 'results.md'), lines.join('\n'));
+  writeFileSync(join(opt.out, arg('report', 'results.md')), lines.join('\n'));
 }
