@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import { configFromEnvOrExit, type Config } from './config.ts';
 import { openDatabase, type Database, type Db } from './db/index.ts';
 import { countTenants, createTenant } from './db/repos/tenants.ts';
-import { createModel, findSharedModel, insertVersion } from './db/repos/models.ts';
+import { createModel, findSharedModel, insertBaseVersion } from './db/repos/models.ts';
 import { createApp } from './app.ts';
 import { Store } from './store/store.ts';
 import { openQueue, type BossQueue } from './jobs/queue.ts';
@@ -66,21 +66,7 @@ export async function registerBaseModel(db: Db, config: Config, log: (m: string)
         tokenizer_model: BASE_MODEL.tokenizerModel,
       },
     });
-    await insertVersion(db, {
-      modelId: m.id,
-      version: 0,
-      parentModelId: null,
-      parentVersion: null,
-      kind: 'base',
-      jobId: null,
-      link: null,
-      rank: null,
-      sha256,
-      bytes,
-      path: BASE_MODEL.weights,
-      adapterPath: null,
-      metrics: null,
-    });
+    await insertBaseVersion(db, m.id, { sha256, bytes, path: BASE_MODEL.weights });
     log(`registered shared base model "${BASE_MODEL.name}"`);
   } catch (e) {
     // Another process on the same server registered it first.

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { tenantStoredBytes } from '../db/repos/files.ts';
-import { createModel, findModel, guardStorePaths, insertVersion } from '../db/repos/models.ts';
+import { createModel, findModel, guardStorePaths, insertBaseVersion } from '../db/repos/models.ts';
 import type { Tenant } from '../db/schema.ts';
 import { ProblemError } from '../domain/errors.ts';
 import { notWired } from './adapters.ts';
@@ -53,21 +53,7 @@ export async function importModel(d: UseCaseDeps, t: Tenant, input: ImportInput)
         // A concurrent delete must not remove the (shared, content-addressed) files this row will reference.
         await guardStorePaths(tx, [imp.weights.path, ...tok], fs.existsSync);
         const m = await createModel(tx, { tenantId: t.id, name, architecture: imp.architecture, params: imp.params, config: imp.config });
-        await insertVersion(tx, {
-          modelId: m.id,
-          version: 0,
-          parentModelId: null,
-          parentVersion: null,
-          kind: 'base',
-          jobId: null,
-          link: null,
-          rank: null,
-          sha256: imp.weights.sha256,
-          bytes: imp.weights.bytes,
-          path: imp.weights.path,
-          adapterPath: null,
-          metrics: null,
-        });
+        await insertBaseVersion(tx, m.id, { sha256: imp.weights.sha256, bytes: imp.weights.bytes, path: imp.weights.path });
       })
       .catch(async (e) => {
         if (await own()) throw new ProblemError(409, `model "${name}" already exists`);

@@ -100,6 +100,11 @@ export type NewVersion = Omit<ModelVersion, 'createdAt' | 'version' | 'adapterBy
  * models.max_version (bumped in the same statement, which also serialises concurrent inserts into
  * one model), so a deleted version's number is never handed out again. Versions are never updated.
  */
+/** Version 0 of a base model (the bundled one, or an import): its weights file, no lineage. */
+export function insertBaseVersion(db: Db, modelId: string, file: { sha256: string; bytes: number; path: string }): Promise<ModelVersion> {
+  return insertVersion(db, { modelId, version: 0, parentModelId: null, parentVersion: null, kind: 'base', jobId: null, link: null, rank: null, ...file, adapterPath: null, metrics: null });
+}
+
 export async function insertVersion(db: Db, v: NewVersion): Promise<ModelVersion> {
   const next = v.version === undefined ? sql`${models.maxVersion} + 1` : sql`greatest(${models.maxVersion}, ${v.version})`;
   const [m] = await db.update(models).set({ maxVersion: next }).where(eq(models.id, v.modelId)).returning({ max: models.maxVersion });
