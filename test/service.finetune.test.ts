@@ -25,6 +25,7 @@ import { jobEvents, jobs } from '../src/db/schema.ts';
 import { OPTIMIZER_STATE_FILE, unpackExtra } from '../src/cola/peft.ts';
 import { Engine } from '../src/gpu/engine.ts';
 import { GpuScheduler } from '../src/gpu/scheduler.ts';
+import { MemoryReservations } from '../src/gpu/reservations.ts';
 import { loadBundledModel } from '../src/model/registry.ts';
 import { parseSafetensors, toFloat32 } from '../src/model/safetensors.ts';
 import type { JobContext, JobRunner, Services } from '../src/services.ts';
@@ -39,8 +40,11 @@ let url: string;
 let key: string;
 let worker: JobWorker;
 let real: JobRunner;
+/** The real runner with a training-memory budget that a test can hold full (jobs then wait in it). */
+let reserving: JobRunner;
+const trainMemory = new MemoryReservations(2 ** 40);
 /** How the next run behaves: the real runner, possibly with a knot requested at the first link's start, a crash, or a failure. */
-let mode: { mergeAtStart?: boolean; dieAfterKnots?: number; fail?: boolean } = {};
+let mode: { mergeAtStart?: boolean; dieAfterKnots?: number; fail?: boolean; reserving?: boolean } = {};
 let lastRun: Promise<unknown> = Promise.resolve();
 const h = () => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
 
@@ -71,7 +75,7 @@ const runner: JobRunner = {
         return r;
       }),
     };
-    const p = m.fail ? Promise.reject(new Error('boom: the trainer failed')) : real.run(spec, wrapped);
+    const p = m.fail ? Promise.reject(new Error('boom: the trainer failed')) : (m.reserving ? reserving : real).run(spec, wrapped);
     lastRun = p.catch(() => {});
     return p;
   },
@@ -114,7 +118,12 @@ beforeAll(async () => {
   const config = loadConfig({ COLA_DATA_DIR: T.dataDir, COLA_QUOTA_RPM: '100000', COLA_QUOTA_CONCURRENT_JOBS: '100' });
   key = (await createTenant(T.database.db, { name: 'ft' })).apiKey;
   await registerBaseModel(T.database.db, config, () => {});
-  { const eng = await Engine.create(); real = createJobRunner(eng, config.repoRoot, new GpuScheduler(eng, { trainShare: 0.3 })); }
+  {
+    const eng = await Engine.create();
+    const sched = new GpuScheduler(eng, { trainShare: 0.3 });
+    real = createJobRunner(eng, config.repoRoot, sched);
+    reserving = createJobRunner(eng, config.repoRoot, sched, trainMemory);
+  }
   const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
   worker = new JobWorker({ db: T.database.db, config, store: new Store(path.join(T.dataDir, 'store')), runner, log: () => {} });
   const app = createApp({ config, db: T.database, services, queue: { enqueue: async (id) => void worker.process(id) } });
@@ -181,6 +190,33 @@ describe('admission', () => {
     const names = ((await (await fetch(`${url}/models`, { headers: h() })).json()) as any).data.map((m: any) => m.name);
     expect(names).not.toContain('never-made');
   });
+});
+
+describe('training memory', () => {
+  test('a job waiting for training memory behind a full budget is cancelled through POST /finetune/{id}/cancel', async () => {
+    mode = { reserving: true };
+    const hold = await trainMemory.reserve(trainMemory.capacity); // the budget is full
+    try {
+      const r = await post({ model: 'stories260K', train: STORIES, epochs: 1, batch_size: 1, max_seq_len: 32, output_model: 'waits' });
+      expect(r.status).toBe(202);
+      const id = ((await r.json()) as any).id;
+      await waitJob(id, (j) => j.status === 'running');
+      for (let i = 0; i < 600 && trainMemory.stats().waiting === 0; i++) await Bun.sleep(50);
+      expect(trainMemory.stats().waiting).toBe(1);
+      const c = await fetch(`${url}/finetune/${id}/cancel`, { method: 'POST', headers: h() });
+      expect(c.status).toBeLessThan(300);
+      // The cancel reaches the worker with its next heartbeat (COLA_HEARTBEAT_MS, 5 s); before the
+      // fix the job waited until the budget freed, here never.
+      const j = await waitJob(id, finished, 60_000);
+      expect(j.status).toBe('cancelled');
+      expect(j.knots).toEqual([]);
+      expect(trainMemory.stats()).toMatchObject({ waiting: 0, reserved: trainMemory.capacity });
+      await lastRun;
+    } finally {
+      hold();
+    }
+    expect(trainMemory.stats()).toMatchObject({ waiting: 0, reserved: 0 });
+  }, 120_000);
 });
 
 describe('init_adapter', () => {

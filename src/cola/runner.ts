@@ -239,7 +239,8 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       let lastEpoch = 0;
       // The run's device memory is reserved before anything is uploaded: a job that does not fit
       // beside the running ones waits here (first come first served), never fails mid-run.
-      const release = memory ? await memory.reserve(trainingBytesOf(mc, config, plan), ctx.signal) : () => {};
+      const release = memory ? await reserveTrainingMemory(memory, trainingBytesOf(mc, config, plan), ctx) : () => {};
+      if (release === null) return { cancelled: true };
       try {
         const res = await trainCola(
             { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
@@ -283,6 +284,27 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       }
     },
   };
+}
+
+/**
+ * Waits for the run's device memory (first come first served). A user's cancel only shows in
+ * ctx.isCancelled (refreshed by heartbeats), not in ctx.signal (lease loss, shutdown), so it is
+ * polled every 250 ms while waiting. Resolves with the release, or null when the job was cancelled.
+ */
+async function reserveTrainingMemory(memory: MemoryReservations, bytes: number, ctx: JobContext): Promise<(() => void) | null> {
+  if (ctx.isCancelled()) return null;
+  const cancel = new AbortController();
+  const poll = setInterval(() => {
+    if (ctx.isCancelled()) cancel.abort(new Error('the job was cancelled while waiting for training memory'));
+  }, 250);
+  try {
+    return await memory.reserve(bytes, AbortSignal.any([ctx.signal, cancel.signal]));
+  } catch (err) {
+    if (cancel.signal.aborted && !ctx.signal.aborted) return null;
+    throw err;
+  } finally {
+    clearInterval(poll);
+  }
 }
 
 /** The device bytes a run reserves (see memory.ts): its batch shape, targets and largest rank. */
