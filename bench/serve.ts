@@ -309,7 +309,7 @@ try {
   const dev = (await (await fetch(`${url}/readyz`)).json()) as Record<string, unknown>;
   result.device = dev;
   const metrics = await (await fetch(`${url}/metrics`)).text();
-  console.log('\n' + metrics.split('\n').filter((l) => /^cola_gpu_(bind_groups|collections|busy|units)/.test(l)).join('\n'));
+  console.log('\n' + metrics.split('\n').filter((l) => /^cola_gpu_(bind_groups|collections|busy|units|wait_max|turn_max)/.test(l)).join('\n'));
   console.log(JSON.stringify(result));
 } finally {
   proc.kill('SIGTERM');

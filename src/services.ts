@@ -250,7 +250,7 @@ export interface EngineHealth {
   /** Bytes of GPU memory in use (for /metrics). */
   memoryInUse?(): number;
   /** Serving and scheduler gauges (for /metrics); null before the device is up. */
-  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number; weightBytes?: number; models?: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> }; bindGroups?: { hits: number; misses: number; evicted: number; collections: number }; trainMemory?: { capacity: number; reserved: number; waiting: number } } | null;
+  load?(): { serving: { live: number; queued: number; rejected: number; iterations: number; weightBytes?: number; models?: number }; scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number>; maxWaitMs: Record<string, number>; maxTurnMs: Record<string, number> }; bindGroups?: { hits: number; misses: number; evicted: number; collections: number }; trainMemory?: { capacity: number; reserved: number; waiting: number } } | null;
 }
 
 /** Thrown by the ML side for bad user input; the service answers 400 with the message. */

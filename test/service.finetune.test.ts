@@ -7,7 +7,7 @@
 // - a crash after a requested knot (POST /merge {job}) resumes with the same link numbers and the
 //   same sha256 for every version as an uninterrupted run.
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { afterAll, beforeAll, describe, expect, spyOn, test } from 'bun:test';
 import { sql } from 'drizzle-orm';
 import { makePglite, type TestDb } from './db.fixtures.ts';
 import { stories260kAdapter } from './service.fixtures.ts';
@@ -27,6 +27,7 @@ import { Engine } from '../src/gpu/engine.ts';
 import { GpuScheduler } from '../src/gpu/scheduler.ts';
 import { MemoryReservations } from '../src/gpu/reservations.ts';
 import { loadBundledModel } from '../src/model/registry.ts';
+import * as versions from '../src/model/versions.ts';
 import { parseSafetensors, toFloat32 } from '../src/model/safetensors.ts';
 import type { JobContext, JobRunner, Services } from '../src/services.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -154,7 +155,7 @@ describe('admission', () => {
     ['a partial optimizer reset across ranks (step-down)', { optimizer: { reset_keep: 0.1 }, chain: { links: [{ steps: 2, rank: 8 }, { steps: 1, rank: 4 }] } }, 400, 'optimizer.reset_keep'],
     ['reset_keep 1 (keeps everything)', { optimizer: { reset_keep: 1 } }, 400, 'optimizer.reset_keep'],
     ['a knot re-warm-up longer than the run', { schedule: { knot_warmup_steps: 4 } }, 400, 'schedule.knot_warmup_steps'],
-    // 256 × 512 tokens a step need ~5.6 GiB of activations; training gets 1 GiB of the default 2 GiB budget.
+    // 256 × 512 tokens a step need ~5.6 GiB of activations; training gets 832 MiB of the default 2 GiB budget (src/config.ts).
     ['a batch that needs more device memory than training may reserve', { batch_size: 256, max_seq_len: 512, chain: { links: 1 } }, 400, 'batch_size'],
   ];
   for (const [name, over, status, at] of cases) test(`${name} → ${status} at ${at}, no job and no model`, async () => {
@@ -193,9 +194,10 @@ describe('admission', () => {
 });
 
 describe('training memory', () => {
-  test('a job waiting for training memory behind a full budget is cancelled through POST /finetune/{id}/cancel', async () => {
+  test('a job waiting for training memory behind a full budget has loaded nothing, and is cancelled through POST /finetune/{id}/cancel', async () => {
     mode = { reserving: true };
     const hold = await trainMemory.reserve(trainMemory.capacity); // the budget is full
+    const loads = spyOn(versions, 'loadVersion'); // the runner's only load of the base weights
     try {
       const r = await post({ model: 'stories260K', train: STORIES, epochs: 1, batch_size: 1, max_seq_len: 32, output_model: 'waits' });
       expect(r.status).toBe(202);
@@ -203,6 +205,7 @@ describe('training memory', () => {
       await waitJob(id, (j) => j.status === 'running');
       for (let i = 0; i < 600 && trainMemory.stats().waiting === 0; i++) await Bun.sleep(50);
       expect(trainMemory.stats().waiting).toBe(1);
+      expect(loads).not.toHaveBeenCalled(); // the base weights are loaded only once the memory is granted
       const c = await fetch(`${url}/finetune/${id}/cancel`, { method: 'POST', headers: h() });
       expect(c.status).toBeLessThan(300);
       // The cancel reaches the worker with its next heartbeat (COLA_HEARTBEAT_MS, 5 s); before the
@@ -212,7 +215,9 @@ describe('training memory', () => {
       expect(j.knots).toEqual([]);
       expect(trainMemory.stats()).toMatchObject({ waiting: 0, reserved: trainMemory.capacity });
       await lastRun;
+      expect(loads).not.toHaveBeenCalled();
     } finally {
+      loads.mockRestore();
       hold();
     }
     expect(trainMemory.stats()).toMatchObject({ waiting: 0, reserved: 0 });

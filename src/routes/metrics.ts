@@ -30,7 +30,7 @@ export class Metrics {
     gpuMemoryBytes: number | null;
     load: {
       serving: { live: number; queued: number; weightBytes?: number; models?: number };
-      scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> };
+      scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number>; maxWaitMs: Record<string, number>; maxTurnMs: Record<string, number> };
       bindGroups?: { hits: number; misses: number; evicted: number; collections: number };
       trainMemory?: { capacity: number; reserved: number; waiting: number };
     } | null;
