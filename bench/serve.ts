@@ -64,6 +64,10 @@ interface Gen {
   n: number;
   /** Gaps between consecutive tokens (ms), the first token excluded. */
   gaps: number[];
+  /** Time to the first token event (ms). */
+  ttft: number;
+  /** The server's time from admission to the first token (timing.prefill_ms of the done event). */
+  serverPrefill: number;
   ids: number[];
 }
 
@@ -81,6 +85,7 @@ async function generate(model: string, seed: number, opts: { temperature?: numbe
   let buf = '';
   const times: number[] = [];
   let ids: number[] = [];
+  let serverPrefill = NaN;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
@@ -90,12 +95,16 @@ async function generate(model: string, seed: number, opts: { temperature?: numbe
       const ev = buf.slice(0, i);
       buf = buf.slice(i + 2);
       if (ev.includes('event: token')) times.push(performance.now());
-      else if (ev.includes('event: done')) ids = JSON.parse(/data: (.*)/.exec(ev)![1]!).token_ids;
+      else if (ev.includes('event: done')) {
+        const d = JSON.parse(/data: (.*)/.exec(ev)![1]!);
+        ids = d.token_ids;
+        serverPrefill = d.timing?.prefill_ms ?? NaN;
+      }
       else if (ev.includes('event: error')) throw new Error(ev);
     }
   }
   const gaps = times.slice(1).map((t, k) => t - times[k]!);
-  return { ms: performance.now() - t0, n: ids.length, gaps, ids };
+  return { ms: performance.now() - t0, n: ids.length, gaps, ttft: (times[0] ?? NaN) - t0, serverPrefill, ids };
 }
 
 /** `c` clients generating back to back for `seconds`: tokens/s and TPOT percentiles. */
@@ -236,6 +245,9 @@ try {
     console.log('|---|---:|---:|---:|---|');
     console.log(`| /generate median ms | ${f1(median(idleMs))} | ${f1(median(duringMs))} | ${(median(duringMs) / median(idleMs)).toFixed(2)} | |`);
     console.log(`| /generate slowest ms (÷ idle median) | ${f1(Math.max(...idleMs))} | ${f1(Math.max(...duringMs))} | ${(Math.max(...duringMs) / median(idleMs)).toFixed(2)} | ≤ 3 |`);
+    console.log(`| time to first token median ms | ${f1(median(idle.map((g) => g.ttft)))} | ${f1(median(during.map((g) => g.ttft)))} | ${(median(during.map((g) => g.ttft)) / median(idle.map((g) => g.ttft))).toFixed(2)} | |`);
+    console.log(`| of which in the batcher (server prefill_ms) median | ${f1(median(idle.map((g) => g.serverPrefill)))} | ${f1(median(during.map((g) => g.serverPrefill)))} | ${(median(during.map((g) => g.serverPrefill)) / median(idle.map((g) => g.serverPrefill))).toFixed(2)} | |`);
+    console.log(`| longest gap between tokens ms | ${f1(Math.max(...idleGaps))} | ${f1(Math.max(...duringGaps))} | ${(Math.max(...duringGaps) / Math.max(...idleGaps)).toFixed(2)} | |`);
     console.log(`| TPOT p50 ms | ${f1(q(idleGaps, 0.5))} | ${f1(q(duringGaps, 0.5))} | ${(q(duringGaps, 0.5) / q(idleGaps, 0.5)).toFixed(2)} | |`);
     console.log(`| TPOT p99 ms | ${f1(q(idleGaps, 0.99))} | ${f1(q(duringGaps, 0.99))} | ${(q(duringGaps, 0.99) / q(idleGaps, 0.99)).toFixed(2)} | ≤ 1.5 |`);
     console.log(`| training steps/s: alone vs under 2 generations/s | ${rateIdle.toFixed(2)} | ${rateLoaded.toFixed(2)} | ${(rateLoaded / rateIdle).toFixed(2)} | ≥ 0.80 |`);
@@ -297,7 +309,7 @@ try {
   const dev = (await (await fetch(`${url}/readyz`)).json()) as Record<string, unknown>;
   result.device = dev;
   const metrics = await (await fetch(`${url}/metrics`)).text();
-  console.log('\n' + metrics.split('\n').filter((l) => /^cola_gpu_(bind_groups|collections|busy|units)/.test(l)).join('\n'));
+  console.log('\n' + metrics.split('\n').filter((l) => /^cola_gpu_(bind_groups|collections|busy|units|wait_max|turn_max)/.test(l)).join('\n'));
   console.log(JSON.stringify(result));
 } finally {
   proc.kill('SIGTERM');

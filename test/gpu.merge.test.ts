@@ -114,6 +114,27 @@ describe('mergeLoraMany (a whole knot, one wait)', () => {
     await expect(mergeLoraMany(e, bad)).rejects.toThrow(NonFiniteError);
     for (const [i, m] of mods.entries()) expect(Array.from(await e.readF32(bad[i]!.w))).toEqual(Array.from(m.w));
   });
+
+  test('16-bit weights: a failure in a later group frees the f32 results kept for earlier groups', async () => {
+    const e = await Engine.create();
+    const { halfBits, roundToHalf } = require('../src/gpu/half.ts') as typeof import('../src/gpu/half.ts');
+    const rng = new Rng(22);
+    const [d, k, r] = [16, 16, 2];
+    const items = [0, 1, 2].map((i) => {
+      const a = rng.uniformArray(r * k);
+      if (i === 2) a[0] = NaN; // the last group fails
+      return { w: e.upload(halfBits(roundToHalf(rng.uniformArray(d * k), 'bf16'), 'bf16')!, [d, k], 'bf16'), a: e.upload(a, [r, k]), b: e.upload(rng.uniformArray(d * r), [d, r]), scale: 0.5 };
+    });
+    await e.sync();
+    e.trimPool();
+    const before = e.allocatedBytes;
+    // One item per group (scratch of one item = d·k·4 bytes): groups 0 and 1 merge, group 2 throws.
+    await expect(mergeLoraMany(e, items, { maxScratchBytes: d * k * 4 })).rejects.toThrow(NonFiniteError);
+    await e.sync();
+    e.trimPool(); // pooled (freed) buffers are destroyed; live ones stay counted
+    expect(e.allocatedBytes).toBe(before);
+    for (const it of items) expect(it.w.isFreed).toBe(false);
+  });
 });
 
 // Knots on 16-bit weights (ops/merge.ts): W is read as bf16/f16, the merge runs in f32, and the merged

@@ -119,4 +119,14 @@ describe('GPU scheduler policy', () => {
     await waiting;
     expect(r.sched.stats().units).toEqual({ interactive: 1, train: 2 });
   });
+
+  test('stats: longest turn and longest wait by class', async () => {
+    const r = rig(0.3);
+    await Promise.all([r.unit('train', 'job:a', 40), r.unit('interactive', 't:x', 5), r.unit('interactive', 't:x', 7)]);
+    const s = r.sched.stats();
+    expect(s.maxTurnMs).toEqual({ interactive: 7, train: 40 });
+    // The device was free: the training unit starts at once; the interactive ones wait 40 and 45.
+    expect(s.maxWaitMs.train).toBe(0);
+    expect(s.maxWaitMs.interactive).toBe(45);
+  });
 });

@@ -4,7 +4,7 @@ import { expect, test } from 'bun:test';
 import { Metrics } from '../src/routes/metrics.ts';
 
 test('cola_serving_weight_bytes and cola_serving_models come from the serving stats', () => {
-  const scheduler = { busyMs: {}, units: {}, waiting: {} };
+  const scheduler = { busyMs: {}, units: {}, waiting: {}, maxWaitMs: {}, maxTurnMs: {} };
   const m = new Metrics();
   const text = m.render({ jobsByStatus: {}, gpuMemoryBytes: null, load: { serving: { live: 0, queued: 0, weightBytes: 2_357_000_000, models: 2 }, scheduler } });
   expect(text).toContain('cola_serving_weight_bytes 2357000000\n');

@@ -7,7 +7,7 @@
 // - a crash after a requested knot (POST /merge {job}) resumes with the same link numbers and the
 //   same sha256 for every version as an uninterrupted run.
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { afterAll, beforeAll, describe, expect, spyOn, test } from 'bun:test';
 import { sql } from 'drizzle-orm';
 import { makePglite, type TestDb } from './db.fixtures.ts';
 import { stories260kAdapter } from './service.fixtures.ts';
@@ -25,7 +25,9 @@ import { jobEvents, jobs } from '../src/db/schema.ts';
 import { OPTIMIZER_STATE_FILE, unpackExtra } from '../src/cola/peft.ts';
 import { Engine } from '../src/gpu/engine.ts';
 import { GpuScheduler } from '../src/gpu/scheduler.ts';
+import { MemoryReservations } from '../src/gpu/reservations.ts';
 import { loadBundledModel } from '../src/model/registry.ts';
+import * as versions from '../src/model/versions.ts';
 import { parseSafetensors, toFloat32 } from '../src/model/safetensors.ts';
 import type { JobContext, JobRunner, Services } from '../src/services.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -39,8 +41,11 @@ let url: string;
 let key: string;
 let worker: JobWorker;
 let real: JobRunner;
+/** The real runner with a training-memory budget that a test can hold full (jobs then wait in it). */
+let reserving: JobRunner;
+const trainMemory = new MemoryReservations(2 ** 40);
 /** How the next run behaves: the real runner, possibly with a knot requested at the first link's start, a crash, or a failure. */
-let mode: { mergeAtStart?: boolean; dieAfterKnots?: number; fail?: boolean } = {};
+let mode: { mergeAtStart?: boolean; dieAfterKnots?: number; fail?: boolean; reserving?: boolean } = {};
 let lastRun: Promise<unknown> = Promise.resolve();
 const h = () => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
 
@@ -71,7 +76,7 @@ const runner: JobRunner = {
         return r;
       }),
     };
-    const p = m.fail ? Promise.reject(new Error('boom: the trainer failed')) : real.run(spec, wrapped);
+    const p = m.fail ? Promise.reject(new Error('boom: the trainer failed')) : (m.reserving ? reserving : real).run(spec, wrapped);
     lastRun = p.catch(() => {});
     return p;
   },
@@ -114,7 +119,12 @@ beforeAll(async () => {
   const config = loadConfig({ COLA_DATA_DIR: T.dataDir, COLA_QUOTA_RPM: '100000', COLA_QUOTA_CONCURRENT_JOBS: '100' });
   key = (await createTenant(T.database.db, { name: 'ft' })).apiKey;
   await registerBaseModel(T.database.db, config, () => {});
-  { const eng = await Engine.create(); real = createJobRunner(eng, config.repoRoot, new GpuScheduler(eng, { trainShare: 0.3 })); }
+  {
+    const eng = await Engine.create();
+    const sched = new GpuScheduler(eng, { trainShare: 0.3 });
+    real = createJobRunner(eng, config.repoRoot, sched);
+    reserving = createJobRunner(eng, config.repoRoot, sched, trainMemory);
+  }
   const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
   worker = new JobWorker({ db: T.database.db, config, store: new Store(path.join(T.dataDir, 'store')), runner, log: () => {} });
   const app = createApp({ config, db: T.database, services, queue: { enqueue: async (id) => void worker.process(id) } });
@@ -145,7 +155,7 @@ describe('admission', () => {
     ['a partial optimizer reset across ranks (step-down)', { optimizer: { reset_keep: 0.1 }, chain: { links: [{ steps: 2, rank: 8 }, { steps: 1, rank: 4 }] } }, 400, 'optimizer.reset_keep'],
     ['reset_keep 1 (keeps everything)', { optimizer: { reset_keep: 1 } }, 400, 'optimizer.reset_keep'],
     ['a knot re-warm-up longer than the run', { schedule: { knot_warmup_steps: 4 } }, 400, 'schedule.knot_warmup_steps'],
-    // 256 × 512 tokens a step need ~5.6 GiB of activations; training gets 1 GiB of the default 2 GiB budget.
+    // 256 × 512 tokens a step need ~5.6 GiB of activations; training gets 832 MiB of the default 2 GiB budget (src/config.ts).
     ['a batch that needs more device memory than training may reserve', { batch_size: 256, max_seq_len: 512, chain: { links: 1 } }, 400, 'batch_size'],
   ];
   for (const [name, over, status, at] of cases) test(`${name} → ${status} at ${at}, no job and no model`, async () => {
@@ -181,6 +191,37 @@ describe('admission', () => {
     const names = ((await (await fetch(`${url}/models`, { headers: h() })).json()) as any).data.map((m: any) => m.name);
     expect(names).not.toContain('never-made');
   });
+});
+
+describe('training memory', () => {
+  test('a job waiting for training memory behind a full budget has loaded nothing, and is cancelled through POST /finetune/{id}/cancel', async () => {
+    mode = { reserving: true };
+    const hold = await trainMemory.reserve(trainMemory.capacity); // the budget is full
+    const loads = spyOn(versions, 'loadVersion'); // the runner's only load of the base weights
+    try {
+      const r = await post({ model: 'stories260K', train: STORIES, epochs: 1, batch_size: 1, max_seq_len: 32, output_model: 'waits' });
+      expect(r.status).toBe(202);
+      const id = ((await r.json()) as any).id;
+      await waitJob(id, (j) => j.status === 'running');
+      for (let i = 0; i < 600 && trainMemory.stats().waiting === 0; i++) await Bun.sleep(50);
+      expect(trainMemory.stats().waiting).toBe(1);
+      expect(loads).not.toHaveBeenCalled(); // the base weights are loaded only once the memory is granted
+      const c = await fetch(`${url}/finetune/${id}/cancel`, { method: 'POST', headers: h() });
+      expect(c.status).toBeLessThan(300);
+      // The cancel reaches the worker with its next heartbeat (COLA_HEARTBEAT_MS, 5 s); before the
+      // fix the job waited until the budget freed, here never.
+      const j = await waitJob(id, finished, 60_000);
+      expect(j.status).toBe('cancelled');
+      expect(j.knots).toEqual([]);
+      expect(trainMemory.stats()).toMatchObject({ waiting: 0, reserved: trainMemory.capacity });
+      await lastRun;
+      expect(loads).not.toHaveBeenCalled();
+    } finally {
+      loads.mockRestore();
+      hold();
+    }
+    expect(trainMemory.stats()).toMatchObject({ waiting: 0, reserved: 0 });
+  }, 120_000);
 });
 
 describe('init_adapter', () => {

@@ -9,9 +9,9 @@ import { trainingDeviceBytes } from './memory.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner } from '../services.ts';
 import { loadVersion, resolvePath, tokenizerPathOf } from '../model/versions.ts';
 import { loadModelFromPath, type LoadedModel } from '../model/registry.ts';
-import type { ModelConfig } from '../model/config.ts';
+import { configFromRegistration, type ModelConfig } from '../model/config.ts';
 import { hasBias } from '../model/names.ts';
-import { saveSafetensorsWeights } from '../model/weights.ts';
+import { manifestOrNull, planSnapshot, writeSnapshot } from '../model/snapshots.ts';
 import type { ChatEncoder, Example } from './data.ts';
 import { ChatTemplateError, encodeChatForTraining } from '../model/chat.ts';
 import { ColaConfigError } from './errors.ts';
@@ -193,96 +193,141 @@ function asTrainExamples(xs: FinetuneJobSpec['train'], what: string): Example[] 
 export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler, memory?: MemoryReservations): JobRunner {
   return {
     async run(job: FinetuneJobSpec, ctx: JobContext) {
-      const base = loadVersion(repoRoot, job.base);
-      const tokenizer = base.tokenizer;
-      // EOS ends completions and pads batches; BOS is optional (Qwen2 has none).
-      if (base.tokenizer.eos === null) throw new UserInputError('the base model has no EOS token; fine-tuning needs one');
-      const chat = chatEncoderOf(base);
-      const train = asTrainExamples(job.train, 'train');
-      const validation = asTrainExamples(job.validation, 'validation');
-      let config: TrainConfig;
-      let plan: ChainPlan;
-      let initAdapter: LoraHost | undefined;
-      const mc = base.weights.config;
+      // The run's device memory is reserved before anything is loaded (the base weights take host
+      // memory too): a job that does not fit beside the running ones waits here (first come first
+      // served), never fails mid-run. The bytes come from the registered config, not the files.
+      const release = memory ? await reserveTrainingMemory(memory, admissionBytes(job), ctx) : () => {};
+      if (release === null) return { cancelled: true };
       try {
-        config = trainConfigFromRequest(job.request, mc);
-        plan = planFor(config, train.length);
-        checkOptions(config, plan);
-        if (job.initAdapter && !ctx.resumeFrom) {
-          const w = base.weights;
-          const stored = { config: job.initAdapter.config, path: resolvePath(repoRoot, job.initAdapter.path) };
-          const imp = loadInitAdapter(mc, stored, (layer, short) => baseBiasOf(w, layer, short));
-          checkInitAdapter(imp, config, plan);
-          initAdapter = initHost(imp, mc, config);
-        }
-      } catch (err) {
-        if (err instanceof ColaConfigError || err instanceof PeftError) throw new UserInputError(err.message);
-        throw err;
-      }
-      const arch = archConfigOf(mc);
-      let weights = base.weights;
-      let resume: ResumePoint | undefined;
-      if (ctx.resumeFrom) {
-        // Resume from the last persisted knot: its merged weights plus (seed, link, step) are the
-        // whole state; the earlier knots' steps re-create requested and automatic splits
-        // (replayKnots). With a partial reset, the kept optimizer state is in the knot's adapter ZIP.
-        weights = loadModelFromPath(resolvePath(repoRoot, ctx.resumeFrom.path), { tokenizerPath: tokenizerPathOf(repoRoot, job.base.config) }).weights;
-        resume = { step: ctx.resumeFrom.step, knotSteps: ctx.resumeFrom.knotSteps };
-        if ((config.optimizer.resetKeep ?? 0) > 0 && ctx.resumeFrom.step < plan.totalSteps) {
-          const zip = ctx.resumeFrom.adapterPath ? readFileSync(resolvePath(repoRoot, ctx.resumeFrom.adapterPath)) : null;
-          const bytes = zip ? unpackExtra(zip, OPTIMIZER_STATE_FILE) : null;
-          if (!bytes) throw new Error(`the last knot (version ${ctx.resumeFrom.version}) has no ${OPTIMIZER_STATE_FILE}; a run with a partial optimizer reset cannot resume without it`);
-          resume.optimizerState = decodeCarriedState(bytes);
-        }
-      }
-      const store = new SnapshotStore(job.storeDir);
-      let lastEpoch = 0;
-      // The run's device memory is reserved before anything is uploaded: a job that does not fit
-      // beside the running ones waits here (first come first served), never fails mid-run.
-      const release = memory ? await memory.reserve(trainingBytesOf(mc, config, plan), ctx.signal) : () => {};
-      try {
-        const res = await trainCola(
-            { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
-            {
-              onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
-              onStep: async (s) => {
-                lastEpoch = s.epoch;
-                await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: s.links, epoch: s.epoch, loss: s.loss, lr: s.lr, tokens: s.tokens });
-              },
-              onKnot: async (k) => {
-                // No job id in the file: the same request must give the same bytes (same sha256) on any run.
-                const weightsFile = saveSafetensorsWeights(k.weights);
-                // With a partial reset the knot's ZIP also carries the state kept for the next link (for a resume).
-                const extra = k.optimizerState ? { [OPTIMIZER_STATE_FILE]: encodeCarriedState(k.optimizerState) } : undefined;
-                const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model, extra });
-                // The stored-bytes quota is checked before anything of this knot is written.
-                await ctx.reserveBytes(weightsFile.length + adapterZip.length);
-                const snap = await store.put(weightsFile);
-                const adapterObj = await store.put(adapterZip, { ext: 'zip' });
-                await ctx.onKnot({
-                  link: k.link,
-                  step: k.endStep,
-                  rank: k.rank,
-                  val_loss: k.valLoss ?? undefined,
-                  flops: k.flops,
-                  snapshot: snap,
-                  adapterPath: adapterObj.path,
-                  adapterBytes: adapterObj.bytes,
-                  metrics: { epoch: lastEpoch, start_step: k.startStep, end_step: k.endStep },
-                });
-                if (k.valLoss !== null) await ctx.onEval({ link: k.link, val_loss: k.valLoss });
-              },
-              isCancelled: () => ctx.isCancelled() || ctx.signal.aborted,
-              takeMergeRequest: () => ctx.takeMergeRequest(),
-              onKnotDecision: (d) => ctx.onKnotDecision?.({ ...d }),
-            },
-        );
-        return res.status === 'cancelled' ? { cancelled: true } : undefined;
+        return await runReserved(job, ctx);
       } finally {
         release();
       }
     },
   };
+
+  async function runReserved(job: FinetuneJobSpec, ctx: JobContext): Promise<{ cancelled: true } | undefined> {
+    const base = loadVersion(repoRoot, job.base);
+    const tokenizer = base.tokenizer;
+    // EOS ends completions and pads batches; BOS is optional (Qwen2 has none).
+    if (base.tokenizer.eos === null) throw new UserInputError('the base model has no EOS token; fine-tuning needs one');
+    const chat = chatEncoderOf(base);
+    const train = asTrainExamples(job.train, 'train');
+    const validation = asTrainExamples(job.validation, 'validation');
+    let config: TrainConfig;
+    let plan: ChainPlan;
+    let initAdapter: LoraHost | undefined;
+    const mc = base.weights.config;
+    try {
+      config = trainConfigFromRequest(job.request, mc);
+      plan = planFor(config, train.length);
+      checkOptions(config, plan);
+      if (job.initAdapter && !ctx.resumeFrom) {
+        const w = base.weights;
+        const stored = { config: job.initAdapter.config, path: resolvePath(repoRoot, job.initAdapter.path) };
+        const imp = loadInitAdapter(mc, stored, (layer, short) => baseBiasOf(w, layer, short));
+        checkInitAdapter(imp, config, plan);
+        initAdapter = initHost(imp, mc, config);
+      }
+    } catch (err) {
+      if (err instanceof ColaConfigError || err instanceof PeftError) throw new UserInputError(err.message);
+      throw err;
+    }
+    const arch = archConfigOf(mc);
+    let weights = base.weights;
+    let resume: ResumePoint | undefined;
+    if (ctx.resumeFrom) {
+      // Resume from the last persisted knot: its merged weights plus (seed, link, step) are the
+      // whole state; the earlier knots' steps re-create requested and automatic splits
+      // (replayKnots). With a partial reset, the kept optimizer state is in the knot's adapter ZIP.
+      weights = loadModelFromPath(resolvePath(repoRoot, ctx.resumeFrom.path), { tokenizerPath: tokenizerPathOf(repoRoot, job.base.config) }).weights;
+      resume = { step: ctx.resumeFrom.step, knotSteps: ctx.resumeFrom.knotSteps };
+      if ((config.optimizer.resetKeep ?? 0) > 0 && ctx.resumeFrom.step < plan.totalSteps) {
+        const zip = ctx.resumeFrom.adapterPath ? readFileSync(resolvePath(repoRoot, ctx.resumeFrom.adapterPath)) : null;
+        const bytes = zip ? unpackExtra(zip, OPTIMIZER_STATE_FILE) : null;
+        if (!bytes) throw new Error(`the last knot (version ${ctx.resumeFrom.version}) has no ${OPTIMIZER_STATE_FILE}; a run with a partial optimizer reset cannot resume without it`);
+        resume.optimizerState = decodeCarriedState(bytes);
+      }
+    }
+    const store = new SnapshotStore(job.storeDir);
+    // Each knot is a manifest: its tensors the knot did not change are its parent's objects (the
+    // base's, or the previous knot's), so a knot on q,v adds only q and v. A parent stored as a
+    // whole file (the bundled llama2.c base) has no objects: the first knot writes every tensor once.
+    let parent = manifestOrNull(resolvePath(repoRoot, ctx.resumeFrom ? ctx.resumeFrom.path : job.base.path));
+    let lastEpoch = 0;
+    const res = await trainCola(
+      { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
+      {
+        onLinkStart: ({ link, rank }) => ctx.onLinkStarted({ link, rank }),
+        onStep: async (s) => {
+          lastEpoch = s.epoch;
+          await ctx.onStep({ step: s.step, total_steps: plan.totalSteps, link: s.link, links: s.links, epoch: s.epoch, loss: s.loss, lr: s.lr, tokens: s.tokens });
+        },
+        onKnot: async (k) => {
+          // No job id in the file: the same request must give the same bytes (same sha256) on any run.
+          const plan = planSnapshot(k.weights, { parent });
+          // With a partial reset the knot's ZIP also carries the state kept for the next link (for a resume).
+          const extra = k.optimizerState ? { [OPTIMIZER_STATE_FILE]: encodeCarriedState(k.optimizerState) } : undefined;
+          const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model, extra });
+          // The stored-bytes quota is checked before anything of this knot is written.
+          await ctx.reserveBytes(plan.addedBytes + adapterZip.length);
+          const written = await writeSnapshot(store, plan);
+          parent = plan.manifest;
+          const snap = { path: written.path, sha256: written.sha256, bytes: written.bytes, addedBytes: written.addedBytes, tensors: written.tensors };
+          const adapterObj = await store.put(adapterZip, { ext: 'zip' });
+          await ctx.onKnot({
+            link: k.link,
+            step: k.endStep,
+            rank: k.rank,
+            val_loss: k.valLoss ?? undefined,
+            flops: k.flops,
+            snapshot: snap,
+            adapterPath: adapterObj.path,
+            adapterBytes: adapterObj.bytes,
+            metrics: { epoch: lastEpoch, start_step: k.startStep, end_step: k.endStep },
+          });
+          if (k.valLoss !== null) await ctx.onEval({ link: k.link, val_loss: k.valLoss });
+        },
+        isCancelled: () => ctx.isCancelled() || ctx.signal.aborted,
+        takeMergeRequest: () => ctx.takeMergeRequest(),
+        onKnotDecision: (d) => ctx.onKnotDecision?.({ ...d }),
+      },
+    );
+    return res.status === 'cancelled' ? { cancelled: true } : undefined;
+  }
+}
+
+/** The device bytes a job reserves, from the registered model config and the request (no weights loaded). */
+function admissionBytes(job: FinetuneJobSpec): number {
+  try {
+    const mc = configFromRegistration(job.base.config);
+    const config = trainConfigFromRequest(job.request, mc);
+    return trainingBytesOf(mc, config, planFor(config, job.train.length));
+  } catch (err) {
+    if (err instanceof ColaConfigError) throw new UserInputError(err.message);
+    throw err;
+  }
+}
+
+/**
+ * Waits for the run's device memory (first come first served). A user's cancel only shows in
+ * ctx.isCancelled (refreshed by heartbeats), not in ctx.signal (lease loss, shutdown), so it is
+ * polled every 250 ms while waiting. Resolves with the release, or null when the job was cancelled.
+ */
+async function reserveTrainingMemory(memory: MemoryReservations, bytes: number, ctx: JobContext): Promise<(() => void) | null> {
+  if (ctx.isCancelled()) return null;
+  const cancel = new AbortController();
+  const poll = setInterval(() => {
+    if (ctx.isCancelled()) cancel.abort(new Error('the job was cancelled while waiting for training memory'));
+  }, 250);
+  try {
+    return await memory.reserve(bytes, AbortSignal.any([ctx.signal, cancel.signal]));
+  } catch (err) {
+    if (cancel.signal.aborted && !ctx.signal.aborted) return null;
+    throw err;
+  } finally {
+    clearInterval(poll);
+  }
 }
 
 /** The device bytes a run reserves (see memory.ts): its batch shape, targets and largest rank. */

@@ -51,6 +51,8 @@ export interface SchedulerStats {
   waiting: Record<WorkClass, number>;
   /** Longest wait for the device (ms) by class since start. */
   maxWaitMs: Record<WorkClass, number>;
+  /** Longest turn on the device (ms) by class since start: a unit, or a session's stretch between hand-overs. */
+  maxTurnMs: Record<WorkClass, number>;
 }
 
 /** A held turn on the device; `checkpoint()` may hand it over and take it back. */
@@ -75,6 +77,7 @@ export class GpuScheduler {
     busyMs: { interactive: 0, train: 0 },
     waiting: { interactive: 0, train: 0 },
     maxWaitMs: { interactive: 0, train: 0 },
+    maxTurnMs: { interactive: 0, train: 0 },
   };
 
   constructor(
@@ -177,6 +180,7 @@ export class GpuScheduler {
       this.useOf(cur.key).add(t, ms);
       this.s.units[cur.cls]++;
       this.s.busyMs[cur.cls] += ms;
+      this.s.maxTurnMs[cur.cls] = Math.max(this.s.maxTurnMs[cur.cls], ms);
     }
     this.current = null;
     this.busy = false;

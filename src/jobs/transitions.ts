@@ -12,7 +12,7 @@ import { and, eq, or, sql } from 'drizzle-orm';
 import type { Db } from '../db/index.ts';
 import { jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
 import { appendEvent, insertJob } from '../db/repos/jobs.ts';
-import { ensureTenantModel, guardStorePaths, insertVersion, type NewVersion } from '../db/repos/models.ts';
+import { ensureTenantModel, guardStorePaths, guardTensorObjects, insertVersion, type NewVersion } from '../db/repos/models.ts';
 import type { JobStatus } from '../domain/job-states.ts';
 import { UserInputError } from '../services.ts';
 
@@ -148,13 +148,16 @@ export async function recordKnot(
   l: Lease,
   knot: Omit<JobKnot, 'version'>,
   version: Omit<NewVersion, 'version' | 'modelId'> & { modelId: string | OutputModel },
-  /** The knot's store files: locked and checked to exist, so a concurrent delete cannot leave the row dangling. */
-  guard?: { paths: string[]; exists: (p: string) => boolean },
+  /** The knot's store files and tensor objects: locked and checked to exist, so a concurrent delete cannot leave the row dangling. */
+  guard?: { paths: string[]; tensors?: string[]; exists: (p: string) => boolean },
 ): Promise<ModelVersion> {
   return db.transaction(async (tx) => {
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    if (guard) await guardStorePaths(tx, guard.paths, guard.exists);
+    if (guard) {
+      await guardStorePaths(tx, guard.paths, guard.exists);
+      await guardTensorObjects(tx, guard.tensors ?? [], guard.exists);
+    }
     let modelId: string;
     if (typeof version.modelId === 'string') modelId = version.modelId;
     else {

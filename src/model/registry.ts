@@ -4,6 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ModelLoadError, loadHfWeights, readFileBounded } from './hf.ts';
 import { loadLlama2c } from './llama2c.ts';
+import { isManifestPath, readManifestTensors } from './snapshots.ts';
 import { PICKLE_MESSAGE, SafetensorsError, looksLikePickle, readSafetensorsFile } from './safetensors.ts';
 import { type TextTokenizer, loadHfTokenizer, loadLlama2cTokenizer, loadSentencePieceTokenizer, MAX_TOKENIZER_FILE_BYTES } from './tokenizer.ts';
 import { type ModelWeights, type WeightsDtype, loadSavedSafetensorsWeights, setWeightsDtype } from './weights.ts';
@@ -100,6 +101,8 @@ function findLlama2cTokenizer(dir: string, exclude: string): string {
  *   tokenizer (or a sentencepiece .model);
  * - a `.safetensors` file written by saveSafetensorsWeights (config in its metadata), tokenizer from
  *   tokenizerPath or found beside it;
+ * - a version's `.manifest` (model/snapshots.ts: the same file as per-tensor objects), tokenizer
+ *   from tokenizerPath;
  * - any other file: a llama2.c checkpoint, tokenizer found beside it.
  * PyTorch pickle files are refused.
  */
@@ -130,6 +133,15 @@ function loadModelAsIs(path: string, opts: LoadModelOptions): LoadedModel {
     }
     if (ckpts.length > 1) throw new ModelLoadError(`${path}: several checkpoints (${ckpts.join(', ')}); pass the file path`);
     return loadModelAsIs(join(path, ckpts[0]!), opts);
+  }
+  if (isManifestPath(path)) {
+    // Each tensor read from its object into the buffer the weights keep (as for a whole file).
+    const parsed = readManifestTensors(path);
+    const weights = loadSavedSafetensorsWeights(parsed);
+    if (!opts.tokenizerPath) throw new ModelLoadError(`${path}: a stored version needs the tokenizer path of its model`);
+    const tokenizer = loadTokenizerFile(opts.tokenizerPath, weights.config.vocabSize);
+    checkVocab(weights, tokenizer, path);
+    return { weights, tokenizer, format: 'safetensors', source: path, chat: chatOf(dirname(opts.tokenizerPath)) };
   }
   if (path.endsWith('.safetensors')) {
     if (st.size > maxFile) throw new ModelLoadError(`checkpoint ${path} is ${st.size} bytes, over the limit of ${maxFile}`);

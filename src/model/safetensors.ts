@@ -506,14 +506,24 @@ export interface TensorToWrite {
   data: ArrayBufferView;
 }
 
+/** One tensor of a header to encode: what the header says about it (its bytes come separately). */
+export interface HeaderTensor {
+  name: string;
+  dtype: Dtype;
+  shape: readonly number[];
+}
+
 /**
- * Encodes tensors as a safetensors file: names sorted (by UTF-16 code units), "__metadata__" first
- * when given, header padded with spaces so the data section starts at a multiple of 8, tensors
- * laid out in name order. The same input always gives the same bytes.
+ * The first bytes of a safetensors file holding `tensors` (8-byte length + JSON padded with spaces
+ * to a multiple of 8): names sorted (by UTF-16 code units), "__metadata__" first with its keys
+ * sorted when given, offsets laying the tensors out back to back in name order, no whitespace in
+ * the JSON. `order` is the tensors in that order, with their byte sizes; the data section is their
+ * bytes concatenated. The same input always gives the same bytes (encodeSafetensors and the
+ * per-tensor snapshots of model/snapshots.ts both use it, so a version's file is byte-identical
+ * whichever way it is produced).
  */
-export function encodeSafetensors(tensors: Record<string, TensorToWrite> | Map<string, TensorToWrite>, metadata?: Record<string, string>): Uint8Array {
-  const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
-  entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+export function encodeSafetensorsHeader(tensors: readonly HeaderTensor[], metadata?: Record<string, string>): { header: Uint8Array; order: (HeaderTensor & { bytes: number })[]; dataBytes: number } {
+  const entries = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const parts: string[] = [];
   if (metadata) {
     const keys = Object.keys(metadata).sort();
@@ -527,10 +537,11 @@ export function encodeSafetensors(tensors: Record<string, TensorToWrite> | Map<s
     parts.push(`"__metadata__":{${m.join(',')}}`);
   }
   let offset = 0;
-  const blobs: Uint8Array[] = [];
+  const order: (HeaderTensor & { bytes: number })[] = [];
   const seen = new Set<string>();
-  for (const [name, t] of entries) {
-    if (name.length === 0 || name === '__metadata__' || FORBIDDEN_KEYS.has(name)) throw new SafetensorsError(`invalid tensor name ${JSON.stringify(name)}`);
+  for (const t of entries) {
+    const name = t.name;
+    if (typeof name !== 'string' || name.length === 0 || name === '__metadata__' || FORBIDDEN_KEYS.has(name)) throw new SafetensorsError(`invalid tensor name ${JSON.stringify(name)}`);
     if (seen.has(name)) throw new SafetensorsError(`duplicate tensor name ${JSON.stringify(name)}`);
     seen.add(name);
     if (!isDtype(t.dtype)) throw new SafetensorsError(`tensor ${JSON.stringify(name)}: unknown dtype ${String(t.dtype)}`);
@@ -539,23 +550,37 @@ export function encodeSafetensors(tensors: Record<string, TensorToWrite> | Map<s
       if (!Number.isSafeInteger(d) || d < 0) throw new SafetensorsError(`tensor ${JSON.stringify(name)}: invalid dimension ${d}`);
     }
     const nbytes = numelOf(t.shape) * DTYPE_SIZES[t.dtype];
-    if (nbytes !== t.data.byteLength) {
-      throw new SafetensorsError(`tensor ${JSON.stringify(name)}: ${t.dtype} × [${t.shape.join(', ')}] needs ${nbytes} bytes, data has ${t.data.byteLength}`);
-    }
+    if (!Number.isSafeInteger(nbytes)) throw new SafetensorsError(`tensor ${JSON.stringify(name)}: byte size overflows`);
     parts.push(`${JSON.stringify(name)}:{"dtype":"${t.dtype}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${offset + nbytes}]}`);
-    blobs.push(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    order.push({ name, dtype: t.dtype, shape: t.shape, bytes: nbytes });
     offset += nbytes;
   }
   const headerRaw = new TextEncoder().encode(`{${parts.join(',')}}`);
   const headerLen = Math.ceil(headerRaw.length / 8) * 8;
-  const out = new Uint8Array(8 + headerLen + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerLen), true);
-  out.set(headerRaw, 8);
-  out.fill(0x20, 8 + headerRaw.length, 8 + headerLen);
-  let pos = 8 + headerLen;
-  for (const b of blobs) {
-    out.set(b, pos);
-    pos += b.length;
+  const header = new Uint8Array(8 + headerLen);
+  new DataView(header.buffer).setBigUint64(0, BigInt(headerLen), true);
+  header.set(headerRaw, 8);
+  header.fill(0x20, 8 + headerRaw.length);
+  return { header, order, dataBytes: offset };
+}
+
+/**
+ * Encodes tensors as a safetensors file (layout: encodeSafetensorsHeader). The same input always
+ * gives the same bytes.
+ */
+export function encodeSafetensors(tensors: Record<string, TensorToWrite> | Map<string, TensorToWrite>, metadata?: Record<string, string>): Uint8Array {
+  const byName = tensors instanceof Map ? tensors : new Map(Object.entries(tensors));
+  const { header, order, dataBytes } = encodeSafetensorsHeader([...byName].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })), metadata);
+  const out = new Uint8Array(header.length + dataBytes);
+  out.set(header, 0);
+  let pos = header.length;
+  for (const e of order) {
+    const t = byName.get(e.name)!;
+    if (e.bytes !== t.data.byteLength) {
+      throw new SafetensorsError(`tensor ${JSON.stringify(e.name)}: ${t.dtype} × [${t.shape.join(', ')}] needs ${e.bytes} bytes, data has ${t.data.byteLength}`);
+    }
+    out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), pos);
+    pos += e.bytes;
   }
   return out;
 }

@@ -370,7 +370,12 @@ export function saveSafetensorsWeights(w: ModelWeights, metadata: Record<string,
   validateWeights(w);
   const out = new Map<string, TensorToWrite>();
   for (const [name, t] of w.tensors) out.set(name, tensorToWrite(t));
-  return encodeSafetensors(out, { format: 'pt', cola_config: JSON.stringify(configToHf(w.config)), ...metadata });
+  return encodeSafetensors(out, savedMetadata(w, metadata));
+}
+
+/** The metadata saveSafetensorsWeights writes (and a version's manifest keeps): format "pt", the config, `extra`. */
+export function savedMetadata(w: ModelWeights, extra: Record<string, string> = {}): Record<string, string> {
+  return { format: 'pt', cola_config: JSON.stringify(configToHf(w.config)), ...extra };
 }
 
 /** Reloads weights written by saveSafetensorsWeights (config from its "cola_config" metadata). */

@@ -30,7 +30,7 @@ export class Metrics {
     gpuMemoryBytes: number | null;
     load: {
       serving: { live: number; queued: number; weightBytes?: number; models?: number };
-      scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number> };
+      scheduler: { busyMs: Record<string, number>; units: Record<string, number>; waiting: Record<string, number>; maxWaitMs: Record<string, number>; maxTurnMs: Record<string, number> };
       bindGroups?: { hits: number; misses: number; evicted: number; collections: number };
       trainMemory?: { capacity: number; reserved: number; waiting: number };
     } | null;
@@ -84,6 +84,12 @@ export class Metrics {
       out.push('# HELP cola_gpu_waiting Units waiting for the device, by class.');
       out.push('# TYPE cola_gpu_waiting gauge');
       for (const [k, v] of Object.entries(s.waiting)) out.push(`cola_gpu_waiting{class="${esc(k)}"} ${v}`);
+      out.push('# HELP cola_gpu_wait_max_seconds Longest wait for the device since start, by class.');
+      out.push('# TYPE cola_gpu_wait_max_seconds gauge');
+      for (const [k, v] of Object.entries(s.maxWaitMs)) out.push(`cola_gpu_wait_max_seconds{class="${esc(k)}"} ${v / 1000}`);
+      out.push('# HELP cola_gpu_turn_max_seconds Longest turn on the device since start (a unit, or a training step\'s stretch between hand-overs), by class: what an interactive unit may wait behind.');
+      out.push('# TYPE cola_gpu_turn_max_seconds gauge');
+      for (const [k, v] of Object.entries(s.maxTurnMs)) out.push(`cola_gpu_turn_max_seconds{class="${esc(k)}"} ${v / 1000}`);
       const bg = extra.load.bindGroups;
       if (bg) {
         // Driver objects: every bind group created holds driver memory (a memfd mapping on lavapipe).

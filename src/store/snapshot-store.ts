@@ -1,9 +1,20 @@
 // Content-addressed, immutable snapshot store on local disk (or a shared mount).
 //
-// Layout:  <root>/objects/<aa>/<sha256>.safetensors   (aa = first two hex digits of the sha256)
+// Layout:  <root>/objects/<aa>/<sha256>.tensor        (one tensor's raw bytes, little-endian, named by
+//                                                     their sha256; aa = first two hex digits)
+//          <root>/objects/<aa>/<sha256>.manifest      (a model version: the list of its tensors by
+//                                                     digest, named by the sha256 of the safetensors
+//                                                     file it stands for; format: model/snapshots.ts)
+//          <root>/objects/<aa>/<sha256>.safetensors   (a whole-file version, written before manifests)
 //          <root>/objects/<aa>/<sha256>.zip           (objects put with ext "zip", e.g. PEFT adapters)
 //          <root>/objects/<aa>/<sha256>.json          (optional lineage sidecar, see below)
 //          temporary files: <root>/objects/<aa>/.tmp-<sha256>-<pid>-<random> (same directory)
+//
+// A version is a manifest: each tensor is stored once as its own object, so a knot or a merge that
+// changed q and v adds only the new q and v objects and lists the parent's objects for the rest;
+// identical tensors of any versions, models or tenants are one object. A manifest is installed
+// only after all its tensor objects are, so a manifest on disk never names a missing tensor (until
+// the database's garbage collection removes them together: db/repos/deletes.ts).
 //
 // put(bytes) is atomic and idempotent: the bytes are hashed, written to a temporary file in the
 // object's directory (open O_CREAT|O_EXCL, write, fsync), renamed over the final name (rename(2)
@@ -11,8 +22,8 @@
 // loss. A reader therefore sees either no object or the complete object, never a partial one.
 // Two processes putting the same content race harmlessly: both renames install identical bytes.
 // A crash leaves at most a `.tmp-*` file, which is never visible as an object and is removed by
-// `sweepTemp()`. Objects are never modified or deleted by this module (the database owns
-// reference counting / garbage collection).
+// `sweepTemp()`. Objects are never modified by this module, and deleted only when the database says
+// no row references them any more (Store.free / Store.freeTensors, inside the deciding transaction).
 //
 // Lineage: the database holds the canonical metadata (versions, parents, jobs). A JSON sidecar
 // with the same fields is written next to the object for operators and disaster recovery; it is
@@ -52,7 +63,8 @@ export class SnapshotStoreError extends Error {
 
 const SHA_RE = /^[0-9a-f]{64}$/;
 
-export type ObjectExt = 'safetensors' | 'zip';
+export type ObjectExt = 'safetensors' | 'zip' | 'tensor' | 'manifest';
+const EXTS: readonly string[] = ['safetensors', 'zip', 'tensor', 'manifest'];
 
 export interface PutHooks {
   /** Called after each chunk written to the temporary file (tests use it to slow writes down). */
@@ -109,6 +121,45 @@ export class SnapshotStore {
   }
 
   /**
+   * Stores one tensor's bytes as a `.tensor` object. With `digest` (the caller hashed them already)
+   * an object that is already there is only checked for its size, not hashed again; a new one is
+   * hashed while written and must match `digest`.
+   */
+  async putTensor(bytes: Uint8Array, digest?: string): Promise<StoredObject & { created: boolean }> {
+    if (digest !== undefined) {
+      const path = this.pathOf(digest, 'tensor');
+      const size = sizeOf(path);
+      if (size !== null) {
+        if (size !== bytes.length) throw new SnapshotStoreError(`tensor object ${digest} on disk has ${size} bytes, expected ${bytes.length}: the store is corrupt`);
+        return { sha256: digest, path, bytes: size, created: false };
+      }
+    }
+    const sha256 = SnapshotStore.sha256(bytes);
+    if (digest !== undefined && sha256 !== digest) throw new SnapshotStoreError(`tensor bytes hash to ${sha256}, not ${digest}`);
+    const existed = this.has(sha256, 'tensor');
+    const o = await this.put(bytes, { ext: 'tensor' });
+    return { ...o, created: !existed };
+  }
+
+  /** True when the tensor object is there; throws when it is there with another size (corrupt store). */
+  hasTensor(digest: string, bytes: number): boolean {
+    const size = sizeOf(this.pathOf(digest, 'tensor'));
+    if (size === null) return false;
+    if (size !== bytes) throw new SnapshotStoreError(`tensor object ${digest} on disk has ${size} bytes, expected ${bytes}: the store is corrupt`);
+    return true;
+  }
+
+  /**
+   * Installs a version's manifest under the sha256 of the file it stands for (atomic; a manifest
+   * already there is kept: the same file digest means the same tensors, so the same manifest).
+   */
+  async putManifest(sha256: string, json: Uint8Array): Promise<StoredObject> {
+    const path = this.pathOf(sha256, 'manifest');
+    if (!this.has(sha256, 'manifest')) await writeFileAtomic(path, json, { tmpPrefix: `.tmp-${sha256}-manifest` });
+    return { sha256, path, bytes: json.length };
+  }
+
+  /**
    * The object's bytes. With `verify` (default true) the content is re-hashed and a mismatch
    * (disk corruption, tampering) throws. Throws SnapshotStoreError when the object is absent.
    */
@@ -131,7 +182,7 @@ export class SnapshotStore {
   async putLineage(record: LineageRecord): Promise<void> {
     checkSha(record.sha256);
     if (record.parent !== null) checkSha(record.parent);
-    if (!this.has(record.sha256) && !this.has(record.sha256, 'zip')) throw new SnapshotStoreError(`lineage for missing snapshot ${record.sha256}`);
+    if (!this.has(record.sha256) && !this.has(record.sha256, 'zip') && !this.has(record.sha256, 'manifest')) throw new SnapshotStoreError(`lineage for missing snapshot ${record.sha256}`);
     const dir = join(this.objectsDir, record.sha256.slice(0, 2));
     const path = join(dir, `${record.sha256}.json`);
     if (exists(path)) return;
@@ -156,7 +207,7 @@ export class SnapshotStore {
     for (const d of readdirSync(this.objectsDir)) {
       if (!/^[0-9a-f]{2}$/.test(d)) continue;
       for (const f of readdirSync(join(this.objectsDir, d))) {
-        const m = /^([0-9a-f]{64})\.(safetensors|zip)$/.exec(f);
+        const m = /^([0-9a-f]{64})\.(safetensors|zip|tensor|manifest)$/.exec(f);
         if (m && m[2] === ext) out.push(m[1]!);
       }
     }
@@ -191,7 +242,18 @@ export class SnapshotStore {
 }
 
 function checkExt(ext: string): void {
-  if (ext !== 'safetensors' && ext !== 'zip') throw new SnapshotStoreError(`object extension must be "safetensors" or "zip", got ${JSON.stringify(ext)}`);
+  if (!EXTS.includes(ext)) throw new SnapshotStoreError(`object extension must be one of ${EXTS.join(', ')}, got ${JSON.stringify(ext)}`);
+}
+
+/** Size of a regular file, or null when there is none. */
+function sizeOf(p: string): number | null {
+  try {
+    const st = statSync(p);
+    return st.isFile() ? st.size : null;
+  } catch (e) {
+    if (isNotFound(e)) return null;
+    throw e;
+  }
 }
 
 function checkSha(s: string): void {

@@ -1,8 +1,9 @@
 // The service's files under one root (<dataDir>/store), built once at startup and injected
 // (AppDeps.store): routes and use cases touch files only through it.
 //
-//   <root>/weights/              content-addressed snapshots (SnapshotStore: weights, knot ZIPs,
-//                                lineage sidecars), tokenizer copies, merged adapters' ZIPs
+//   <root>/weights/              content-addressed snapshots (SnapshotStore: tensor objects, version
+//                                manifests, whole-file versions of before, knot ZIPs, lineage
+//                                sidecars), tokenizer copies, merged adapters' ZIPs
 //   <root>/files/<id>.jsonl      uploaded training/evaluation files (POST /files)
 //   <root>/adapters/<id>/        uploaded PEFT adapters (adapter_config.json + adapter_model.safetensors)
 //   <root>/uploads/up-*/         model files of a multipart import, removed after the import
@@ -105,7 +106,14 @@ export class Store {
     for (const p of paths) {
       if (!this.owns(p)) continue;
       await this.discard(p);
-      if (p.endsWith('.safetensors')) await this.discard(p.replace(/\.safetensors$/, '.json'));
+      if (/\.(safetensors|manifest)$/.test(p)) await this.discard(p.replace(/\.(safetensors|manifest)$/, '.json'));
     }
+  }
+
+  /** Removes tensor objects (by digest) that no version references any more; one already gone is fine. */
+  async freeTensors(digests: readonly string[]): Promise<void> {
+    if (digests.length === 0) return;
+    const objects = this.objects();
+    for (const d of digests) await this.discard(objects.pathOf(d, 'tensor'));
   }
 }

@@ -62,8 +62,9 @@ export interface MergeItem {
  * Ties a knot on many modules with one wait: every W_i + s_i·B_i·A_i is computed into its scratch
  * copy under one shared non-finite flag, read back once per group, and only then copied over the
  * weights. All or nothing per group of at most `maxScratchBytes` (default 256 MiB) of scratch: on a
- * non-finite value nothing of that group is written and NonFiniteError is thrown (groups before it
- * are already merged; a knot's caller treats the error as fatal for the run).
+ * non-finite value nothing of that group is written and NonFiniteError is thrown (f32 weights of
+ * groups before it are already merged; the f32 results made for 16-bit weights of those groups are
+ * freed; a knot's caller treats the error as fatal for the run).
  */
 export async function mergeLoraMany(e: Engine, items: MergeItem[], opts: MergeOptions & { maxScratchBytes?: number } = {}): Promise<Tensor[]> {
   for (const { w, a, b, scale } of items) checkItem(w, a, b, scale);
@@ -95,14 +96,23 @@ export async function mergeLoraMany(e: Engine, items: MergeItem[], opts: MergeOp
     group = [];
     bytes = 0;
   };
-  for (const [i, it] of items.entries()) {
-    if (it.w.numel === 0) continue;
-    const sb = it.w.numel * 4;
-    if (bytes > 0 && bytes + sb > cap) await run();
-    group.push(i);
-    bytes += sb;
+  try {
+    for (const [i, it] of items.entries()) {
+      if (it.w.numel === 0) continue;
+      const sb = it.w.numel * 4;
+      if (bytes > 0 && bytes + sb > cap) await run();
+      group.push(i);
+      bytes += sb;
+    }
+    await run();
+  } catch (err) {
+    // A later group failed: the f32 results kept for 16-bit weights of earlier groups are never
+    // returned, so free them here (the caller keeps its 16-bit weights).
+    merged.forEach((t, i) => {
+      if (t !== items[i]!.w) t.free();
+    });
+    throw err;
   }
-  await run();
   return merged;
 }
 
