@@ -10,7 +10,7 @@
 //   running (lease expired) ──claim (token+1)──▶ running      (reclaim by another worker)
 import { and, eq, or, sql } from 'drizzle-orm';
 import type { Db } from '../db/index.ts';
-import { jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
+import { jobEvents, jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
 import { appendEvent, insertJob } from '../db/repos/jobs.ts';
 import { ensureTenantModel, guardStorePaths, guardTensorObjects, insertVersion, type NewVersion } from '../db/repos/models.ts';
 import type { JobStatus } from '../domain/job-states.ts';
@@ -131,6 +131,25 @@ export async function recordEvent(db: Db, l: Lease, type: string, data: Record<s
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
     await appendEvent(tx, l.jobId, type, data);
+  });
+}
+
+/**
+ * An automatic-knot decision (event `knot_decision`), recorded once per (decision, link, step): a
+ * resumed run takes again the decisions after its last knot (every resume re-enters a link, and the
+ * last link's `last_link` is decided at its start), which an earlier attempt may have recorded.
+ */
+export async function recordKnotDecision(db: Db, l: Lease, d: Record<string, unknown>): Promise<void> {
+  await db.transaction(async (tx) => {
+    const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
+    if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    const key = JSON.stringify({ decision: d.decision, link: d.link, step: d.step });
+    const [seen] = await tx
+      .select({ id: jobEvents.id })
+      .from(jobEvents)
+      .where(and(eq(jobEvents.jobId, l.jobId), eq(jobEvents.type, 'knot_decision'), sql`${jobEvents.data} @> ${key}::jsonb`))
+      .limit(1);
+    if (!seen) await appendEvent(tx, l.jobId, 'knot_decision', d);
   });
 }
 

@@ -24,6 +24,7 @@ import {
   heartbeat,
   recordEvent,
   recordKnot,
+  recordKnotDecision,
   recordStep,
   release,
   StaleLeaseError,
@@ -214,7 +215,7 @@ export class JobWorker {
         },
         onLinkStarted: (e) => recordEvent(db, lease, 'link_started', { link: e.link, rank: e.rank }),
         onEval: (e) => recordEvent(db, lease, 'eval', e),
-        onKnotDecision: (d) => recordEvent(db, lease, 'knot_decision', d),
+        onKnotDecision: (d) => recordKnotDecision(db, lease, d),
         onKnot: async (k) => {
           const parent = lastVersion == null || !outModelId ? { modelId: job.baseModelId, version: job.baseVersion } : { modelId: outModelId, version: lastVersion };
           const v = await recordKnot(
