@@ -63,6 +63,10 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     });
     page = ctx.pages()[0] ?? (await ctx.newPage());
     page.on('pageerror', (e) => pageErrors.push(String(e)));
+    // A Content-Security-Policy violation is a console error, not a page error.
+    page.on('console', (m) => {
+      if (/Content Security Policy/i.test(m.text())) pageErrors.push(m.text());
+    });
     page.setDefaultTimeout(60_000);
   }, 90_000);
   afterAll(async () => {
@@ -187,7 +191,8 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     await page.goto(`${s.url}/ui#/jobs/${long.id}`);
     await page.locator('[data-testid="job-status"]', { hasText: 'running' }).waitFor({ timeout: 120_000 });
     // (a string: the test's tsconfig has no DOM types)
-    await page.waitForFunction(`Number(document.querySelector('[data-testid="stat-step"]')?.textContent?.split('/')[0]) >= 3`);
+    // Polled from here: a string predicate would be evaluated in the page, which its CSP forbids.
+    for (let i = 0; i < 1200 && !(Number((await page.locator('[data-testid="stat-step"]').textContent())?.split('/')[0]) >= 3); i++) await Bun.sleep(50);
     await page.getByTestId('tie-knot').click();
     await page.locator('[data-testid="knots"] tbody tr').first().waitFor({ timeout: 120_000 });
     expect(await page.locator('[data-testid="knots"] tbody tr').first().textContent()).toContain('ui-long@1');
