@@ -115,7 +115,7 @@ for (const r of rows) {
     continue;
   }
   console.log(
-    `| ${r.model} | ${f(r.prefillTps)} | ${f(r.decodeTps)} | ${f(r.msPerToken, 2)} | ${f(r.dispatchesPerToken)} | ${f(r.weightMiB)} | ${f(r.gbs, 2)} | ${Number.isFinite(peakGbs) ? `${((100 * r.gbs) / peakGbs).toFixed(1)} %` : '-'} | ${f(r.unfusedTps ?? NaN, 1)} | ${f(r.unfusedDispatches ?? NaN)} | ${f(r.decodeTps / (r.unfusedTps ?? NaN), 2)} | ${f(r.ref)} | ${f(r.decodeTps / r.ref, 2)} | ${GOAL[r.model] ?? '-'} |`,
+    `| ${r.model} | ${f(r.prefillTps)} | ${f(r.decodeTps, 1)} | ${f(r.msPerToken, 2)} | ${f(r.dispatchesPerToken)} | ${f(r.weightMiB)} | ${f(r.gbs, 2)} | ${Number.isFinite(peakGbs) ? `${((100 * r.gbs) / peakGbs).toFixed(1)} %` : '-'} | ${f(r.unfusedTps ?? NaN, 1)} | ${f(r.unfusedDispatches ?? NaN)} | ${f(r.decodeTps / (r.unfusedTps ?? NaN), 2)} | ${f(r.ref)} | ${f(r.decodeTps / r.ref, 2)} | ${GOAL[r.model] ?? '-'} |`,
   );
 }
 console.log(JSON.stringify({ bench: 'generate', device: e.ctx.info.description, peakGbs: Number.isFinite(peakGbs) ? peakGbs : null, rows }));
