@@ -32,7 +32,7 @@ import { isDir, isFile, sha256Hex } from '../util/fs.ts';
 import { ColaConfigError } from './errors.ts';
 import { FAMILIES, familyOf, hfModulePath, moduleShorts, type Family } from '../model/names.ts';
 import { layerModules, layerPrefix, MAX_LAYERS, type ArchConfig } from './modules.ts';
-import { CONFIG_FILE, packAdapter, parsePeftAdapter, parsePeftConfig, PeftError, storedPeftConfig, unpackAdapter, WEIGHTS_FILE } from './peft.ts';
+import { adapterTensorValues, CONFIG_FILE, packAdapter, peftTensorKey, parsePeftAdapter, parsePeftConfig, PeftError, storedPeftConfig, unpackAdapter, WEIGHTS_FILE } from './peft.ts';
 
 /** Errors that mean "the adapter is unusable" (→ UserInputError → 400). */
 const ADAPTER_INPUT_ERRORS = [...MODEL_INPUT_ERRORS, PeftError, ColaConfigError];
@@ -99,7 +99,7 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
   const mods = new Map<string, { short: string; a?: number[]; b?: number[]; bias?: number[] }>();
   const shapesByShort = new Map<string, { in: number; out: number }>();
   for (const [rawName, t] of parsed.tensors) {
-    const name = rawName.replace(/\.(lora_[AB])\.default\.weight$/, '.$1.weight');
+    const name = peftTensorKey(rawName);
     const m = /^base_model\.model\.(.+)\.(lora_A\.weight|lora_B\.weight|bias)$/.exec(name);
     if (!m) throw new PeftError('not a PEFT LoRA tensor name (base_model.model.<module>.lora_A.weight / lora_B.weight / bias)', rawName);
     const mod = m[1]!;
@@ -112,11 +112,7 @@ export function validateAdapterStandalone(configJson: unknown, weights: Uint8Arr
     if (layer >= MAX_LAYERS) throw new PeftError(`layer index ${layer} is over ${MAX_LAYERS - 1}`, rawName);
     if (layersAllowed && !layersAllowed.has(layer)) throw new PeftError(`layer ${layer} is not in layers_to_transform`, rawName);
     if (!matches(mod)) throw new PeftError('module is not selected by target_modules', rawName);
-    if (t.dtype !== 'F32' && t.dtype !== 'F16' && t.dtype !== 'BF16' && t.dtype !== 'F64') throw new PeftError(`dtype ${t.dtype}; expected F32, F16, BF16 or F64`, rawName);
-    const x = toFloat32(t);
-    for (let i = 0; i < x.length; i++) {
-      if (!Number.isFinite(x[i]!)) throw new PeftError(`value ${i} is ${x[i]} (not finite)`, rawName);
-    }
+    adapterTensorValues(t, rawName);
     const e = mods.get(mod) ?? { short: hit.m![2]! };
     const slot = kind === 'lora_A.weight' ? 'a' : kind === 'lora_B.weight' ? 'b' : 'bias';
     if (e[slot]) throw new PeftError('appears twice', name);

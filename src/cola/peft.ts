@@ -363,6 +363,24 @@ export interface ImportedAdapter extends AdapterWeights {
  * extras, none missing), shapes A (r, in) / B (out, r) / bias (out), floating dtypes, finite
  * values. `baseBias` is needed only for adapters with bias = "lora_only" (see header).
  */
+/** A PEFT tensor name with a ".default" adapter-name infix (older/other PEFT saves) dropped. */
+export function peftTensorKey(name: string): string {
+  return name.replace(/\.(lora_[AB])\.default\.weight$/, '.$1.weight');
+}
+
+/**
+ * The one check of an adapter tensor's values (upload without a model, and against a model): a
+ * floating dtype and finite values. Returns them as f32 (a copy with `copy`).
+ */
+export function adapterTensorValues(t: Parameters<typeof toFloat32>[0], where: string, opts: { copy?: boolean } = {}): Float32Array {
+  if (t.dtype !== 'F32' && t.dtype !== 'F16' && t.dtype !== 'BF16' && t.dtype !== 'F64') throw new PeftError(`dtype ${t.dtype}; expected F32, F16, BF16 or F64`, where);
+  const x = toFloat32(t, opts);
+  for (let i = 0; i < x.length; i++) {
+    if (!Number.isFinite(x[i]!)) throw new PeftError(`value ${i} is ${x[i]} (not finite)`, where);
+  }
+  return x;
+}
+
 export function parsePeftAdapter(cfg: ArchConfig, configJson: unknown, weights: Uint8Array, baseBias?: BiasLookup): ImportedAdapter {
   const c = checkArch(cfg);
   const P = CONFIG_FILE;
@@ -387,7 +405,7 @@ export function parsePeftAdapter(cfg: ArchConfig, configJson: unknown, weights: 
   // Normalise names: drop a ".default" adapter-name infix (older/other PEFT saves).
   const byName = new Map<string, (typeof parsed.tensors extends Map<string, infer T> ? T : never)>();
   for (const [name, t] of parsed.tensors) {
-    const n = name.replace(/\.(lora_[AB])\.default\.weight$/, '.$1.weight');
+    const n = peftTensorKey(name);
     if (byName.has(n)) throw new PeftError(`tensor ${n} appears twice`, WEIGHTS_FILE);
     byName.set(n, t);
   }
@@ -400,17 +418,10 @@ export function parsePeftAdapter(cfg: ArchConfig, configJson: unknown, weights: 
       throw new PeftError(`missing tensor ${name}`, WEIGHTS_FILE);
     }
     used.add(name);
-    if (t.dtype !== 'F32' && t.dtype !== 'F16' && t.dtype !== 'BF16' && t.dtype !== 'F64') {
-      throw new PeftError(`dtype ${t.dtype}; expected F32, F16, BF16 or F64`, name);
-    }
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       throw new PeftError(`shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`, name);
     }
-    const x = toFloat32(t, { copy: true });
-    for (let i = 0; i < x.length; i++) {
-      if (!Number.isFinite(x[i]!)) throw new PeftError(`value ${i} is ${x[i]} (not finite)`, name);
-    }
-    return x;
+    return adapterTensorValues(t, name, { copy: true });
   };
   for (const { layer, m } of pairs) {
     const a = take(peftTensorName(cfg, layer, m, 'lora_A'), [r, m.in])!;
