@@ -10,11 +10,11 @@ import { GpuScheduler } from '../src/gpu/scheduler.ts';
 import { ConfigError, configFromHf, configToHf, contextLimitNote, type ModelConfig } from '../src/model/config.ts';
 import { loadHfWeights } from '../src/model/hf.ts';
 import { modelInvFreq, ropeInvFreq } from '../src/model/rope.ts';
-import { TransformerModel, type LoraWeights } from '../src/model/transformer.ts';
-import { Generator, TokenStream, logSoftmax, type GenerateResult, type SamplingOptions } from '../src/model/generate.ts';
+import { TransformerModel } from '../src/model/transformer.ts';
+import { Generator, TokenStream, logSoftmax, type GenerateResult } from '../src/model/generate.ts';
 import { KvPool } from '../src/model/kvpool.ts';
 import { DecodeBatch, type BatchSequence } from '../src/model/batcher.ts';
-import type { TextTokenizer } from '../src/model/tokenizer.ts';
+import { greedy, idTokenizer, loraQV } from './helpers/models.ts';
 import { goldenTensor, readGolden, type Golden } from './golden/read.ts';
 import { diff, expectClose } from './helpers/compare.ts';
 
@@ -210,15 +210,7 @@ function maxAbs(x: ArrayLike<number>): number {
 async function trainingPass(model: TransformerModel, g: Golden) {
   const c = model.config;
   const B = 2, T = 16, r = 4;
-  const modules: LoraWeights['modules'] = new Map();
-  for (let i = 0; i < c.nLayers; i++) {
-    for (const m of ['q', 'v']) {
-      const a = goldenTensor(g, `layers.${i}.${m}.lora_A`, 'f32');
-      const b = goldenTensor(g, `layers.${i}.${m}.lora_B`, 'f32');
-      modules.set(`${i}.${m}`, { a: e.upload(a, [r, c.dim]), b: e.upload(b, [b.length / r, r]) });
-    }
-  }
-  const lora: LoraWeights = { scale: 2, modules };
+  const lora = loraQV(e, c, r, (i, m) => ({ a: goldenTensor(g, `layers.${i}.${m}.lora_A`, 'f32'), b: goldenTensor(g, `layers.${i}.${m}.lora_B`, 'f32') }));
   const batch = {
     B, T,
     ids: e.upload(goldenTensor(g, 'input_ids', 'i32', [B, T]), [B * T], 'i32'),
@@ -273,18 +265,6 @@ describe('tiny checkpoints vs PyTorch goldens: training forward/backward with Lo
   });
 });
 
-/** A tokenizer that prints ids (the tiny checkpoints have none, except Qwen2's). */
-function idTokenizer(vocab: number): TextTokenizer {
-  return {
-    kind: 'hf', vocabSize: vocab, bos: null, eos: null,
-    encode: () => { throw new Error('ids only'); },
-    decode: (ids) => ids.map((i) => `<${i}>`).join(''),
-    createStreamDecoder: () => ({ decodeToken: (id) => `<${id}>`, flush: () => '' }),
-    idToPiece: (id) => `<${id}>`,
-  };
-}
-
-const greedy: SamplingOptions = { maxTokens: 10, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [], stopAtEos: false };
 
 /** The golden's greedy continuation: exact ids, and log-probs within 1e-4 of PyTorch's f64 ones. */
 function expectGreedy(what: string, r: GenerateResult, g: Golden, V: number) {

@@ -14,11 +14,11 @@ import { parseSafetensors } from '../src/model/safetensors.ts';
 import { type ModelWeights, halfBitsOf, halfTensor, setWeightsDtype, tensorToWrite, weightBytes, weightsDtypeOf } from '../src/model/weights.ts';
 import { toHalf } from '../src/gpu/half.ts';
 import { embedding } from '../src/gpu/ops/embedding.ts';
-import { TransformerModel, type LoraWeights } from '../src/model/transformer.ts';
-import { Generator, TokenStream, type GenerateResult, type SamplingOptions } from '../src/model/generate.ts';
+import { TransformerModel } from '../src/model/transformer.ts';
+import { Generator, TokenStream, type GenerateResult } from '../src/model/generate.ts';
 import { KvPool } from '../src/model/kvpool.ts';
 import { DecodeBatch, type BatchSequence } from '../src/model/batcher.ts';
-import type { TextTokenizer } from '../src/model/tokenizer.ts';
+import { greedy, idTokenizer, loraQV } from './helpers/models.ts';
 import { Rng } from '../src/util/rng.ts';
 import { expectClose } from './helpers/compare.ts';
 
@@ -28,16 +28,6 @@ beforeAll(async () => {
   e = await Engine.create();
 });
 
-function idTokenizer(vocab: number): TextTokenizer {
-  return {
-    kind: 'hf', vocabSize: vocab, bos: null, eos: null,
-    encode: () => { throw new Error('ids only'); },
-    decode: (ids) => ids.map((i) => `<${i}>`).join(''),
-    createStreamDecoder: () => ({ decodeToken: (id) => `<${id}>`, flush: () => '' }),
-    idToPiece: (id) => `<${id}>`,
-  };
-}
-const greedy: SamplingOptions = { maxTokens: 10, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [], stopAtEos: false };
 
 /** The checkpoint converted to `kind`, written as an HF folder and loaded back. */
 function halfCheckpoint(name: string, kind: 'bf16' | 'f16'): { half: ModelWeights; upcast: ModelWeights; fileDtypes: Set<string> } {
@@ -56,14 +46,7 @@ async function trainingPass(model: TransformerModel, seed: number) {
   const c = model.config;
   const rng = new Rng(seed);
   const B = 2, T = 16, r = 4;
-  const modules: LoraWeights['modules'] = new Map();
-  for (let i = 0; i < c.nLayers; i++) {
-    for (const m of ['q', 'v']) {
-      const out = m === 'q' ? c.nHeads * c.headDim : c.nKvHeads * c.headDim;
-      modules.set(`${i}.${m}`, { a: e.upload(rng.uniformArray(r * c.dim, -0.3, 0.3), [r, c.dim]), b: e.upload(rng.uniformArray(out * r, -0.3, 0.3), [out, r]) });
-    }
-  }
-  const lora: LoraWeights = { scale: 2, modules };
+  const lora = loraQV(e, c, r, (_i, _m, out) => ({ a: rng.uniformArray(r * c.dim, -0.3, 0.3), b: rng.uniformArray(out * r, -0.3, 0.3) }));
   const ids = Int32Array.from({ length: B * T }, () => rng.int(c.vocabSize));
   const targets = Int32Array.from({ length: B * T }, (_, i) => (i % T === T - 1 ? -1 : ids[i + 1]!));
   const batch = { B, T, ids: e.upload(ids, [B * T], 'i32'), targets: e.upload(targets, [B * T], 'i32') };
