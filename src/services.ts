@@ -113,6 +113,11 @@ export interface StoredWeights {
   bytes: number;
   addedBytes?: number;
   tensors?: { digest: string; bytes: number }[];
+  /**
+   * Precision of the tensors written ("mixed" when merged modules were kept f32 in a 16-bit model)
+   * and their bytes at it: a new output model's `config.weights_dtype` / `weight_bytes`.
+   */
+  precision?: { weights_dtype: string; weight_bytes: number };
 }
 
 export interface ImportedModel {

@@ -127,6 +127,33 @@ describe('models, adapters and merge over HTTP', () => {
     expect([zip[0], zip[1]]).toEqual([0x50, 0x4b]); // a ZIP archive
   });
 
+  test('a merge into a bf16 model makes a "mixed" output model: weights_dtype and weight_bytes of the tensors written', async () => {
+    // stories260kAdapter with a non-zero B (its B is zero: a merge of it changes nothing), on q_proj.
+    const a = stories260kAdapter();
+    const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (let l = 0; l < 5; l++) {
+      tensors[`base_model.model.model.layers.${l}.self_attn.q_proj.lora_A.weight`] = { shape: [1, 64], data: new Float32Array(64).map((_, i) => ((i % 7) - 3) / 100) };
+      tensors[`base_model.model.model.layers.${l}.self_attn.q_proj.lora_B.weight`] = { shape: [64, 1], data: new Float32Array(64).map((_, i) => ((i % 5) - 2) / 50) };
+    }
+    const form = new FormData();
+    form.append('adapter_config.json', a.config);
+    form.append('adapter_model.safetensors', new Blob([safetensorsOf(tensors) as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
+    const { id } = (await (await fetch(`${url}/adapters`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: form })).json()) as any;
+    const m = await fetch(`${url}/merge`, { method: 'POST', headers: h(), body: JSON.stringify({ model: 'as-bf16', version: 0, adapter: id, scale: 1, output_model: 'merged-bf16' }) });
+    if (m.status !== 200) throw new Error(`merge answered ${m.status}: ${await m.text()}`);
+    const b = (await (await fetch(`${url}/models/as-bf16`, { headers: h() })).json()) as any;
+    const o = (await (await fetch(`${url}/models/merged-bf16`, { headers: h() })).json()) as any;
+    expect(o.config.weights_dtype).toBe('mixed');
+    // The merged q projections are kept f32: 2 more bytes a value than in the bf16 base, nothing else changes.
+    const w = new Uint8Array(await (await fetch(`${url}/models/merged-bf16/versions/1/weights`, { headers: h() })).arrayBuffer());
+    const n = Number(new DataView(w.buffer).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(w.subarray(8, 8 + n)));
+    let f32Values = 0;
+    for (const [name, t] of Object.entries(header as Record<string, any>)) if (name !== '__metadata__' && t.dtype === 'F32' && name.endsWith('q_proj.weight')) f32Values += t.shape.reduce((x: number, y: number) => x * y, 1);
+    expect(f32Values).toBeGreaterThan(0);
+    expect(o.config.weight_bytes).toBe(b.config.weight_bytes + 2 * f32Values);
+  });
+
   test('an adapter with finite but absurd values (1e18) is refused at merge with a clear 400', async () => {
     const huge = new Float32Array(64).fill(1e18);
     const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};

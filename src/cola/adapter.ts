@@ -24,7 +24,7 @@ import { asUserError, checkPathString, GiB, MODEL_INPUT_ERRORS, safeName } from 
 import { parseSafetensors, SafetensorsError, toFloat32 } from '../model/safetensors.ts';
 import type { LoadedModel } from '../model/registry.ts';
 import { loadVersion, resolvePath } from '../model/versions.ts';
-import type { ModelWeights } from '../model/weights.ts';
+import { weightBytes, weightsDtypeOf, type ModelWeights } from '../model/weights.ts';
 import { SnapshotStore } from '../store/snapshot-store.ts';
 import { manifestOrNull, saveSnapshot } from '../model/snapshots.ts';
 import { writeFileAtomicSync } from '../util/atomic.ts';
@@ -285,7 +285,8 @@ export function createMergeService(opts: { repoRoot: string; maxAdapterBytes?: n
       const zip = packAdapter({ config: configJson as Record<string, unknown>, weights: weightsBytes });
       const zipPath = join(storeDir, 'adapters', `${sha256Hex(zip)}.zip`);
       if (!isFile(zipPath)) writeFileAtomicSync(zipPath, zip);
-      return { weights: { path: obj.path, sha256: obj.sha256, bytes: obj.bytes, addedBytes: obj.addedBytes, tensors: obj.tensors }, adapterPath: zipPath };
+      const precision = { weights_dtype: weightsDtypeOf(w), weight_bytes: weightBytes(w) }; // of the tensors written
+      return { weights: { path: obj.path, sha256: obj.sha256, bytes: obj.bytes, addedBytes: obj.addedBytes, tensors: obj.tensors, precision }, adapterPath: zipPath };
     },
   };
 }

@@ -11,6 +11,7 @@ import { loadVersion, resolvePath, tokenizerPathOf } from '../model/versions.ts'
 import { loadModelFromPath, type LoadedModel } from '../model/registry.ts';
 import { configFromRegistration, type ModelConfig } from '../model/config.ts';
 import { hasBias } from '../model/names.ts';
+import { weightBytes, weightsDtypeOf } from '../model/weights.ts';
 import { manifestOrNull, planSnapshot, writeSnapshot } from '../model/snapshots.ts';
 import type { ChatEncoder, Example } from './data.ts';
 import { ChatTemplateError, encodeChatForTraining } from '../model/chat.ts';
@@ -273,7 +274,8 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
           await ctx.reserveBytes(plan.addedBytes + adapterZip.length);
           const written = await writeSnapshot(store, plan);
           parent = plan.manifest;
-          const snap = { path: written.path, sha256: written.sha256, bytes: written.bytes, addedBytes: written.addedBytes, tensors: written.tensors };
+          const precision = { weights_dtype: weightsDtypeOf(k.weights), weight_bytes: weightBytes(k.weights) }; // of the tensors written
+          const snap = { path: written.path, sha256: written.sha256, bytes: written.bytes, addedBytes: written.addedBytes, tensors: written.tensors, precision };
           const adapterObj = await store.put(adapterZip, { ext: 'zip' });
           await ctx.onKnot({
             link: k.link,

@@ -228,7 +228,7 @@ export class JobWorker {
                 name: job.outputModel,
                 architecture: spec.base.architecture,
                 params: (await getJobModel(db, job))?.params ?? 0,
-                config: spec.base.config,
+                config: { ...spec.base.config, ...(k.snapshot.precision ?? {}) }, // the knot's precision ("mixed" for a 16-bit base)
               },
               parentModelId: parent.modelId,
               parentVersion: parent.version,

@@ -108,7 +108,9 @@ export async function mergeAdapter(d: UseCaseDeps, t: Tenant, b: MergeAdapterInp
     // A concurrent delete must not remove the (shared, content-addressed) files this row will reference.
     await guardStorePaths(tx, [res.weights.path, ...(res.adapterPath ? [res.adapterPath] : [])], fs.existsSync);
     await guardTensorObjects(tx, tensorPaths(d, res.weights), fs.existsSync);
-    const out = await ensureTenantModel(tx, { tenantId: t.id, name: outName, architecture: target.model.architecture, params: target.model.params, config: target.model.config });
+    // A new output model describes the merged weights (a 16-bit target becomes "mixed").
+    const config = { ...target.model.config, ...(res.weights.precision ?? {}) };
+    const out = await ensureTenantModel(tx, { tenantId: t.id, name: outName, architecture: target.model.architecture, params: target.model.params, config });
     const v = await insertVersion(tx, {
       modelId: out.id,
       parentModelId: target.model.id,
