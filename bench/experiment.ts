@@ -31,6 +31,9 @@ import { resolveLoraSpec } from '../src/cola/lora.ts';
 import { batchAt, type Example, type Tokenizer } from '../src/cola/data.ts';
 import type { ChainConfig } from '../src/cola/schedule.ts';
 import { loadTask, toTrainingExample, type TaskName } from '../src/eval/tasks.ts';
+
+/** The full task files: $COLA_TASKS_DIR, else ../shared/data/tasks (this benchmark reads data outside the repository). */
+const TASKS_DIR = process.env.COLA_TASKS_DIR || join(import.meta.dir, '../../shared/data/tasks');
 import type { ModelWeights } from '../src/model/weights.ts';
 import { parseArgs, type Method, type Options } from './lib/args.ts';
 import { scoreExamples } from './lib/score.ts';
@@ -213,7 +216,7 @@ function selectLr(runs: RunRecord[], task: TaskName, method: Method, o: Options)
 
 /** Test accuracy of always answering the training set's most frequent label (a floor for "learned the prior only"). */
 function majorityAcc(o: Options, task: TaskName, seed: number): number {
-  const sp = loadTask(task, { seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
+  const sp = loadTask(task, { dir: TASKS_DIR, seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
   const counts = new Map<number, number>();
   for (const x of sp.train) counts.set(x.label, (counts.get(x.label) ?? 0) + 1);
   const maj = [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0])[0]![0];
@@ -438,7 +441,7 @@ async function main(): Promise<void> {
     const scoreOpts = { maxSeqLen: o.maxSeqLen, rowsPerBatch: o.evalRows };
     for (const seed of o.seeds) {
       for (const task of o.tasks) {
-        const sp = loadTask(task, { seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
+        const sp = loadTask(task, { dir: TASKS_DIR, seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
         const train = sp.train.map(toTrainingExample);
         if (!cached.has(zsKey(o, task, seed))) {
           const te = await scoreExamples(e, baseModel, base.tokenizer, sp.test, scoreOpts);

@@ -5,7 +5,9 @@
 // tokens/s, dispatches per token, and GB/s of weight reads (bytes of every weight a decode step
 // reads — all matrices at their stored precision, the classifier, norms; one embedding row — times
 // tokens/s), beside --peak-gbs (the device's memory bandwidth, when given) as the roofline yardstick.
-// Run: bun run bench/generate.ts [--tokens 128] [--reps 3] [--shapes stories260K,15M,110M] [--peak-gbs 4800]
+// Run: bun run bench/generate.ts [--tokens 128] [--reps 3] [--shapes stories260K,15M,110M] [--peak-gbs 4800] [--compare 1]
+// --compare 1 (default) also decodes with the unfused layer-by-layer ops (Generator fuseLayers
+// false) in the same run, repetitions interleaved with the fused ones, and reports the ratio; 0 skips it.
 // On lavapipe (2 cores) keep to the small shapes (1B-bf16 runs, a few tokens); 1B/7B are for GPUs
 // (bench/device/run.sh). A shape with a projection over the device's storage-binding limit is
 // reported as skipped (7B f32 on lavapipe's 128 MiB: gate/up/down are 224 MiB); the classifier and
@@ -23,6 +25,7 @@ const nTokens = Number(args.get('tokens') ?? 128);
 const shapes = (args.get('shapes') ?? 'stories260K,15M,110M').split(',');
 const reps = Number(args.get('reps') ?? 3);
 const peakGbs = Number(args.get('peak-gbs') ?? NaN);
+const compare = (args.get('compare') ?? '1') !== '0';
 
 // llama2.c greedy decode, tokens/s (ENVIRONMENT.md): single thread for stories260K, 2 OpenMP threads otherwise.
 const LLAMA2C: Record<string, number> = { stories260K: 5400, '15M': 610, '110M': 75 };
@@ -52,7 +55,7 @@ function weightsOf(name: string): { w: ModelWeights; tok: ReturnType<typeof idTo
 // The default 4 GiB budget holds the small shapes; large ones get their weights plus room for the cache.
 const e = await Engine.create({ memoryBudget: Number(args.get('budget-gb') ?? 4) * 2 ** 30 });
 console.log(`device: ${e.ctx.info.vendor} ${e.ctx.info.architecture} ${e.ctx.info.description}; max storage binding ${e.limits.maxStorageBufferBindingSize} B`);
-type Row = { model: string; prefillTps: number; decodeTps: number; msPerToken: number; dispatchesPerToken: number; weightMiB: number; gbs: number; ref: number; note?: string };
+type Row = { model: string; prefillTps: number; decodeTps: number; msPerToken: number; dispatchesPerToken: number; weightMiB: number; gbs: number; ref: number; unfusedTps?: number; unfusedDispatches?: number; note?: string };
 const rows: Row[] = [];
 for (const shape of shapes) {
   const t0 = performance.now();
@@ -68,7 +71,12 @@ for (const shape of shapes) {
     continue;
   }
   const model = TransformerModel.upload(e, w);
-  const gen = new Generator(e, model, tok ?? loadBundledModel().tokenizer);
+  const tokz = tok ?? loadBundledModel().tokenizer;
+  // The fused layer kernels forced on (their default is GPUs only: Generator.fuseLayers 'auto').
+  const gen = new Generator(e, model, tokz, true, true);
+  // The reference: the same model through the unfused layer-by-layer ops (the one-dispatch decoder
+  // of small models is not affected by fuseLayers, so stories260K compares with itself).
+  const unfused = compare ? new Generator(e, model, tokz, true, false) : null;
   // Bytes a decode step reads: every weight on the device except the embedding table, of which one
   // row (the classifier is the embedding when tied and then read whole).
   const emb = model.embedding;
@@ -77,31 +85,37 @@ for (const shape of shapes) {
   const prompt = Array.from({ length: 32 }, (_, i) => (i * 37 + 5) % 500 + 3);
   prompt[0] = 1;
   const opts = { maxTokens: nTokens, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [], stopAtEos: false };
-  await gen.generate(prompt, opts); // warm-up: compiles every pipeline
-  let best = { prefill: Infinity, decodeTps: 0, ms: 0, disp: 0 };
+  const runs = [gen, ...(unfused ? [unfused] : [])];
+  for (const g of runs) await g.generate(prompt, opts); // warm-up: compiles every pipeline
+  const best = runs.map(() => ({ prefill: Infinity, decodeTps: 0, ms: 0, disp: 0 }));
   for (let r = 0; r < reps; r++) {
-    const d0 = e.stats.dispatches;
-    const res = await gen.generate(prompt, opts);
-    const disp = (e.stats.dispatches - d0) / res.tokenIds.length;
-    if (res.timing.tokensPerS > best.decodeTps) best = { prefill: res.timing.prefillMs, decodeTps: res.timing.tokensPerS, ms: res.timing.decodeMs / (res.tokenIds.length - 1), disp };
+    for (const [j, g] of runs.entries()) {
+      const d0 = e.stats.dispatches;
+      const res = await g.generate(prompt, opts);
+      const disp = (e.stats.dispatches - d0) / res.tokenIds.length; // the prompt's dispatches included, spread over the tokens
+      if (res.timing.tokensPerS > best[j]!.decodeTps) best[j] = { prefill: res.timing.prefillMs, decodeTps: res.timing.tokensPerS, ms: res.timing.decodeMs / (res.tokenIds.length - 1), disp };
+    }
   }
+  const b = best[0]!;
   rows.push({
-    model: shape, prefillTps: (prompt.length * 1000) / best.prefill, decodeTps: best.decodeTps, msPerToken: best.ms, dispatchesPerToken: best.disp,
-    weightMiB: readBytes / 2 ** 20, gbs: (readBytes * best.decodeTps) / 1e9, ref: LLAMA2C[shape] ?? NaN,
+    model: shape, prefillTps: (prompt.length * 1000) / b.prefill, decodeTps: b.decodeTps, msPerToken: b.ms, dispatchesPerToken: b.disp,
+    weightMiB: readBytes / 2 ** 20, gbs: (readBytes * b.decodeTps) / 1e9, ref: LLAMA2C[shape] ?? NaN,
+    ...(best[1] ? { unfusedTps: best[1].decodeTps, unfusedDispatches: best[1].disp } : {}),
   });
   gen.free();
+  unfused?.free();
   model.free();
 }
 const f = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : '-');
-console.log(`\n| model | prefill tok/s (32-token prompt) | decode tok/s (batch 1, ${nTokens} tokens) | ms/token | dispatches/token | weight MiB read/token | weight GB/s | of peak | llama2.c decode tok/s | ratio | goal |`);
-console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+console.log(`\n| model | prefill tok/s (32-token prompt) | decode tok/s (batch 1, ${nTokens} tokens) | ms/token | dispatches/token | weight MiB read/token | weight GB/s | of peak | unfused decode tok/s (same run) | unfused dispatches/token | fused ÷ unfused | llama2.c decode tok/s | ratio | goal |`);
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   if (r.note) {
-    console.log(`| ${r.model} | ${r.note} | | | | ${f(r.weightMiB)} | | | | | |`);
+    console.log(`| ${r.model} | ${r.note} | | | | ${f(r.weightMiB)} | | | | | | | | |`);
     continue;
   }
   console.log(
-    `| ${r.model} | ${f(r.prefillTps)} | ${f(r.decodeTps)} | ${f(r.msPerToken, 2)} | ${f(r.dispatchesPerToken)} | ${f(r.weightMiB)} | ${f(r.gbs, 2)} | ${Number.isFinite(peakGbs) ? `${((100 * r.gbs) / peakGbs).toFixed(1)} %` : '-'} | ${f(r.ref)} | ${f(r.decodeTps / r.ref, 2)} | ${GOAL[r.model] ?? '-'} |`,
+    `| ${r.model} | ${f(r.prefillTps)} | ${f(r.decodeTps, 1)} | ${f(r.msPerToken, 2)} | ${f(r.dispatchesPerToken)} | ${f(r.weightMiB)} | ${f(r.gbs, 2)} | ${Number.isFinite(peakGbs) ? `${((100 * r.gbs) / peakGbs).toFixed(1)} %` : '-'} | ${f(r.unfusedTps ?? NaN, 1)} | ${f(r.unfusedDispatches ?? NaN)} | ${f(r.decodeTps / (r.unfusedTps ?? NaN), 2)} | ${f(r.ref)} | ${f(r.decodeTps / r.ref, 2)} | ${GOAL[r.model] ?? '-'} |`,
   );
 }
 console.log(JSON.stringify({ bench: 'generate', device: e.ctx.info.description, peakGbs: Number.isFinite(peakGbs) ? peakGbs : null, rows }));

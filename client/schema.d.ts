@@ -1197,6 +1197,7 @@ export interface paths {
                                 rank?: number;
                                 sha256: string;
                                 bytes: number;
+                                stored_bytes: number;
                                 created_at: string;
                                 metrics?: {
                                     [key: string]: unknown;

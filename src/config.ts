@@ -15,6 +15,12 @@ const boolish = (dflt: boolean) =>
 /** Largest COLA_FILE_LIMIT_BYTES; also the bound when a stored file is read back. */
 export const MAX_FILE_LIMIT_BYTES = 8 * 1024 * 1024 * 1024;
 
+/**
+ * Device memory kept out of every share of the engine budget: generation's activations, logits and
+ * small buffers (uniform arena, flags), which neither the KV pools nor the model cache count.
+ */
+export const GPU_MEMORY_MARGIN_BYTES = 128 * 1024 * 1024;
+
 /** Environment variables understood by the service (all optional). */
 export const EnvSchema = z.object({
   PORT: int(0, 65535, 8080),
@@ -93,7 +99,10 @@ export interface Config {
   /** Share of device time guaranteed to training when generation also has work. */
   trainShare: number;
   gpuMemoryBudgetBytes: number;
-  /** Device memory that running jobs may reserve together (default half the GPU budget). */
+  /**
+   * Device memory that running jobs may reserve together. Default: what the GPU budget leaves after
+   * the model cache, one KV pool and GPU_MEMORY_MARGIN_BYTES; the sum never exceeds the budget.
+   */
   trainMemoryBytes: number;
   workerConcurrency: number;
   leaseMs: number;
@@ -132,6 +141,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (e.COLA_HEARTBEAT_MS >= e.COLA_LEASE_MS) {
     throw new ConfigError([`COLA_HEARTBEAT_MS (${e.COLA_HEARTBEAT_MS}) must be smaller than COLA_LEASE_MS (${e.COLA_LEASE_MS})`]);
   }
+  const trainMemoryBytes = trainMemoryOf(e, env);
   return {
     port: e.PORT,
     host: e.HOST,
@@ -157,7 +167,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     modelCacheBytes: e.COLA_MODEL_CACHE_BYTES,
     trainShare: e.COLA_TRAIN_SHARE,
     gpuMemoryBudgetBytes: e.COLA_GPU_MEMORY_BUDGET_BYTES,
-    trainMemoryBytes: e.COLA_TRAIN_MEMORY_BYTES ?? Math.floor(e.COLA_GPU_MEMORY_BUDGET_BYTES / 2),
+    trainMemoryBytes,
     workerConcurrency: e.COLA_WORKER_CONCURRENCY,
     leaseMs: e.COLA_LEASE_MS,
     heartbeatMs: e.COLA_HEARTBEAT_MS,
@@ -166,6 +176,31 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     logRequests: e.COLA_LOG_REQUESTS,
     repoRoot: REPO_ROOT,
   };
+}
+
+/**
+ * The training share of the GPU budget. The budget holds the resident-model cache, a KV pool (one
+ * per model shape served at once; one is counted), the margin and the training memory; the default
+ * training memory is what is left, and settings whose sum exceeds the budget are refused.
+ */
+function trainMemoryOf(e: Env, env: Record<string, string | undefined>): number {
+  const budget = e.COLA_GPU_MEMORY_BUDGET_BYTES;
+  const others = e.COLA_MODEL_CACHE_BYTES + e.COLA_KV_CACHE_BYTES + GPU_MEMORY_MARGIN_BYTES;
+  const left = Math.max(0, budget - others);
+  const train = e.COLA_TRAIN_MEMORY_BYTES ?? left;
+  if (train >= 1 && train + others <= budget) return train;
+  const shown = (k: keyof Env) => `${k} ${mib(e[k] as number)}${env[k] === undefined || env[k] === '' ? ' (default)' : ''}`;
+  const parts = [shown('COLA_MODEL_CACHE_BYTES'), shown('COLA_KV_CACHE_BYTES'), `a margin of ${mib(GPU_MEMORY_MARGIN_BYTES)}`];
+  if (e.COLA_TRAIN_MEMORY_BYTES !== undefined) parts.push(shown('COLA_TRAIN_MEMORY_BYTES'));
+  throw new ConfigError([
+    `${shown('COLA_GPU_MEMORY_BUDGET_BYTES')} cannot hold ${parts.join(' + ')}` +
+      (e.COLA_TRAIN_MEMORY_BYTES === undefined ? ' and leave memory for training' : '') +
+      ': raise COLA_GPU_MEMORY_BUDGET_BYTES or lower the others',
+  ]);
+}
+
+function mib(b: number): string {
+  return `${+(b / 2 ** 20).toFixed(1)} MiB`;
 }
 
 /** For entry points: parse, or print the problems and exit(2). */

@@ -101,12 +101,26 @@ export interface EvaluationService {
 }
 
 // ---------------------------------------------------------------- models: import, merge, adapters
+/**
+ * A version's weights written into the store: `path` its manifest (model/snapshots.ts), `sha256` and
+ * `bytes` those of the one safetensors file it serves; `tensors` the distinct tensor objects it
+ * references and `addedBytes` those its parent does not (what counts in the quota). A writer of a
+ * whole file (none left in this build) leaves both out.
+ */
+export interface StoredWeights {
+  path: string;
+  sha256: string;
+  bytes: number;
+  addedBytes?: number;
+  tensors?: { digest: string; bytes: number }[];
+}
+
 export interface ImportedModel {
   architecture: string;
   params: number;
   config: Record<string, unknown>;
-  /** Merged weights file written into the store (absolute path), its sha256 and size. */
-  weights: { path: string; sha256: string; bytes: number };
+  /** The weights written into the store. */
+  weights: StoredWeights;
 }
 
 export interface ModelImporter {
@@ -137,12 +151,15 @@ export interface MergeService {
     adapter: { config: Record<string, unknown>; path: string };
     scale: number;
     storeDir: string;
-  }): Promise<{ weights: { path: string; sha256: string; bytes: number }; adapterPath?: string }>;
+  }): Promise<{ weights: StoredWeights; adapterPath?: string }>;
 }
 
+/** A file to send: one on disk (`path`), or one produced as a stream of exactly `size` bytes. */
+export type ExportedFile = { contentType: string; filename: string } & ({ path: string } | { size: number; stream: () => ReadableStream<Uint8Array> });
+
 export interface ExportService {
-  /** Merged weights as one safetensors file with HF tensor names; returns its path. */
-  weightsFile(v: ResolvedVersion): Promise<{ path: string; contentType: string; filename: string }>;
+  /** Merged weights as one safetensors file with HF tensor names (a manifest version's is streamed from its objects). */
+  weightsFile(v: ResolvedVersion): Promise<ExportedFile>;
   /** PEFT adapter archive of a knot/merge version; returns its path. */
   adapterFile(v: ResolvedVersion & { adapterPath: string | null }): Promise<{ path: string; contentType: string; filename: string } | null>;
 }
@@ -171,7 +188,7 @@ export interface KnotInput {
   val_loss?: number;
   flops: number;
   /** The merged weights after tying this knot, already written to disk. */
-  snapshot: { path: string; sha256: string; bytes: number };
+  snapshot: StoredWeights;
   /** Optional PEFT adapter of this link (the update from the previous version). */
   adapterPath?: string;
   /** Size of the adapter file (counted in the tenant's stored bytes). */

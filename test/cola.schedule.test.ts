@@ -247,4 +247,13 @@ describe('automatic knots (src/cola/auto.ts)', () => {
     expect(last?.decision).toBe('last_link');
     for (let t = 21; t <= 200; t++) expect(c.observe(t, 1, 200)).toBeNull();
   });
+
+  test('a loss that never improves (initial rate ≤ 0: flat or rising) ties no knot', () => {
+    const cfg = checkAuto({ min_link_steps: 10, max_links: 5, threshold: 0.25, ema: 0.8, window: 5 }, 200);
+    for (const loss of [(_t: number) => 2, (t: number) => 2 + 0.01 * t, (t: number) => 2 + 0.01 * Math.sqrt(t)]) {
+      const c = new AutoKnots(cfg);
+      c.startLink(0, 0);
+      for (let t = 1; t <= 190; t++) expect(c.observe(t, loss(t), 200)).toBeNull();
+    }
+  });
 });

@@ -9,10 +9,18 @@ import { layerModules, type ArchConfig } from '../src/cola/modules.ts';
 import { loadBundledModel, loadModelFromPath } from '../src/model/registry.ts';
 import { loadVersion } from '../src/model/versions.ts';
 import { parseSafetensors, toFloat32 } from '../src/model/safetensors.ts';
-import { UserInputError, type ResolvedVersion } from '../src/services.ts';
+import { UserInputError, type ExportedFile, type ResolvedVersion } from '../src/services.ts';
+import { manifestStream } from '../src/model/snapshots.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const REPO = join(import.meta.dir, '..');
+/** The path of an exported file on disk (the bundled llama2.c base is converted into one). */
+const pathOf = (f: ExportedFile): string => {
+  if (!('path' in f)) throw new Error('expected a file on disk');
+  return f.path;
+};
+/** A manifest version's served safetensors file. */
+const served = async (p: string) => new Uint8Array(await new Response(manifestStream(p).stream()).arrayBuffer());
 const GPT2_DIR = join(import.meta.dir, 'fixtures/random-tiny-gpt2-lmbuddy'); // a random tiny HF GPT-2 kept with the tests
 const BASE_BIN = 'models/stories260K/stories260K.bin';
 
@@ -84,13 +92,15 @@ function expectedMerge(W: Float32Array, out: number, inF: number, a: Float32Arra
 }
 
 describe('import', () => {
-  test('llama2.c stories260K folder → one safetensors in the store, reloadable through versions.ts', async () => {
+  test('llama2.c stories260K folder → a manifest of tensor objects in the store, serving one safetensors, reloadable through versions.ts', async () => {
     const imp = await svc.importer.import({ source: join(REPO, 'models/stories260K'), storeDir });
     expect(imp.architecture).toBe('llama');
     expect(imp.params).toBe(260_032); // every tensor once, norms included (SOURCE.txt)
     expect(imp.weights.path.startsWith(storeDir)).toBe(true);
-    expect(imp.weights.path.endsWith(`${imp.weights.sha256}.safetensors`)).toBe(true);
-    const bytes = readFileSync(imp.weights.path);
+    expect(imp.weights.path.endsWith(`${imp.weights.sha256}.manifest`)).toBe(true);
+    // An import adds every distinct tensor (the weights at their stored precision, f32 here).
+    expect(imp.weights.addedBytes).toBe(imp.weights.tensors!.reduce((n, t) => n + t.bytes, 0));
+    const bytes = await served(imp.weights.path);
     expect(bytes.length).toBe(imp.weights.bytes);
     expect(createHash('sha256').update(bytes).digest('hex')).toBe(imp.weights.sha256);
     const tok = imp.config.tokenizer as string;
@@ -254,7 +264,7 @@ describe('adapters and merge', () => {
 
 describe('export', () => {
   test('weightsFile converts the llama2.c base once into a safetensors with the same tensors', async () => {
-    const f = await svc.exporter.weightsFile(base);
+    const f = { ...(await svc.exporter.weightsFile(base)), path: pathOf(await svc.exporter.weightsFile(base)) };
     expect(f.path.endsWith(`${base.sha256}.safetensors`)).toBe(true);
     expect(f.contentType).toBe('application/octet-stream');
     expect(f.filename).toBe('stories260K-v0.safetensors');
@@ -266,11 +276,18 @@ describe('export', () => {
       expect(p.shape).toEqual(t.shape);
       expect(toFloat32(p)).toEqual(t.data);
     }
-    expect((await svc.exporter.weightsFile(base)).path).toBe(f.path);
-    // A stored safetensors version is served as is.
+    expect(pathOf(await svc.exporter.weightsFile(base))).toBe(f.path);
+    // A manifest version is streamed from its objects: exactly the recorded length and sha256.
     const imp = await svc.importer.import({ source: GPT2_DIR, storeDir });
-    const g = await svc.exporter.weightsFile({ model: 'g', version: 2, architecture: 'gpt2', config: imp.config, path: imp.weights.path, sha256: imp.weights.sha256 });
-    expect(g.path).toBe(imp.weights.path);
+    const gv = { model: 'g', version: 2, architecture: 'gpt2', config: imp.config, path: imp.weights.path, sha256: imp.weights.sha256 };
+    const g = await svc.exporter.weightsFile(gv);
+    if (!('stream' in g)) throw new Error('expected a stream');
+    const gb = new Uint8Array(await new Response(g.stream()).arrayBuffer());
+    expect(gb.length).toBe(g.size);
+    expect(createHash('sha256').update(gb).digest('hex')).toBe(imp.weights.sha256);
+    parseSafetensors(gb);
+    // A manifest that does not serve the recorded sha256 is not exported.
+    await expect(svc.exporter.weightsFile({ ...gv, sha256: 'b'.repeat(64) })).rejects.toThrow(/records/);
     // A recorded sha256 that does not match the file is not silently exported.
     await expect(svc.exporter.weightsFile({ ...base, sha256: 'a'.repeat(64) })).rejects.toThrow(/hashes to/);
   });

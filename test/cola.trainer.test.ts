@@ -57,7 +57,13 @@ function cfg(over: Partial<TrainConfig> = {}): TrainConfig {
   };
 }
 
-async function run(config: TrainConfig, opts: { weights?: LoadedModel['weights']; resume?: ResumePoint; cancelAt?: number; onLinkStart?: any } = {}) {
+async function run(config: TrainConfig, opts: { weights?: LoadedModel['weights']; resume?: ResumePoint; cancelAt?: number; onLinkStart?: any; mergeOnTie?: boolean } = {}) {
+  let mergeRequested = false; // a POST /merge {job} that arrives with an automatic tie decision
+  const takeMergeRequest = () => {
+    const r = mergeRequested;
+    mergeRequested = false;
+    return r;
+  };
   const knots: KnotInfo[] = [];
   const losses: number[] = [];
   const lrs: number[] = [];
@@ -67,7 +73,11 @@ async function run(config: TrainConfig, opts: { weights?: LoadedModel['weights']
     {
       onKnot: async (k) => void knots.push(k),
       onStep: (s) => void (losses.push(s.loss), lrs.push(s.lr)),
-      onKnotDecision: (d) => void decisions.push(d),
+      onKnotDecision: (d) => {
+        decisions.push(d);
+        if (opts.mergeOnTie && d.decision === 'tie') mergeRequested = true;
+      },
+      takeMergeRequest,
       isCancelled: () => opts.cancelAt !== undefined && losses.length + (opts.resume?.step ?? 0) >= opts.cancelAt,
       onLinkStart: opts.onLinkStart,
     },
@@ -242,6 +252,15 @@ describe('automatic knots (chain.auto)', () => {
     const r = await run(c, { weights: cut.knots[0]!.weights, resume: { step: k0, knotSteps: [k0] } });
     expect(r.knots.map((k) => sha(k.weights))).toEqual(a.knots.slice(1).map((k) => sha(k.weights)));
     expect(r.decisions).toEqual(a.decisions.filter((d) => d.link >= 1));
+  });
+
+  test('a merge request pending when an automatic knot ties is satisfied by that knot (no second knot a step later)', async () => {
+    const c = autoCfg();
+    const a = await run(c);
+    const m = await run(c, { mergeOnTie: true });
+    expect(a.decisions.some((d) => d.decision === 'tie')).toBe(true);
+    expect(m.knots.map((k) => k.endStep)).toEqual(a.knots.map((k) => k.endStep));
+    expect(m.knots.map((k) => sha(k.weights))).toEqual(a.knots.map((k) => sha(k.weights)));
   });
 
   test('max_links 1 ties no knot early: plain LoRA, bit for bit', async () => {

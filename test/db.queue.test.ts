@@ -182,6 +182,30 @@ for (const tier of tiers) {
       expect(await listSteps(db, job.id, 0, 10)).toEqual([]);
     }, 30_000);
 
+    test('a resumed run\'s knot decisions that the first attempt recorded are not recorded again', async () => {
+      const { job } = await newJob(db);
+      const last = { decision: 'last_link', link: 1, step: 2, steps_in_link: 0, ema_loss: null, rate: null, initial_rate: null, threshold: 0.5 };
+      // Attempt 1 decided "last_link" at the start of link 1, then died.
+      const a = (await claim(db, job.id, 'dead', 400))!;
+      const { recordKnotDecision } = await import('../src/jobs/transitions.ts');
+      await recordKnotDecision(db, a.lease, last);
+      await Bun.sleep(500);
+      // Attempt 2 re-enters link 1 and takes the same decision, then a new one.
+      const runner: JobRunner = {
+        async run(_spec, ctx) {
+          await ctx.onKnotDecision!(last);
+          await ctx.onKnotDecision!({ ...last, link: 2, step: 4 });
+          await ctx.onKnotDecision!({ ...last, link: 2, step: 4 });
+        },
+      };
+      const b = new JobWorker({ db, config: cfg(), store: new Store(store), runner, owner: 'B2', log: () => {} });
+      expect(await b.reclaimOnce()).toBe(1);
+      await waitFor(async () => ((await getJobById(db, job.id))!.status === 'succeeded' ? true : null));
+      await b.stop();
+      const ds = (await listEvents(db, job.id, 0)).filter((e) => e.type === 'knot_decision').map((e) => [e.data.link, e.data.step]);
+      expect(ds).toEqual([[1, 2], [2, 4]]);
+    }, 30_000);
+
     test('cancel is honoured between steps; knots already tied stay', async () => {
       const { job, tenantId } = await newJob(db);
       const runner = fakeRunner({ steps: 1000, every: 2, stepDelayMs: 5 });

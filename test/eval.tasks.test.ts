@@ -21,15 +21,26 @@ import {
 } from '../src/eval/tasks.ts';
 
 // The first lines of every task file, kept with the tests (test/fixtures/tasks/README.md). The full
-// data (COLA_TASKS_DIR or ../shared/data/tasks) is needed only for the checks of its exact sizes,
-// which run when it is there.
+// data (the folder named by COLA_TASKS_DIR) is needed only for the checks of its exact sizes, which
+// run when it is set.
 const dir = join(import.meta.dir, 'fixtures/tasks');
-const fullDir = defaultTasksDir();
-const haveFull = existsSync(join(fullDir, 'multirc', 'train.jsonl'));
-if (!haveFull) console.log(`eval.tasks: no full task data at ${fullDir}; its size checks are skipped (set COLA_TASKS_DIR)`);
+const fullDir = process.env.COLA_TASKS_DIR ? defaultTasksDir() : '';
+const haveFull = fullDir !== '' && existsSync(join(fullDir, 'multirc', 'train.jsonl'));
+if (!haveFull) console.log(`eval.tasks: no full task data${fullDir ? ` at ${fullDir}` : ' (COLA_TASKS_DIR is not set)'}; its size checks are skipped`);
 /** Sample sizes the fixtures can hold (the defaults 1000/500/1000 need the full data). */
 const SMALL = { nTrain: 16, nVal: 8, nTest: 10 };
 const firstRaw = (task: string, file: string) => JSON.parse(readFileSync(join(dir, task, file), 'utf8').split('\n')[0]!);
+
+test('without COLA_TASKS_DIR the default task folder is refused with a clear error (the data is not in the repository)', () => {
+  const saved = process.env.COLA_TASKS_DIR;
+  delete process.env.COLA_TASKS_DIR;
+  try {
+    expect(() => defaultTasksDir()).toThrow(TaskDataError);
+    expect(() => loadOfficialSplits('sst2')).toThrow(/set COLA_TASKS_DIR/);
+  } finally {
+    if (saved !== undefined) process.env.COLA_TASKS_DIR = saved;
+  }
+});
 
 describe('templates on the first real example of each file', () => {
   test('SST-2', () => {

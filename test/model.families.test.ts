@@ -300,6 +300,45 @@ function expectGreedy(what: string, r: GenerateResult, g: Golden, V: number) {
   });
 }
 
+describe('the fused layer products in the continuous batch (forwardRows, ≤ 8 rows)', () => {
+  // Llama (GQA) and Qwen2 (q/k/v biases). Prefill chunks of 1 row keep iterations at ≤ 3 rows, so
+  // few pipeline variants get compiled on lavapipe.
+  for (const name of ['llama3', 'qwen2'] as const) {
+    test(`${name}: same greedy ids as the golden, two sequences sharing iterations`, async () => {
+      const { g, weights } = load(name);
+      const c = weights.config;
+      const model = TransformerModel.upload(e, weights);
+      const tok = idTokenizer(c.vocabSize);
+      const prompt = Array.from(goldenTensor(g, 'greedy_prompt', 'i32'));
+      const gen = new Generator(e, model, tok, false, true);
+      const layers = gen.layerDecoder();
+      expect(layers).not.toBeNull();
+      const sched = new GpuScheduler(e, { trainShare: 0 });
+      const pool = new KvPool(e, { L: c.nLayers, HKV: c.nKvHeads, D: c.headDim }, 1 << 20);
+      const batch = new DecodeBatch(e, sched, model, pool, 'test', { prefillChunk: 1, layers }, () => {});
+      const keys = new Set<string>();
+      const pipeline = e.pipeline.bind(e);
+      e.pipeline = (key, ...rest) => (keys.add(key), pipeline(key, ...rest)); // records which kernels ran
+      const runs = [prompt, prompt.slice(0, 3)].map((p) => {
+        const stream = new TokenStream(tok, p, greedy, {}, c.maxSeqLen);
+        const blocks = pool.alloc(pool.blocksFor(p.length + stream.maxNew))!;
+        return new Promise<GenerateResult>((resolve, reject) => batch.add({ stream, blocks, prefilled: 0, next: null, resolve, reject } satisfies BatchSequence));
+      });
+      const [full, short] = await Promise.all(runs);
+      e.pipeline = pipeline;
+      expect([...keys].filter((k) => k.startsWith('decode_gemv.')).sort()).toEqual(
+        [1, 2].flatMap((m) => [`decode_gemv.gateup.f32_f32.${m}.nb`, `decode_gemv.qkv.f32_f32_f32.${m}.${name === 'qwen2' ? 'b' : 'nb'}`, `decode_gemv.resid.f32.${m}.nb`]).sort(),
+      );
+      expectGreedy(`${name} batched fused layers`, full!, g, c.vocabSize);
+      const unfused = new Generator(e, model, tok, false, false);
+      expect(short!.tokenIds).toEqual((await unfused.generate(prompt.slice(0, 3), greedy)).tokenIds);
+      pool.dispose();
+      gen.free();
+      model.free();
+    }, 300_000);
+  }
+});
+
 describe('tiny checkpoints vs PyTorch goldens: generation paths', () => {
   for (const f of FAMILIES) {
     test(`${f.name}: prompt logits and greedy ids (batch-1 decode${f.fused ? ', one-dispatch decoders' : ''}, paged continuous batch)`, async () => {
@@ -314,7 +353,16 @@ describe('tiny checkpoints vs PyTorch goldens: generation paths', () => {
       const layered = new Generator(e, model, tok, false);
       const pl = await layered.promptLogits([...prompt, ...want.slice(0, -1)]);
       expectClose(pl, goldenTensor(g, 'greedy_logits', 'f32'), 1e-4, 1e-5, `${f.name} prompt logits`);
-      expectGreedy(`${f.name} layered`, await layered.generate(prompt, greedy), g, V);
+      const unfusedIds = await layered.generate(prompt, greedy);
+      expectGreedy(`${f.name} layered`, unfusedIds, g, V);
+      // The fused layer kernels (ops/decode-layer.ts: q/k/v + RMSNorm + Qwen2 biases, attention + RoPE
+      // + cache append, o/down + residual, gate/up + RMSNorm + SiLU·mul), forced on (GPU-only default).
+      const fusedLayers = new Generator(e, model, tok, false, true);
+      expect(fusedLayers.layerFused).toBe(true);
+      const fl = await fusedLayers.generate(prompt, greedy);
+      expectGreedy(`${f.name} fused layers`, fl, g, V);
+      expect(fl.tokenIds).toEqual(unfusedIds.tokenIds);
+      fusedLayers.free();
       // One-dispatch decoder (CPU drivers, bias-free Llama layout).
       const fused = new Generator(e, model, tok, f.fused);
       if (f.fused) expectGreedy(`${f.name} fused`, await fused.generate(prompt, greedy), g, V);

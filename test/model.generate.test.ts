@@ -119,7 +119,14 @@ describe('streaming delivery', () => {
         return false;
       },
     });
-    await Bun.sleep(1500);
+    // Poll (bounded, no timing assumption): until 32 tokens are sampled, then until the count stays
+    // put for 20 polls, so a sampler that ran past the bound would be seen.
+    for (let i = 0; i < 1200 && sampled < 32; i++) await Bun.sleep(50);
+    for (let last = -1, still = 0, i = 0; still < 20 && i < 1200; i++) {
+      still = sampled === last ? still + 1 : 0;
+      last = sampled;
+      await Bun.sleep(50);
+    }
     expect(calls).toBe(1); // the first delivery hangs; the rest queue behind it in order
     expect(sampled).toBe(32); // the 33rd token waits for the reader
     release();

@@ -83,6 +83,11 @@ async function generations(model: TransformerModel) {
   const ids: Record<string, number[]> = { layered: (await layered.generate(prompt, greedy)).tokenIds };
   const fused = new Generator(e, model, tok, true);
   ids.fused = (await fused.generate(prompt, greedy)).tokenIds;
+  // The fused layer kernels (16-bit weights read 8 values per vec4<u32> load), forced on.
+  const fusedLayers = new Generator(e, model, tok, false, true);
+  expect(fusedLayers.layerFused).toBe(true);
+  ids.fusedLayers = (await fusedLayers.generate(prompt, greedy)).tokenIds;
+  fusedLayers.free();
   const bd = fused.batchDecoder();
   const sched = new GpuScheduler(e, { trainShare: 0 });
   for (const dec of bd ? [null, bd] : [null]) {

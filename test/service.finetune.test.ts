@@ -155,7 +155,7 @@ describe('admission', () => {
     ['a partial optimizer reset across ranks (step-down)', { optimizer: { reset_keep: 0.1 }, chain: { links: [{ steps: 2, rank: 8 }, { steps: 1, rank: 4 }] } }, 400, 'optimizer.reset_keep'],
     ['reset_keep 1 (keeps everything)', { optimizer: { reset_keep: 1 } }, 400, 'optimizer.reset_keep'],
     ['a knot re-warm-up longer than the run', { schedule: { knot_warmup_steps: 4 } }, 400, 'schedule.knot_warmup_steps'],
-    // 256 × 512 tokens a step need ~5.6 GiB of activations; training gets 1 GiB of the default 2 GiB budget.
+    // 256 × 512 tokens a step need ~5.6 GiB of activations; training gets 832 MiB of the default 2 GiB budget (src/config.ts).
     ['a batch that needs more device memory than training may reserve', { batch_size: 256, max_seq_len: 512, chain: { links: 1 } }, 400, 'batch_size'],
   ];
   for (const [name, over, status, at] of cases) test(`${name} → ${status} at ${at}, no job and no model`, async () => {

@@ -15,6 +15,8 @@ import { tenantStoredBytes } from '../src/db/repos/files.ts';
 import { registerBaseModel } from '../src/main.ts';
 import { createModelServices } from '../src/cola/services.ts';
 import { Store } from '../src/store/store.ts';
+import { SnapshotStore } from '../src/store/snapshot-store.ts';
+import { readManifest } from '../src/model/snapshots.ts';
 import { JobWorker } from '../src/jobs/worker.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner, type Services } from '../src/services.ts';
 
@@ -215,8 +217,16 @@ describe('storage: uploads, quota per knot, deletes, error details', () => {
     expect(await merge('m1', 1, 'm1')).toEqual({ model: 'm1', version: 2 });
     const info = async (m: string) => (await (await call(A, 'GET', `/models/${m}`)).json()) as any;
     const m1 = await info('m1');
-    const shared = path.join(store(), 'weights', 'objects', m1.versions[0].sha256.slice(0, 2), `${m1.versions[0].sha256}.safetensors`);
+    const shared = path.join(store(), 'weights', 'objects', m1.versions[0].sha256.slice(0, 2), `${m1.versions[0].sha256}.manifest`);
     expect(fs.existsSync(shared)).toBe(true);
+    // The tensor objects the manifest lists (shared by every version here: the merges change nothing).
+    const objects = new SnapshotStore(path.join(store(), 'weights'));
+    const tensorFiles = readManifest(shared).tensors.map((t) => objects.pathOf(t.digest, 'tensor'));
+    expect(tensorFiles.every((p) => fs.existsSync(p))).toBe(true);
+    // m1 v1's parent is the bundled llama2.c base (a whole file, no objects): it counts every tensor;
+    // m1 v2 (same weights as its parent m1 v1) counts only its adapter archive.
+    expect(m1.versions[0].stored_bytes).toBeGreaterThan(m1.versions[0].bytes - 8 - 4096);
+    expect(m1.versions[1].stored_bytes).toBeLessThan(10_000);
     expect((await info('m2')).versions[0].sha256).toBe(m1.versions[0].sha256);
 
     // the shared base model is never the tenant's to delete
@@ -238,7 +248,8 @@ describe('storage: uploads, quota per knot, deletes, error details', () => {
     const zips = fs.readdirSync(path.join(store(), 'weights', 'adapters')).filter((f) => f.endsWith('.zip'));
     expect(zips.length).toBe(1);
     const zip = path.join(store(), 'weights', 'adapters', zips[0]!);
-    expect(freed2).toBe(m1.versions[1].bytes + fs.statSync(zip).size);
+    expect(freed2).toBe(fs.statSync(zip).size); // no new tensor objects, one adapter archive
+    expect(freed2).toBe(m1.versions[1].stored_bytes);
     expect(await tenantStoredBytes(T.database.db, aId)).toBe(before - freed2);
     expect((await call(A, 'DELETE', '/models/m1/versions/1')).status).toBe(200);
     // m2 v1 still references the same weights file
@@ -257,8 +268,9 @@ describe('storage: uploads, quota per knot, deletes, error details', () => {
     expect(fs.existsSync(tokDir)).toBe(true);
     expect((await call(A, 'DELETE', '/models/up-ok')).status).toBe(200);
     expect(fs.existsSync(shared)).toBe(false); // the last reference is gone
+    expect(tensorFiles.some((p) => fs.existsSync(p))).toBe(false); // and with it every tensor object
     expect(fs.existsSync(tokDir)).toBe(false);
-    expect(fs.existsSync(shared.replace(/safetensors$/, 'json'))).toBe(false);
+    expect(fs.existsSync(shared.replace(/manifest$/, 'json'))).toBe(false);
     expect(fs.existsSync(zip)).toBe(false);
     await problem(await call(A, 'GET', '/models/m2'), 404);
     // the bundled base model's file is untouched

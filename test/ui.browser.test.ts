@@ -63,6 +63,10 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     });
     page = ctx.pages()[0] ?? (await ctx.newPage());
     page.on('pageerror', (e) => pageErrors.push(String(e)));
+    // A Content-Security-Policy violation is a console error, not a page error.
+    page.on('console', (m) => {
+      if (/Content Security Policy/i.test(m.text())) pageErrors.push(m.text());
+    });
     page.setDefaultTimeout(60_000);
   }, 90_000);
   afterAll(async () => {
@@ -161,6 +165,39 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     await shot('lineage.png', 'main', true);
   }, 60_000);
 
+  test('a page still loading when the user navigates away never renders over the new page', async () => {
+    // A job's page waits for a slow GET /finetune/{id}; the user goes to the models page meanwhile.
+    const api = createClient(s.url, tenantKey);
+    const id = (await api.ok(api.api.GET('/finetune', {}))).data[0]!.id;
+    const slowUrl = new RegExp(`/finetune/${id}$`);
+    let release!: () => void;
+    const slow = new Promise<void>((r) => (release = r));
+    let held = 0;
+    await page.route(slowUrl, async (r) => {
+      held++;
+      await slow;
+      await r.continue();
+    });
+    try {
+      await page.goto(`${s.url}/ui#/jobs/${id}`); // a hash change: same document, no reload
+      for (let i = 0; i < 600 && held === 0; i++) await Bun.sleep(50);
+      expect(held).toBeGreaterThan(0);
+      await page.goto(`${s.url}/ui#/models`);
+      await page.locator('h1', { hasText: 'Models and versions' }).waitFor();
+      release();
+      await page.waitForResponse(slowUrl);
+      // The job page's work finishes now; give it its chance to render (bounded poll: it must not).
+      for (let i = 0; i < 30; i++) {
+        await Bun.sleep(100);
+        expect(await page.locator('h1', { hasText: 'Models and versions' }).count()).toBe(1);
+        expect(await page.getByTestId('job-status').count()).toBe(0);
+      }
+    } finally {
+      release();
+      await page.unroute(slowUrl);
+    }
+  }, 60_000);
+
   test('the playground streams, and compares two versions on the same prompt and seed', async () => {
     await page.getByRole('link', { name: 'Playground', exact: true }).click();
     await page.getByTestId('pg-a').selectOption('ui-bot@1');
@@ -187,7 +224,8 @@ describe.skipIf(!haveChromium)('dashboard and /docs in Chromium, offline', () =>
     await page.goto(`${s.url}/ui#/jobs/${long.id}`);
     await page.locator('[data-testid="job-status"]', { hasText: 'running' }).waitFor({ timeout: 120_000 });
     // (a string: the test's tsconfig has no DOM types)
-    await page.waitForFunction(`Number(document.querySelector('[data-testid="stat-step"]')?.textContent?.split('/')[0]) >= 3`);
+    // Polled from here: a string predicate would be evaluated in the page, which its CSP forbids.
+    for (let i = 0; i < 1200 && !(Number((await page.locator('[data-testid="stat-step"]').textContent())?.split('/')[0]) >= 3); i++) await Bun.sleep(50);
     await page.getByTestId('tie-knot').click();
     await page.locator('[data-testid="knots"] tbody tr').first().waitFor({ timeout: 120_000 });
     expect(await page.locator('[data-testid="knots"] tbody tr').first().textContent()).toContain('ui-long@1');

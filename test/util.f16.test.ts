@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bf16BytesToF32, f16BitsToF32, f16BytesToF32, f16ToF32, f32ToBf16Bits, f32ToF16, f32ToF16Bits } from '../src/util/f16.ts';
-import { AtomicFile, writeFileAtomic } from '../src/util/atomic.ts';
+import { AsyncAtomicFile, AtomicFile, writeFileAtomic } from '../src/util/atomic.ts';
 import { Rng } from '../src/util/rng.ts';
 
 describe('f16 codec', () => {
@@ -65,6 +65,32 @@ describe('atomic write', () => {
       expect(existsSync(f.tmp)).toBe(true);
       f.abort();
       expect(readdirSync(dir).sort()).toEqual(['sub']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the asynchronous file: temp file, whole content on commit, abort removes it and keeps the old file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'atomic-async-'));
+    try {
+      const bytes = new Uint8Array(8 * (1 << 20) + 3).map((_, i) => (i * 7) & 0xff);
+      const f = await AsyncAtomicFile.open(join(dir, 'a', 'z.bin'));
+      expect(existsSync(f.tmp)).toBe(true);
+      expect(existsSync(f.finalPath)).toBe(false);
+      await f.write(bytes.subarray(0, 5));
+      await f.write(bytes.subarray(5));
+      expect(existsSync(f.finalPath)).toBe(false); // nothing under the final name before commit
+      await f.commit();
+      expect(readFileSync(f.finalPath).equals(bytes)).toBe(true);
+      expect(readdirSync(join(dir, 'a'))).toEqual(['z.bin']);
+      await f.abort(); // no-op after a commit
+      expect(readFileSync(f.finalPath).equals(bytes)).toBe(true);
+      await expect(f.write(bytes)).rejects.toThrow('write after commit/abort');
+      const g = await AsyncAtomicFile.open(join(dir, 'a', 'z.bin'));
+      await g.write(new Uint8Array([1, 2, 3]));
+      await g.abort();
+      expect(readdirSync(join(dir, 'a'))).toEqual(['z.bin']);
+      expect(readFileSync(g.finalPath).equals(bytes)).toBe(true); // the old file stays
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

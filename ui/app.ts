@@ -26,6 +26,28 @@ function show(...nodes: Child[]) {
   main.replaceChildren(...(nodes.filter((n) => n !== null && n !== undefined && n !== false) as (Node | string)[]).map((n) => (typeof n === 'number' ? String(n) : n)));
 }
 
+/** Bumped by every route(): page work started for an earlier route then renders nothing. */
+let routeGen = 0;
+
+/**
+ * A page's own show/onCleanup, bound to the route that started it: call it at the page function's
+ * start (before any await). After a navigation the stale page's renders are dropped and what it
+ * registers for cleanup runs at once.
+ */
+function pageView() {
+  const gen = routeGen;
+  const live = () => gen === routeGen;
+  return {
+    show: (...nodes: Child[]) => {
+      if (live()) show(...nodes);
+    },
+    onCleanup: (f: () => void) => {
+      if (live()) cleanup.push(f);
+      else f();
+    },
+  };
+}
+
 function errorBox(e: unknown) {
   return h('div', { class: 'error', testid: 'error' }, describe(e));
 }
@@ -68,6 +90,7 @@ function signInPage() {
 // ---------------------------------------------------------------- jobs
 
 async function jobsPage() {
+  const { show, onCleanup } = pageView();
   const c = client();
   const body = h('tbody');
   const err = h('div');
@@ -97,10 +120,11 @@ async function jobsPage() {
   };
   await load();
   const t = setInterval(load, 3000);
-  cleanup.push(() => clearInterval(t));
+  onCleanup(() => clearInterval(t));
 }
 
 async function jobPage(id: string) {
+  const { show, onCleanup } = pageView();
   const c = client();
   let job: Job;
   try {
@@ -132,7 +156,7 @@ async function jobPage(id: string) {
     h('div', { class: 'card' }, h('h2', {}, 'Knots'), h('table', { testid: 'knots' }, h('thead', {}, h('tr', {}, ...['link', 'at step', 'version', 'rank', 'val loss', ''].map((t) => h('th', {}, t)))), knotRows)),
   );
   const chart = new LossChart(chartBox, Math.max(400, chartBox.clientWidth - 4));
-  cleanup.push(() => chart.destroy());
+  onCleanup(() => chart.destroy());
   const setStatus = (s: string) => {
     badge.replaceChildren(statusBadge(s));
     const active = s === 'queued' || s === 'running';
@@ -179,7 +203,7 @@ async function jobPage(id: string) {
 
   // Everything on the chart comes from the job's event stream (replayed from the start, then live).
   const ctl = new AbortController();
-  cleanup.push(() => ctl.abort());
+  onCleanup(() => ctl.abort());
   let pending = false;
   const redraw = () => {
     if (pending) return;
@@ -240,6 +264,7 @@ async function jobPage(id: string) {
 // ---------------------------------------------------------------- new fine-tune
 
 async function newJobPage() {
+  const { show, onCleanup } = pageView();
   const c = client();
   const models = await c.ok(c.api.GET('/models')).catch(() => ({ data: [] }));
   const model = h('select', { testid: 'ft-model' }, ...models.data.map((m) => h('option', { value: m.name }, `${m.name} (${m.owner})`)));
@@ -307,6 +332,7 @@ async function newJobPage() {
 // ---------------------------------------------------------------- models and lineage
 
 async function modelsPage(params: URLSearchParams) {
+  const { show, onCleanup } = pageView();
   const c = client();
   const err = h('div');
   const graph = h('div', { class: 'card', style: 'overflow:auto' });
@@ -370,6 +396,7 @@ async function modelsPage(params: URLSearchParams) {
 // ---------------------------------------------------------------- playground
 
 async function playgroundPage(params: URLSearchParams) {
+  const { show, onCleanup } = pageView();
   const c = client();
   const err = h('div');
   let models: ModelDetail[] = [];
@@ -438,6 +465,7 @@ async function playgroundPage(params: URLSearchParams) {
 // ---------------------------------------------------------------- admin
 
 async function adminPage() {
+  const { show, onCleanup } = pageView();
   const c = client();
   const err = h('div');
   const body = h('tbody');
@@ -499,6 +527,7 @@ async function adminPage() {
 // ---------------------------------------------------------------- routing
 
 async function route() {
+  const gen = ++routeGen;
   for (const f of cleanup) f();
   cleanup = [];
   const s = session();
@@ -521,7 +550,7 @@ async function route() {
     if (parts[0] === 'playground') return await playgroundPage(params);
     return await jobsPage();
   } catch (e) {
-    show(errorBox(e));
+    if (gen === routeGen) show(errorBox(e));
   }
 }
 

@@ -11,7 +11,8 @@
 //             stored (in, out): the update (out, in) is added transposed. A LoRA bias
 //             (bias = "lora_only", PEFT stores the module's full trained bias) is applied as its
 //             difference to the base bias, times `scale`. A non-finite result is refused.
-//             The merged weights go into the SnapshotStore; the adapter is kept as a
+//             The merged weights go into the SnapshotStore (only the changed tensors are new
+//             objects: model/snapshots.ts); the adapter is kept as a
 //             deterministic ZIP under `<storeDir>/adapters/<sha256>.zip`.
 
 import { existsSync } from 'node:fs';
@@ -23,8 +24,9 @@ import { asUserError, checkPathString, GiB, MODEL_INPUT_ERRORS, safeName } from 
 import { parseSafetensors, SafetensorsError, toFloat32 } from '../model/safetensors.ts';
 import type { LoadedModel } from '../model/registry.ts';
 import { loadVersion, resolvePath } from '../model/versions.ts';
-import { saveSafetensorsWeights, type ModelWeights } from '../model/weights.ts';
+import type { ModelWeights } from '../model/weights.ts';
 import { SnapshotStore } from '../store/snapshot-store.ts';
+import { manifestOrNull, saveSnapshot } from '../model/snapshots.ts';
 import { writeFileAtomicSync } from '../util/atomic.ts';
 import { isDir, isFile, sha256Hex } from '../util/fs.ts';
 import { ColaConfigError } from './errors.ts';
@@ -277,14 +279,17 @@ export function createMergeService(opts: { repoRoot: string; maxAdapterBytes?: n
       }
       mergeAdapterInto(w, parsed, scale);
       const store = new SnapshotStore(storeDir);
-      const obj = await store.put(saveSafetensorsWeights(w));
+      // Only the tensors the merge changed are new objects; the rest are the target's (when the
+      // target is a manifest; a whole-file target's tensors are all written once).
+      const parent = manifestOrNull(resolvePath(repoRoot, target.path));
+      const obj = await saveSnapshot(store, w, { parent });
       if (/^[0-9a-f]{64}$/.test(target.sha256) && target.sha256 !== obj.sha256) {
         await store.putLineage({ sha256: obj.sha256, parent: target.sha256, kind: 'merge', model: target.model, rank: parsed.rank }).catch(() => {});
       }
       const zip = packAdapter({ config: configJson as Record<string, unknown>, weights: weightsBytes });
       const zipPath = join(storeDir, 'adapters', `${sha256Hex(zip)}.zip`);
       if (!isFile(zipPath)) writeFileAtomicSync(zipPath, zip);
-      return { weights: { path: obj.path, sha256: obj.sha256, bytes: obj.bytes }, adapterPath: zipPath };
+      return { weights: { path: obj.path, sha256: obj.sha256, bytes: obj.bytes, addedBytes: obj.addedBytes, tensors: obj.tensors }, adapterPath: zipPath };
     },
   };
 }

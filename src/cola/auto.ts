@@ -11,7 +11,7 @@
 //             right after the knot; the maximum makes the reference robust to a noisy first value).
 // Decision after step n of link j: tie a knot when
 //   n ≥ min_link_steps, n > w (the rate exists), j + 1 < max_links, the link has ≥ min_link_steps steps left after the knot,
-//   and rate_n ≤ threshold · initial.
+//   initial > 0 (the loss has improved in this link, beyond rounding), and rate_n ≤ threshold · initial.
 // Pure arithmetic on the losses the trainer reads back: the same request gives the same losses
 // (bit-identical GPU work) and therefore the same knots, on a rerun and after a resume.
 import { ColaConfigError, checkInt, checkNum } from './errors.ts';
@@ -109,6 +109,10 @@ export class AutoKnots {
     if (rate > this.initial) this.initial = rate;
     if (this.closed || !Number.isFinite(loss)) return null;
     if (n < this.cfg.min_link_steps || linkEnd - done < this.cfg.min_link_steps) return null;
+    // A link whose loss has not improved yet has no rate to fall from: with initial ≤ 0,
+    // rate ≤ threshold · initial would hold at every step of a flat or rising loss. "Improved" is
+    // beyond the f64 rounding of the EMA (a constant loss gives rates of ~1e-16 · loss).
+    if (!(this.initial > 1e-12 * Math.abs(ema))) return null;
     if (rate > this.cfg.threshold * this.initial) return null;
     return { decision: 'tie', link: this.link, step: done, steps_in_link: done - this.start, ema_loss: ema, rate, initial_rate: this.initial, threshold: this.cfg.threshold };
   }

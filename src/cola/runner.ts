@@ -11,7 +11,7 @@ import { loadVersion, resolvePath, tokenizerPathOf } from '../model/versions.ts'
 import { loadModelFromPath, type LoadedModel } from '../model/registry.ts';
 import { configFromRegistration, type ModelConfig } from '../model/config.ts';
 import { hasBias } from '../model/names.ts';
-import { saveSafetensorsWeights } from '../model/weights.ts';
+import { manifestOrNull, planSnapshot, writeSnapshot } from '../model/snapshots.ts';
 import type { ChatEncoder, Example } from './data.ts';
 import { ChatTemplateError, encodeChatForTraining } from '../model/chat.ts';
 import { ColaConfigError } from './errors.ts';
@@ -250,6 +250,10 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
       }
     }
     const store = new SnapshotStore(job.storeDir);
+    // Each knot is a manifest: its tensors the knot did not change are its parent's objects (the
+    // base's, or the previous knot's), so a knot on q,v adds only q and v. A parent stored as a
+    // whole file (the bundled llama2.c base) has no objects: the first knot writes every tensor once.
+    let parent = manifestOrNull(resolvePath(repoRoot, ctx.resumeFrom ? ctx.resumeFrom.path : job.base.path));
     let lastEpoch = 0;
     const res = await trainCola(
       { e, device: { sched, key: trainKey(job.tenantId) }, weights, tokenizer, train, validation, config, initAdapter, resume, plan, chat },
@@ -261,13 +265,15 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
         },
         onKnot: async (k) => {
           // No job id in the file: the same request must give the same bytes (same sha256) on any run.
-          const weightsFile = saveSafetensorsWeights(k.weights);
+          const plan = planSnapshot(k.weights, { parent });
           // With a partial reset the knot's ZIP also carries the state kept for the next link (for a resume).
           const extra = k.optimizerState ? { [OPTIMIZER_STATE_FILE]: encodeCarriedState(k.optimizerState) } : undefined;
           const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model, extra });
           // The stored-bytes quota is checked before anything of this knot is written.
-          await ctx.reserveBytes(weightsFile.length + adapterZip.length);
-          const snap = await store.put(weightsFile);
+          await ctx.reserveBytes(plan.addedBytes + adapterZip.length);
+          const written = await writeSnapshot(store, plan);
+          parent = plan.manifest;
+          const snap = { path: written.path, sha256: written.sha256, bytes: written.bytes, addedBytes: written.addedBytes, tensors: written.tensors };
           const adapterObj = await store.put(adapterZip, { ext: 'zip' });
           await ctx.onKnot({
             link: k.link,

@@ -337,7 +337,9 @@ export async function trainCola(input: TrainInput, cb: TrainerCallbacks): Promis
         let autoTie = false;
         for (; done < link.endStep; done++) {
           if (await cb.isCancelled?.()) return { status: 'cancelled', steps: done, plan, tokens, seconds: (performance.now() - t0) / 1000 };
-          if (done > link.startStep && (autoTie || cb.takeMergeRequest?.())) {
+          // A pending merge request is taken even when an automatic knot ties here: that knot satisfies it.
+          const requested = done > link.startStep && (cb.takeMergeRequest?.() ?? false);
+          if (done > link.startStep && (autoTie || requested)) {
             plan = splitAt(plan, done);
             flops = flopsOf(plan);
             link = plan.links[j]!;

@@ -13,6 +13,7 @@ import {
   timestamp,
   uniqueIndex,
   primaryKey,
+  foreignKey,
   bigserial,
   doublePrecision,
 } from 'drizzle-orm/pg-core';
@@ -84,9 +85,18 @@ export const modelVersions = pgTable(
     link: integer('link'),
     rank: integer('rank'),
     sha256: text('sha256').notNull(),
+    /** Size of the served safetensors file (the download; `sha256` is its digest). */
     bytes: bigint('bytes', { mode: 'number' }).notNull(),
-    /** Path of the weights file (absolute, or relative to the repository root for bundled models). */
+    /**
+     * The weights: a manifest of tensor objects in the store (`.manifest`, model/snapshots.ts), or a
+     * whole file (versions written before manifests; bundled models, relative to the repository root).
+     */
     path: text('path').notNull(),
+    /**
+     * Bytes of the tensor objects this version references and its parent does not (what counts in
+     * the tenant's stored bytes); null for a whole-file version, which counts `bytes`.
+     */
+    addedBytes: bigint('added_bytes', { mode: 'number' }),
     /** Path of the adapter (PEFT) that made this version from its parent, if any. */
     adapterPath: text('adapter_path'),
     /** Size of the adapter file at adapter_path (counted in the tenant's stored bytes). */
@@ -95,6 +105,25 @@ export const modelVersions = pgTable(
     createdAt: ts('created_at').notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.modelId, t.version] })],
+);
+
+/**
+ * The tensor objects (by sha256 digest) a manifest version references, each digest once: a tensor
+ * object is removed from the store when its last row goes (db/repos/deletes.ts).
+ */
+export const versionTensors = pgTable(
+  'version_tensors',
+  {
+    modelId: text('model_id').notNull(),
+    version: integer('version').notNull(),
+    digest: text('digest').notNull(),
+    bytes: bigint('bytes', { mode: 'number' }).notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.modelId, t.version, t.digest] }),
+    index('version_tensors_digest_idx').on(t.digest),
+    foreignKey({ name: 'version_tensors_version_fk', columns: [t.modelId, t.version], foreignColumns: [modelVersions.modelId, modelVersions.version] }).onDelete('cascade'),
+  ],
 );
 
 export const files = pgTable('files', {
@@ -194,6 +223,7 @@ export type Tenant = typeof tenants.$inferSelect;
 export type ApiKey = typeof apiKeys.$inferSelect;
 export type Model = typeof models.$inferSelect;
 export type ModelVersion = typeof modelVersions.$inferSelect;
+export type VersionTensor = typeof versionTensors.$inferSelect;
 export type FileRow = typeof files.$inferSelect;
 export type Adapter = typeof adapters.$inferSelect;
 export type Job = typeof jobs.$inferSelect;

@@ -1,8 +1,9 @@
 // MeZO-protocol evaluation tasks (Malladi et al. 2023, as used by the COLA paper): loaders, prompt
 // templates, answer candidates, seeded train/validation/test sampling, and metrics.
 //
-// Data: `<dir>/<task>/…` with dir = $COLA_TASKS_DIR or `../shared/data/tasks` relative to the
-// repository root (see each folder's SOURCE.txt for provenance and license).
+// Data: `<dir>/<task>/…` with dir given by the caller or $COLA_TASKS_DIR; the full task files are not
+// part of the repository (test/fixtures/tasks holds their first lines; each folder's SOURCE.txt
+// gives provenance and license).
 //
 // Templates (MISSION.md table; the prompt ends where the answer starts, answers keep the leading
 // space shown):
@@ -64,10 +65,11 @@ export class TaskDataError extends Error {
   override name = 'TaskDataError';
 }
 
+/** $COLA_TASKS_DIR; throws TaskDataError when it is not set (the task files are not in the repository). */
 export function defaultTasksDir(): string {
   const env = process.env.COLA_TASKS_DIR;
   if (env && env.length > 0) return resolve(env);
-  return resolve(import.meta.dir, '../../../shared/data/tasks');
+  throw new TaskDataError('no task data folder: set COLA_TASKS_DIR to the folder holding <task>/… files (e.g. sst2/train.jsonl), or pass the folder explicitly');
 }
 
 export function isTaskName(s: string): s is TaskName {

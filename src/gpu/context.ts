@@ -3,7 +3,8 @@
 // Dawn's async machinery keeps only a raw pointer to the object returned by `create()`; if that
 // object (or the device) is garbage-collected while work is pending the process segfaults. So the
 // context lives on `globalThis` under a `Symbol.for` key for the life of the process, and every
-// module gets the device from here (see ../shared/docs/ENVIRONMENT.md, "Dawn's object lifetime").
+// module gets the device from here (the `webgpu` package's Dawn bindings do not keep that object
+// alive for their callbacks).
 import { create, globals } from 'webgpu';
 
 const KEY = Symbol.for('cola.gpu.context');

@@ -10,9 +10,9 @@
 //   running (lease expired) ──claim (token+1)──▶ running      (reclaim by another worker)
 import { and, eq, or, sql } from 'drizzle-orm';
 import type { Db } from '../db/index.ts';
-import { jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
+import { jobEvents, jobs, jobSteps, type Job, type JobKnot, type JobProgress, type ModelVersion } from '../db/schema.ts';
 import { appendEvent, insertJob } from '../db/repos/jobs.ts';
-import { ensureTenantModel, guardStorePaths, insertVersion, type NewVersion } from '../db/repos/models.ts';
+import { ensureTenantModel, guardStorePaths, guardTensorObjects, insertVersion, type NewVersion } from '../db/repos/models.ts';
 import type { JobStatus } from '../domain/job-states.ts';
 import { UserInputError } from '../services.ts';
 
@@ -134,6 +134,25 @@ export async function recordEvent(db: Db, l: Lease, type: string, data: Record<s
   });
 }
 
+/**
+ * An automatic-knot decision (event `knot_decision`), recorded once per (decision, link, step): a
+ * resumed run takes again the decisions after its last knot (every resume re-enters a link, and the
+ * last link's `last_link` is decided at its start), which an earlier attempt may have recorded.
+ */
+export async function recordKnotDecision(db: Db, l: Lease, d: Record<string, unknown>): Promise<void> {
+  await db.transaction(async (tx) => {
+    const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
+    if (!r) throw new StaleLeaseError(l.jobId, l.token);
+    const key = JSON.stringify({ decision: d.decision, link: d.link, step: d.step });
+    const [seen] = await tx
+      .select({ id: jobEvents.id })
+      .from(jobEvents)
+      .where(and(eq(jobEvents.jobId, l.jobId), eq(jobEvents.type, 'knot_decision'), sql`${jobEvents.data} @> ${key}::jsonb`))
+      .limit(1);
+    if (!seen) await appendEvent(tx, l.jobId, 'knot_decision', d);
+  });
+}
+
 /** The job's output model to create with its first version (tenant-owned; same architecture if it exists). */
 export type OutputModel = { tenantId: string; name: string; architecture: string; params: number; config: Record<string, unknown> };
 
@@ -148,13 +167,16 @@ export async function recordKnot(
   l: Lease,
   knot: Omit<JobKnot, 'version'>,
   version: Omit<NewVersion, 'version' | 'modelId'> & { modelId: string | OutputModel },
-  /** The knot's store files: locked and checked to exist, so a concurrent delete cannot leave the row dangling. */
-  guard?: { paths: string[]; exists: (p: string) => boolean },
+  /** The knot's store files and tensor objects: locked and checked to exist, so a concurrent delete cannot leave the row dangling. */
+  guard?: { paths: string[]; tensors?: string[]; exists: (p: string) => boolean },
 ): Promise<ModelVersion> {
   return db.transaction(async (tx) => {
     const [r] = await tx.update(jobs).set({ updatedAt: sql`now()` }).where(fenced(l)).returning({ id: jobs.id });
     if (!r) throw new StaleLeaseError(l.jobId, l.token);
-    if (guard) await guardStorePaths(tx, guard.paths, guard.exists);
+    if (guard) {
+      await guardStorePaths(tx, guard.paths, guard.exists);
+      await guardTensorObjects(tx, guard.tensors ?? [], guard.exists);
+    }
     let modelId: string;
     if (typeof version.modelId === 'string') modelId = version.modelId;
     else {

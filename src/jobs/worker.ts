@@ -24,6 +24,7 @@ import {
   heartbeat,
   recordEvent,
   recordKnot,
+  recordKnotDecision,
   recordStep,
   release,
   StaleLeaseError,
@@ -214,7 +215,7 @@ export class JobWorker {
         },
         onLinkStarted: (e) => recordEvent(db, lease, 'link_started', { link: e.link, rank: e.rank }),
         onEval: (e) => recordEvent(db, lease, 'eval', e),
-        onKnotDecision: (d) => recordEvent(db, lease, 'knot_decision', d),
+        onKnotDecision: (d) => recordKnotDecision(db, lease, d),
         onKnot: async (k) => {
           const parent = lastVersion == null || !outModelId ? { modelId: job.baseModelId, version: job.baseVersion } : { modelId: outModelId, version: lastVersion };
           const v = await recordKnot(
@@ -238,11 +239,17 @@ export class JobWorker {
               sha256: k.snapshot.sha256,
               bytes: k.snapshot.bytes,
               path: k.snapshot.path,
+              addedBytes: k.snapshot.addedBytes ?? null,
+              tensors: k.snapshot.tensors ?? [],
               adapterPath: k.adapterPath ?? null,
               adapterBytes: k.adapterBytes ?? 0,
               metrics: { ...(k.metrics ?? {}), ...(k.val_loss !== undefined ? { val_loss: k.val_loss } : {}), flops: k.flops, step: k.step },
             },
-            { paths: [k.snapshot.path, ...(k.adapterPath ? [k.adapterPath] : [])].map((p) => absPath(this.o.config.repoRoot, p)), exists: existsSync },
+            {
+              paths: [k.snapshot.path, ...(k.adapterPath ? [k.adapterPath] : [])].map((p) => absPath(this.o.config.repoRoot, p)),
+              tensors: tensorObjectPaths(this.o.store, k.snapshot.tensors),
+              exists: existsSync,
+            },
           );
           lastVersion = v.version;
           outModelId = v.modelId;
@@ -373,3 +380,10 @@ async function getJobModel(db: Db, job: Job) {
 }
 
 export { getJobById };
+
+/** Store paths of a knot's tensor objects (guarded when its version row is inserted). */
+function tensorObjectPaths(store: Store, tensors: { digest: string }[] | undefined): string[] {
+  if (!tensors?.length) return [];
+  const objects = store.objects();
+  return tensors.map((t) => objects.pathOf(t.digest, 'tensor'));
+}

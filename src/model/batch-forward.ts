@@ -13,6 +13,8 @@ import type { Strided } from '../gpu/ops/kvcache.ts';
 import type { KvPool } from './kvpool.ts';
 import type { TransformerModel } from './transformer.ts';
 import { familyOf, plainMlp } from './names.ts';
+import { FUSED_GEMV_MAX_ROWS, gateUpRmsGemv, qkvRmsGemv, residGemv } from '../gpu/ops/decode-layer.ts';
+import type { FusedLayers } from './generate.ts';
 
 export interface BatchRow {
   /** Index into `tables` of this row's sequence. */
@@ -28,7 +30,7 @@ export interface BatchRow {
  * Records the forward; returns the logits (M, V) of the rows with `logits`, in row order, or null
  * when no row asks for them (a prompt chunk that only fills the cache). Nothing is read back.
  */
-export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, rows: BatchRow[], tables: number[][]): Tensor | null {
+export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, rows: BatchRow[], tables: number[][], layers: FusedLayers | null = null): Tensor | null {
   const c = model.config;
   const N = rows.length;
   const BS = pool.blockSize;
@@ -53,6 +55,9 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
   const paged = { rows: rowsT, tables: tablesT, n: N };
   const shape: PagedShape = { H: c.nHeads, HKV: c.nKvHeads, D: c.headDim, BS, MAXB };
   const rope = model.ropeGpu;
+  // Up to 8 rows with the fused layer products (ops/decode-layer.ts): q/k/v with the RMSNorm and
+  // biases in one dispatch, o/down with the residual add, gate/up with the RMSNorm and SiLU·mul.
+  const fl = layers && N <= FUSED_GEMV_MAX_ROWS ? layers : null;
   const temps: Tensor[] = [rowsT, tablesT];
   try {
     const idT = e.upload(ids, [N], 'i32');
@@ -67,12 +72,20 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
     }
     for (let i = 0; i < c.nLayers; i++) {
       const L = model.layers[i]!;
-      const n1 = model.applyNorm(x, L.attnNorm);
       let q: Strided, k: Strided, v: Strided;
       const owned: Tensor[] = [];
-      if (familyOf(c.arch).fusedQkv) {
+      const n1 = fl ? null : model.applyNorm(x, L.attnNorm);
+      if (fl) {
+        const lin = (s: string) => L.linears.get(s)!.w;
+        const qkv = qkvRmsGemv(e, x, L.attnNorm.w, c.normEps, lin('q'), lin('k'), lin('v'), fl.qkvBias(i));
+        owned.push(qkv);
+        const NQ = c.nHeads * c.headDim, NKV = c.nKvHeads * c.headDim;
+        q = { t: qkv, stride: NQ + 2 * NKV, off: 0 };
+        k = { t: qkv, stride: NQ + 2 * NKV, off: NQ };
+        v = { t: qkv, stride: NQ + 2 * NKV, off: NQ + NKV };
+      } else if (familyOf(c.arch).fusedQkv) {
         const lin = L.linears.get(familyOf(c.arch).fusedQkv!)!;
-        const qkv = linear(e, n1, lin.w, lin.b);
+        const qkv = linear(e, n1!, lin.w, lin.b);
         owned.push(qkv);
         q = { t: qkv, stride: 3 * c.dim, off: 0 };
         k = { t: qkv, stride: 3 * c.dim, off: c.dim };
@@ -80,7 +93,7 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
       } else {
         const mk = (s: string): Strided => {
           const lin = L.linears.get(s)!;
-          const t = linear(e, n1, lin.w, lin.b);
+          const t = linear(e, n1!, lin.w, lin.b);
           owned.push(t);
           return { t, stride: t.shape.at(-1)!, off: 0 };
         };
@@ -88,13 +101,21 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
         k = mk('k');
         v = mk('v');
       }
-      n1.free();
+      n1?.free();
       const cache = pool.layer(i);
       const qr = pagedWrite(e, q, k, v, cache, paged, shape, rope);
       for (const t of owned) t.free();
       const att = pagedAttention(e, qr, cache, paged, shape);
       qr.free();
       const o = L.linears.get(familyOf(c.arch).attnOut)!;
+      if (fl) {
+        residGemv(e, att.view([N, c.nHeads * c.headDim]), o.w, x, o.b); // x += att·Woᵀ + b
+        att.free();
+        const act = gateUpRmsGemv(e, x, L.ffnNorm.w, c.normEps, L.linears.get('gate')!.w, L.linears.get('up')!.w);
+        residGemv(e, act, L.linears.get('down')!.w, x); // x += act·W_downᵀ
+        act.free();
+        continue;
+      }
       matmul(e, att.view([N, c.nHeads * c.headDim]), o.w, { transB: true, accumulate: x, bias: o.b ?? undefined }); // x += att·Woᵀ + b
       att.free();
       const n2 = model.applyNorm(x, L.ffnNorm);

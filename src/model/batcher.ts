@@ -9,6 +9,7 @@
 import type { Engine, Tensor } from '../gpu/engine.ts';
 import type { GpuScheduler } from '../gpu/scheduler.ts';
 import { forwardRows, type BatchRow } from './batch-forward.ts';
+import type { FusedLayers } from './generate.ts';
 import { fusedDecodeBatch, type DecodeSpec, type PackedLayout } from '../gpu/ops/decode.ts';
 import type { TokenStream, GenerateResult } from './generate.ts';
 import type { KvPool } from './kvpool.ts';
@@ -35,6 +36,11 @@ export interface BatchOptions {
    * kernels/decode_llama_batch.ts): decode rows go through it, prompt chunks through the layers.
    */
   fused?: { packed: Tensor; lay: PackedLayout; spec: DecodeSpec } | null;
+  /**
+   * The fused layer products (Generator.layerDecoder: GPUs by default) for iterations of at most
+   * FUSED_GEMV_MAX_ROWS rows; null or absent: the unfused ops.
+   */
+  layers?: FusedLayers | null;
 }
 
 export interface BatchStats {
@@ -150,7 +156,7 @@ export class DecodeBatch {
     if (decoders.length && fused) outs.push(this.fusedDecode(fused, decoders));
     // Rows are recorded in order: a prefill chunk's later rows see the keys its earlier rows write
     // because the cache write of every row happens before the attention of any row in each layer.
-    const layered = rows.length ? forwardRows(this.e, this.model, this.pool, rows, tables) : null;
+    const layered = rows.length ? forwardRows(this.e, this.model, this.pool, rows, tables, this.opts.layers ?? null) : null;
     if (layered) outs.push(layered);
     const parts = outs.length ? await this.e.readManyF32(outs) : [];
     for (const t of outs) t.free();

@@ -8,6 +8,7 @@ import { linear, matmul } from '../gpu/ops/matmul.ts';
 import { swiglu, relu, gelu } from '../gpu/ops/activation.ts';
 import { attention, attentionDecode } from '../gpu/ops/attention.ts';
 import { ropeAndCache, type Strided } from '../gpu/ops/kvcache.ts';
+import { attentionAppend, fusedGemvFits, gateUpRmsGemv, qkvRmsGemv, residGemv } from '../gpu/ops/decode-layer.ts';
 import { canFuseDecode, canFuseDecodeBatch, fusedDecodeStep, packedLayout, type DecodeSpec, type PackedLayout } from '../gpu/ops/decode.ts';
 import { Rng } from '../util/rng.ts';
 import type { TextTokenizer } from './tokenizer.ts';
@@ -15,6 +16,12 @@ import { bucketLen, type TransformerModel } from './transformer.ts';
 import { familyOf, plainMlp } from './names.ts';
 
 export const MAX_GENERATE_TOKENS = 4096;
+
+/** The fused layer products' per-model inputs (Generator.layerDecoder). */
+export interface FusedLayers {
+  /** Layer i's q/k/v biases concatenated (NQ+2·NKV), or null without biases. */
+  qkvBias(i: number): Tensor | null;
+}
 export const MAX_STOP_SEQUENCES = 8;
 
 export interface SamplingOptions {
@@ -122,7 +129,95 @@ export class Generator {
     readonly tokenizer: TextTokenizer,
     /** false forces the layer-by-layer decode path (tests compare the two). */
     readonly allowFused = true,
+    /**
+     * Layer-by-layer decode with the fused layer kernels (ops/decode-layer.ts: five dispatches per
+     * Llama-layout layer) or the unfused ops (tests and bench/generate compare the two). 'auto': fused
+     * on GPUs only. On lavapipe a decode step is bound by the kernels' loads per lane, not by the
+     * ~17 µs a dispatch costs there, and the fused GEMVs (32 lanes per row, laid out for GPU
+     * coalescing) measured slower than the register-tiled matmul (bench/generate.ts, docs/BENCHMARKS.md).
+     */
+    readonly fuseLayers: boolean | 'auto' = 'auto',
   ) {}
+
+  /** The q/k/v biases of each layer concatenated (NQ+2·NKV), for the fused q/k/v product; built on first use. */
+  private qkvBiases: (Tensor | null)[] | null = null;
+
+  /**
+   * Whether a decode step (one token, batch 1) runs the fused layer kernels: Llama layout (separate
+   * q/k/v, RMSNorm, gated FFN without biases, RoPE), every product's K a multiple of 8 and each
+   * weight within one storage binding.
+   */
+  get layerFused(): boolean {
+    return (this.layerFusedMemo ??= this.computeLayerFused());
+  }
+  private layerFusedMemo: boolean | undefined;
+  private computeLayerFused(): boolean {
+    if (this.fuseLayers === false || (this.fuseLayers === 'auto' && this.e.ctx.info.isSoftware)) return false;
+    const c = this.c;
+    const fam = familyOf(c.arch);
+    if (fam.fusedQkv || fam.mlp || fam.conv1d || !c.gatedFfn || c.mlpBias || c.norm !== 'rmsnorm' || c.positions !== 'rope' || c.headDim % 2 !== 0) return false;
+    if (this.e.limits.maxStorageBuffersPerShaderStage < 8) return false;
+    return this.model.layers.every((L) => ['q', 'k', 'v', fam.attnOut, 'gate', 'up', 'down'].every((s) => fusedGemvFits(this.e, L.linears.get(s)!.w)));
+  }
+
+  /**
+   * What the continuous batch's forward (batch-forward.ts) needs to run the fused layer products
+   * for decode iterations of ≤ 8 rows, or null where layerFused is false. Valid until free().
+   */
+  layerDecoder(): FusedLayers | null {
+    return this.layerFused ? { qkvBias: (i) => this.qkvBias(i) } : null;
+  }
+
+  private qkvBias(i: number): Tensor | null {
+    if (!this.c.qkvBias) return null;
+    if (!this.qkvBiases) {
+      this.qkvBiases = this.model.layers.map((L) => {
+        const bs = ['q', 'k', 'v'].map((s) => L.linears.get(s)!.b);
+        if (bs.some((b) => !b)) throw new ShapeError('qkvBias set but a q/k/v bias is missing');
+        const n = bs.reduce((a, b) => a + b!.numel, 0);
+        const t = this.e.empty([n]);
+        let at = 0;
+        for (const b of bs) {
+          this.e.copyBytes(b!, 0, t, at * 4, b!.byteLength);
+          at += b!.numel;
+        }
+        return t;
+      });
+    }
+    return this.qkvBiases[i]!;
+  }
+
+  /**
+   * One decode token through the fused layer kernels (layerFused): per layer q/k/v (+ RMSNorm,
+   * biases), attention (+ RoPE, cache append), o (+ residual), gate/up (+ RMSNorm, SiLU·mul),
+   * down (+ residual). Returns the logits (1, V).
+   */
+  private fusedLayerStep(id: number, pos: number, kv: KvCache): Tensor {
+    const { e, c, model } = this;
+    const Dh = c.headDim;
+    const idT = e.upload(Int32Array.of(id), [1], 'i32');
+    const x = embedding(e, idT, model.embedding); // (1, D): the residual stream, updated in place
+    idT.free();
+    const rope = { invFreq: model.invFreq!, interleaved: c.ropeInterleaved };
+    const attnOut = familyOf(c.arch).attnOut;
+    for (let i = 0; i < c.nLayers; i++) {
+      const L = model.layers[i]!;
+      const lin = (s: string) => L.linears.get(s)!;
+      const qkv = qkvRmsGemv(e, x, L.attnNorm.w, c.normEps, lin('q').w, lin('k').w, lin('v').w, this.qkvBias(i));
+      const att = attentionAppend(e, qkv, kv.k[i]!, kv.v[i]!, pos, { H: c.nHeads, HKV: c.nKvHeads, D: Dh, rope });
+      qkv.free();
+      residGemv(e, att.view([1, c.nHeads * Dh]), lin(attnOut).w, x, lin(attnOut).b); // x += att·Woᵀ + b
+      att.free();
+      const act = gateUpRmsGemv(e, x, L.ffnNorm.w, c.normEps, lin('gate').w, lin('up').w);
+      residGemv(e, act, lin('down').w, x); // x += act·W_downᵀ
+      act.free();
+    }
+    const h = model.applyNorm(x, model.finalNormWeights);
+    x.free();
+    const logits = model.logits(h);
+    h.free();
+    return logits;
+  }
 
   private specFor(): DecodeSpec {
     const c = this.c;
@@ -200,6 +295,8 @@ export class Generator {
   free(): void {
     this.fused?.packed.free();
     this.fused = undefined;
+    for (const t of this.qkvBiases ?? []) t?.free();
+    this.qkvBiases = null;
   }
 
   private get c() {
@@ -364,7 +461,7 @@ export class Generator {
         if (fused) {
           fusedDecodeStep(this.e, fused.spec, fused.lay, fused.packed, kv.all!, fusedLogits!, id, pos, kv.maxT);
           logitsT = fusedLogits!.rows(0, 1); // a non-owning view: freeing it after the read keeps the buffer
-        } else logitsT = this.step([id], pos, kv);
+        } else logitsT = this.layerFused ? this.fusedLayerStep(id, pos, kv) : this.step([id], pos, kv);
       }
     } finally {
       this.freeCache(kv);

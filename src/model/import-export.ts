@@ -2,13 +2,15 @@
 // ExportService.weightsFile).
 //
 // - import:   loadModelFromPath (HF folder, llama2.c checkpoint, or a saved .safetensors) →
-//             validate (shapes by the loader, finite values here) → one safetensors file with HF
-//             names and the config in its metadata, written into a SnapshotStore at storeDir.
+//             validate (shapes by the loader, finite values here) → one object per tensor and a
+//             manifest (model/snapshots.ts: the safetensors file with HF names and the config in
+//             its metadata), written into a SnapshotStore at storeDir.
 //             The tokenizer file(s) are copied into `<storeDir>/tokenizers/<sha256>/` (an upload
 //             directory is deleted after the import) and the config records their absolute path
 //             under `tokenizer`, which versions.ts's tokenizerPathOf() reads.
-// - export:   a version stored as .safetensors is served as is; any other (the bundled llama2.c
-//             base) is converted once into `<exportDir>/<sha256>.safetensors` and reused.
+// - export:   a manifest version is streamed from its objects (header, then each tensor); a
+//             version stored as a whole .safetensors is served as is; any other (the bundled
+//             llama2.c base) is converted once into `<exportDir>/<sha256>.safetensors` and reused.
 
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
@@ -22,6 +24,7 @@ import { ConfigError, configToHf } from './config.ts';
 import { ModelLoadError, readFileBounded } from './hf.ts';
 import { Llama2cError } from './llama2c.ts';
 import { loadModelFromPath, type LoadedModel } from './registry.ts';
+import { isManifestPath, manifestStream, saveSnapshot } from './snapshots.ts';
 import { SafetensorsError } from './safetensors.ts';
 import { loadHfTokenizer, loadLlama2cTokenizer, loadSentencePieceTokenizer, MAX_TOKENIZER_FILE_BYTES, TokenizerError, type TextTokenizer } from './tokenizer.ts';
 import { loadVersion, resolvePath } from './versions.ts';
@@ -172,8 +175,8 @@ export function createModelImporter(opts: { maxModelFileBytes?: number } = {}): 
       } catch (e) {
         throw asUserError(e, `cannot import the tokenizer of ${source}`);
       }
-      const bytes = saveSafetensorsWeights(w);
-      const obj = await new SnapshotStore(storeDir).put(bytes);
+      // One object per tensor (identical tensors of other imports are shared), then the manifest.
+      const obj = await saveSnapshot(new SnapshotStore(storeDir), w);
       const config: Record<string, unknown> = {
         ...configToHf(w.config),
         format: 'safetensors',
@@ -188,7 +191,7 @@ export function createModelImporter(opts: { maxModelFileBytes?: number } = {}): 
         architecture: w.config.family,
         params: paramCount(w),
         config,
-        weights: { path: obj.path, sha256: obj.sha256, bytes: obj.bytes },
+        weights: { path: obj.path, sha256: obj.sha256, bytes: obj.bytes, addedBytes: obj.addedBytes, tensors: obj.tensors },
       };
       return out;
     },
@@ -229,7 +232,13 @@ export function createWeightsExporter(opts: { repoRoot: string; exportDir: strin
   return async (v) => {
     const src = resolvePath(repoRoot, v.path);
     if (!isFile(src)) throw new Error(`weights of ${v.model} v${v.version} are missing: ${src}`);
+    const filename = `${safeName(v.model)}-v${v.version}.safetensors`;
+    if (isManifestPath(src)) {
+      const s = manifestStream(src);
+      if (s.sha256 !== v.sha256) throw new Error(`manifest ${src} serves ${s.sha256}, but version ${v.model} v${v.version} records ${v.sha256}`);
+      return { size: s.size, stream: s.stream, contentType: 'application/octet-stream', filename };
+    }
     const path = extname(src) === '.safetensors' ? src : await convert(v, src);
-    return { path, contentType: 'application/octet-stream', filename: `${safeName(v.model)}-v${v.version}.safetensors` };
+    return { path, contentType: 'application/octet-stream', filename };
   };
 }

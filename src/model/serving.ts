@@ -269,9 +269,9 @@ export class ServingEngine {
       return hit;
     }
     // Upload and weight packing are device work: one unit of the tenant that asked.
-    const { live, fused } = await this.sched.run('interactive', `t:${tenant}`, async () => {
+    const { live, fused, layers } = await this.sched.run('interactive', `t:${tenant}`, async () => {
       const m = this.cache.get(target);
-      return { live: m, fused: m.generator.batchDecoder() };
+      return { live: m, fused: m.generator.batchDecoder(), layers: m.generator.layerDecoder() };
     });
     const again = this.residents.get(target.sha256);
     if (again) return again;
@@ -284,7 +284,7 @@ export class ServingEngine {
       this.pools.set(sk, pe);
     }
     pe.users++;
-    const batch = new DecodeBatch(this.e, this.sched, live.model, pe.pool, `gen:${live.key}`, { prefillChunk: this.opts.prefillChunk, fused }, (s) => this.onLeave(s));
+    const batch = new DecodeBatch(this.e, this.sched, live.model, pe.pool, `gen:${live.key}`, { prefillChunk: this.opts.prefillChunk, fused, layers }, (s) => this.onLeave(s));
     const r: Resident = { live, batch, pool: pe.pool };
     this.residents.set(target.sha256, r);
     return r;

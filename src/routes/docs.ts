@@ -4,7 +4,7 @@
 import path from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App } from './deps.ts';
-import { fileResponse, packageDir } from './assets.ts';
+import { fileResponse, packageDir, pageSecurityHeaders } from './assets.ts';
 import { problems, ProblemSchema } from './problem.ts';
 import { JobStatusSchema } from './schemas.ts';
 
@@ -114,10 +114,14 @@ export function docsRoutes(app: App) {
   );
   completeErrorResponses(app);
   app.doc31('/openapi.json', OPENAPI_INFO);
+  app.use('/docs', pageSecurityHeaders);
+  app.use('/docs/*', pageSecurityHeaders);
   app.get('/docs', (c) => c.html(DOCS_HTML));
   const swagger = packageDir('swagger-ui-dist');
   app.get('/docs/assets/:file', (c) => {
     const f = c.req.param('file');
+    // The page's own script (a file, not inline: the CSP allows no inline script).
+    if (f === 'init.js') return new Response(DOCS_INIT_JS, { headers: { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-cache' } });
     if (!DOCS_ASSETS.has(f)) return c.notFound();
     return fileResponse(path.join(swagger, f)) ?? c.notFound();
   });
@@ -139,9 +143,10 @@ export const DOCS_HTML = `<!doctype html>
 <body>
 <div id="swagger-ui"></div>
 <script src="/docs/assets/swagger-ui-bundle.js"></script>
-<script>
-window.ui = SwaggerUIBundle({ url: '/openapi.json', dom_id: '#swagger-ui', validatorUrl: null, deepLinking: true, persistAuthorization: false });
-</script>
+<script src="/docs/assets/init.js"></script>
 </body>
 </html>
 `;
+
+/** Starts Swagger UI on this server's document (served as /docs/assets/init.js). */
+export const DOCS_INIT_JS = `window.ui = SwaggerUIBundle({ url: '/openapi.json', dom_id: '#swagger-ui', validatorUrl: null, deepLinking: true, persistAuthorization: false });\n`;

@@ -2,8 +2,8 @@ import { createRoute, z } from '@hono/zod-openapi';
 import type { App, AppDeps } from './deps.ts';
 import { problems, ProblemError } from './problem.ts';
 import { absPath, iso, ModelName, tenantOf, VersionParam } from './common.ts';
-import { findModel, listModels, listVersions } from '../db/repos/models.ts';
-import { exportAdapter, exportWeights, importModel } from '../usecases/models.ts';
+import { chargedBytes, findModel, listModels, listVersions } from '../db/repos/models.ts';
+import { exportAdapter, exportWeights, importModel, type ExportedFile } from '../usecases/models.ts';
 
 const ModelSummary = z.object({
   name: z.string(),
@@ -20,8 +20,11 @@ const VersionView = z.object({
   job_id: z.string().optional(),
   link: z.number().optional(),
   rank: z.number().optional(),
+  /** sha256 and length of the safetensors file GET …/weights serves. */
   sha256: z.string(),
   bytes: z.number(),
+  /** What the version counts in the tenant's stored bytes: the tensor objects it adds to its parent's, plus its adapter file (its freed_bytes when deleted). */
+  stored_bytes: z.number(),
   created_at: z.string(),
   metrics: z.record(z.string(), z.unknown()).optional(),
 });
@@ -47,14 +50,15 @@ export function uploadNameErrors(names: string[]): { path: string; message: stri
   return errors;
 }
 
-function fileResponse(p: string, contentType: string, filename: string): Response {
-  const f = Bun.file(p);
-  return new Response(f.stream(), {
+/** Streams a file on disk, or one produced as a stream (a manifest version's weights), with its exact length. */
+function fileResponse(x: ExportedFile): Response {
+  const f = 'path' in x ? Bun.file(x.path) : null;
+  return new Response(f ? f.stream() : 'stream' in x ? x.stream() : null, {
     status: 200,
     headers: {
-      'content-type': contentType,
-      'content-length': String(f.size),
-      'content-disposition': `attachment; filename="${filename.replace(/[^A-Za-z0-9._-]/g, '_')}"`,
+      'content-type': x.contentType,
+      'content-length': String(f ? f.size : 'size' in x ? x.size : 0),
+      'content-disposition': `attachment; filename="${x.filename.replace(/[^A-Za-z0-9._-]/g, '_')}"`,
     },
   });
 }
@@ -176,6 +180,7 @@ export function modelRoutes(app: App, d: AppDeps) {
             ...(v.rank != null ? { rank: v.rank } : {}),
             sha256: v.sha256,
             bytes: v.bytes,
+            stored_bytes: chargedBytes(v),
             created_at: iso(v.createdAt)!,
             ...(v.metrics ? { metrics: v.metrics } : {}),
           })),
@@ -202,7 +207,7 @@ export function modelRoutes(app: App, d: AppDeps) {
     (async (c: any) => {
       const { name, v } = c.req.valid('param');
       const f = await exportWeights(d, tenantOf(c), name, v);
-      return fileResponse(f.path, f.contentType, f.filename);
+      return fileResponse(f);
     }) as never,
   );
 
@@ -221,7 +226,7 @@ export function modelRoutes(app: App, d: AppDeps) {
     (async (c: any) => {
       const { name, v } = c.req.valid('param');
       const f = await exportAdapter(d, tenantOf(c), name, v);
-      return fileResponse(f.path, f.contentType, f.filename);
+      return fileResponse(f);
     }) as never,
   );
 }

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { App, AppDeps } from './deps.ts';
-import { fileResponse, packageDir } from './assets.ts';
+import { fileResponse, packageDir, pageSecurityHeaders } from './assets.ts';
 
 /** Bare and relative imports of the ui modules → the URLs this route serves them at. */
 const IMPORTS: Record<string, string> = {
@@ -50,6 +50,8 @@ export function uiRoutes(app: App, d: AppDeps) {
     'uPlot.min.css': path.join(packageDir('uplot'), 'dist/uPlot.min.css'),
     'openapi-fetch.js': path.join(packageDir('openapi-fetch'), 'dist/index.mjs'),
   };
+  app.use('/ui', pageSecurityHeaders);
+  app.use('/ui/*', pageSecurityHeaders);
   app.get('/ui', (c) => fileResponse(path.join(uiDir, 'index.html')) ?? c.notFound());
   app.get('/ui/', (c) => c.redirect('/ui'));
   app.get('/ui/client.js', () => js(path.join(d.config.repoRoot, 'client/index.ts')));

@@ -13,7 +13,7 @@
 import { mkdirSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { AtomicFile, writeFileAtomic } from '../util/atomic.ts';
+import { AsyncAtomicFile, writeFileAtomic } from '../util/atomic.ts';
 import { SnapshotStore } from './snapshot-store.ts';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
@@ -29,12 +29,12 @@ export interface StagedAdapter {
 
 /** Streams a Blob (an uploaded part) into `p` atomically, never holding it whole a second time. */
 async function writeBlob(p: string, blob: Blob): Promise<void> {
-  const f = new AtomicFile(p);
+  const f = await AsyncAtomicFile.open(p);
   try {
-    for await (const chunk of blob.stream()) f.write(chunk);
-    f.commit();
+    for await (const chunk of blob.stream()) await f.write(chunk);
+    await f.commit();
   } finally {
-    f.abort();
+    await f.abort();
   }
 }
 
@@ -54,8 +54,8 @@ export class Store {
   }
 
   /** A new JSONL data file, written under a temporary name until commit(). */
-  newDataFile(id: string): AtomicFile {
-    return new AtomicFile(path.join(this.root, 'files', `${id}.jsonl`), `.tmp-${id}`);
+  newDataFile(id: string): Promise<AsyncAtomicFile> {
+    return AsyncAtomicFile.open(path.join(this.root, 'files', `${id}.jsonl`), `.tmp-${id}`);
   }
 
   /** Writes an uploaded adapter's weights into its own folder; its config is written by install(). */

@@ -5,14 +5,14 @@
 import fs from 'node:fs';
 import crypto from 'node:crypto';
 import { createAdapter, getAdapter, tenantStoredBytes } from '../db/repos/files.ts';
-import { ensureTenantModel, guardStorePaths, insertVersion } from '../db/repos/models.ts';
+import { ensureTenantModel, guardStorePaths, guardTensorObjects, insertVersion } from '../db/repos/models.ts';
 import { newId } from '../db/ids.ts';
 import type { Tenant } from '../db/schema.ts';
 import { ProblemError } from '../domain/errors.ts';
 import { UserInputError } from '../services.ts';
 import { parsePeftConfig, PeftError, storedPeftConfig, type ParsedPeftConfig } from '../cola/peft.ts';
 import { readSafetensorsHeader, SafetensorsError, type SafetensorsHeader } from '../model/safetensors.ts';
-import { quotaExceeded, quotasOf, refuseSharedName, resolveVersion, type UseCaseDeps } from './common.ts';
+import { quotaExceeded, quotasOf, refuseSharedName, resolveVersion, tensorPaths, type UseCaseDeps } from './common.ts';
 
 /** Largest adapter_config.json accepted. */
 export const MAX_ADAPTER_CONFIG_BYTES = 1024 * 1024;
@@ -107,6 +107,7 @@ export async function mergeAdapter(d: UseCaseDeps, t: Tenant, b: MergeAdapterInp
   const v = await d.db.transaction(async (tx) => {
     // A concurrent delete must not remove the (shared, content-addressed) files this row will reference.
     await guardStorePaths(tx, [res.weights.path, ...(res.adapterPath ? [res.adapterPath] : [])], fs.existsSync);
+    await guardTensorObjects(tx, tensorPaths(d, res.weights), fs.existsSync);
     const out = await ensureTenantModel(tx, { tenantId: t.id, name: outName, architecture: target.model.architecture, params: target.model.params, config: target.model.config });
     const v = await insertVersion(tx, {
       modelId: out.id,
@@ -119,6 +120,8 @@ export async function mergeAdapter(d: UseCaseDeps, t: Tenant, b: MergeAdapterInp
       sha256: res.weights.sha256,
       bytes: res.weights.bytes,
       path: res.weights.path,
+      addedBytes: res.weights.addedBytes ?? null,
+      tensors: res.weights.tensors ?? [],
       adapterPath: res.adapterPath ?? null,
       adapterBytes: res.adapterPath ? fileSize(res.adapterPath) : 0,
       metrics: { adapter: adapter.id, scale: b.scale },

@@ -6,7 +6,7 @@ import type { Db } from '../db/index.ts';
 import type { Model, ModelVersion, Tenant } from '../db/schema.ts';
 import { findModel, findSharedModel, getVersion, latestVersion } from '../db/repos/models.ts';
 import { ProblemError } from '../domain/errors.ts';
-import type { JobQueue, ResolvedVersion, Services } from '../services.ts';
+import type { JobQueue, ResolvedVersion, Services, StoredWeights } from '../services.ts';
 import type { Store } from '../store/store.ts';
 
 /** The dependencies of the use cases (AppDeps has them all). */
@@ -25,6 +25,13 @@ export function quotasOf(d: Pick<UseCaseDeps, 'config'>, t: Tenant): Quotas {
 
 export function absPath(d: Pick<UseCaseDeps, 'config'>, p: string): string {
   return path.isAbsolute(p) ? p : path.join(d.config.repoRoot, p);
+}
+
+/** Store paths of the tensor objects written weights reference (guarded when their row is inserted). */
+export function tensorPaths(d: Pick<UseCaseDeps, 'store'>, w: StoredWeights): string[] {
+  if (!w.tensors?.length) return [];
+  const objects = d.store.objects();
+  return w.tensors.map((t) => objects.pathOf(t.digest, 'tensor'));
 }
 
 /** A model version as the tenant sees it; 404 when the model or version is not visible. */

@@ -1,7 +1,9 @@
 // Deletes: a tenant frees what it stores (files, adapters, versions, models). The rules for what
 // may go are in db/repos/deletes.ts (one transaction each); a refusal is 409 with the reason,
-// another tenant's id or name is 404, a shared base model is 409. Store files are removed through
-// the Store only when no row references them any more, and only inside the store root.
+// another tenant's id or name is 404, a shared base model is 409. Store files and tensor objects
+// are removed through the Store only when no row references them any more, and only inside the
+// store root. `freed_bytes` is what stops counting in the tenant's stored bytes (db/repos/models.ts
+// chargedBytes): for a manifest version the bytes of the tensor objects it added to its parent.
 import { deleteAdapter, deleteFile, deleteModel, deleteVersion, type DeleteResult } from '../db/repos/deletes.ts';
 import { findModel } from '../db/repos/models.ts';
 import type { Tenant } from '../db/schema.ts';
@@ -20,7 +22,10 @@ function answer(r: DeleteResult | null, what: string): Deleted {
   return { deleted: what, freed_bytes: r.bytes };
 }
 
-const freer = (d: UseCaseDeps) => (paths: string[]) => d.store.free(paths);
+const freer = (d: UseCaseDeps) => async (paths: string[], tensors: string[] = []) => {
+  await d.store.free(paths);
+  await d.store.freeTensors(tensors);
+};
 
 /** The tenant's own model of that name; a shared one is refused, an unknown one is 404. */
 async function ownModel(d: UseCaseDeps, t: Tenant, name: string) {

@@ -36,16 +36,17 @@ async function storeJsonl(
   body: ReadableStream<Uint8Array>,
   budget: number,
 ): Promise<{ path: string; bytes: number; examples: number }> {
-  const file = d.store.newDataFile(id);
+  const file = await d.store.newDataFile(id);
   try {
     let batch: string[] = [];
     let batchBytes = 0;
     let written = 0;
-    const flush = () => {
+    const flush = async () => {
       if (batch.length === 0) return;
-      file.write(Buffer.from(batch.join('')));
+      const bytes = Buffer.from(batch.join(''));
       batch = [];
       batchBytes = 0;
+      await file.write(bytes);
     };
     const r = await readJsonl(
       body,
@@ -58,19 +59,19 @@ async function storeJsonl(
         if (written > budget) throw new QuotaExceeded();
         batch.push(line);
         batchBytes += n;
-        if (batchBytes >= WRITE_BATCH) flush();
+        if (batchBytes >= WRITE_BATCH) await flush();
       },
     );
     if (r.errors.length) throw new ProblemError(400, `the file has invalid lines (first ${r.errors.length} shown)`, { errors: r.errors });
     if (r.examples === 0) throw new ProblemError(400, 'the file has no examples');
-    flush();
-    file.commit();
+    await flush();
+    await file.commit();
     return { path: file.finalPath, bytes: written, examples: r.examples };
   } catch (e) {
     if (e instanceof JsonlTooLargeError) throw new ProblemError(413, `the file exceeds the limit of ${d.config.fileLimitBytes} bytes (COLA_FILE_LIMIT_BYTES)`);
     throw e;
   } finally {
-    file.abort();
+    await file.abort();
   }
 }
 

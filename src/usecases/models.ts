@@ -5,11 +5,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { tenantStoredBytes } from '../db/repos/files.ts';
-import { createModel, findModel, guardStorePaths, insertBaseVersion } from '../db/repos/models.ts';
+import { createModel, findModel, guardStorePaths, guardTensorObjects, insertBaseVersion } from '../db/repos/models.ts';
+import { isManifestPath, manifestStream } from '../model/snapshots.ts';
 import type { Tenant } from '../db/schema.ts';
 import { ProblemError } from '../domain/errors.ts';
 import { notWired } from './adapters.ts';
-import { absPath, quotaExceeded, quotasOf, refuseSharedName, resolveVersion, type UseCaseDeps } from './common.ts';
+import { absPath, quotaExceeded, quotasOf, refuseSharedName, resolveVersion, tensorPaths, type UseCaseDeps } from './common.ts';
 
 /** Server paths a tenant may import from: the repository's models/ and <data dir>/imports/. */
 export function importRoots(d: Pick<UseCaseDeps, 'config'>): string[] {
@@ -52,8 +53,10 @@ export async function importModel(d: UseCaseDeps, t: Tenant, input: ImportInput)
       .transaction(async (tx) => {
         // A concurrent delete must not remove the (shared, content-addressed) files this row will reference.
         await guardStorePaths(tx, [imp.weights.path, ...tok], fs.existsSync);
+        await guardTensorObjects(tx, tensorPaths(d, imp.weights), fs.existsSync);
         const m = await createModel(tx, { tenantId: t.id, name, architecture: imp.architecture, params: imp.params, config: imp.config });
-        await insertBaseVersion(tx, m.id, { sha256: imp.weights.sha256, bytes: imp.weights.bytes, path: imp.weights.path });
+        const w = imp.weights;
+        await insertBaseVersion(tx, m.id, { sha256: w.sha256, bytes: w.bytes, path: w.path, addedBytes: w.addedBytes ?? null, tensors: w.tensors ?? [] });
       })
       .catch(async (e) => {
         if (await own()) throw new ProblemError(409, `model "${name}" already exists`);
@@ -66,16 +69,17 @@ export async function importModel(d: UseCaseDeps, t: Tenant, input: ImportInput)
 }
 
 /** A file a version exports, for the route to stream. */
-export interface ExportedFile {
-  path: string;
-  contentType: string;
-  filename: string;
-}
+import type { ExportedFile } from '../services.ts';
+export type { ExportedFile };
 
 /** The merged weights of a version as one safetensors file (converted once when stored otherwise). */
 export async function exportWeights(d: UseCaseDeps, t: Tenant, name: string, version: number): Promise<ExportedFile> {
   const r = await resolveVersion(d, t, name, version);
   if (d.services.exporter) return d.services.exporter.weightsFile(r.resolved);
+  if (isManifestPath(r.resolved.path)) {
+    const s = manifestStream(r.resolved.path);
+    return { size: s.size, stream: s.stream, contentType: 'application/octet-stream', filename: `${name}-v${version}.safetensors` };
+  }
   if (r.resolved.path.endsWith('.safetensors') && fs.existsSync(r.resolved.path)) {
     return { path: r.resolved.path, contentType: 'application/octet-stream', filename: `${name}-v${version}.safetensors` };
   }

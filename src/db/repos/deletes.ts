@@ -13,15 +13,42 @@
 //    and not while a version of another model has a parent in it;
 //  - never a shared base model (tenant_id null): the caller answers 409 before getting here.
 // Version numbers are not reused after a delete (models.max_version).
+// Tensor objects (per-tensor snapshots, model/snapshots.ts): the deleted versions' rows of
+// version_tensors go with them (on delete cascade); each of their digests that no remaining row of
+// any version (any model, any tenant) references is handed to `free` as a tensor to remove, with
+// the tensor-object lock held exclusively (lockTensorObjects), so a writer recording a version that
+// references the same object either committed first (the object stays) or finds it gone afterwards.
+// `bytes` (→ freed_bytes) is what the versions counted in the tenant's stored bytes (chargedBytes).
 import { and, eq, inArray, ne, or, sql } from 'drizzle-orm';
 import type { Db } from '../index.ts';
-import { adapters, files, jobs, models, modelVersions, type Model } from '../schema.ts';
+import { adapters, files, jobs, models, modelVersions, versionTensors, type Model } from '../schema.ts';
 import { ACTIVE_STATES } from '../../domain/job-states.ts';
-import { lockStorePaths } from './models.ts';
+import { chargedBytes, lockStorePaths, lockTensorObjects } from './models.ts';
 
 export type DeleteResult = { ok: true; bytes: number } | { ok: false; conflict: string };
-/** Removes store files (called with their locks held); must not throw for a file already gone. */
-export type FreeFiles = (paths: string[]) => Promise<void>;
+/**
+ * Removes store files and tensor objects (by digest), called with their locks held; must not throw
+ * for one already gone.
+ */
+export type FreeFiles = (paths: string[], tensors?: string[]) => Promise<void>;
+
+/** Digests of the tensor objects the given versions reference (before they are deleted). */
+async function digestsOf(tx: Db, modelId: string, version: number | null): Promise<string[]> {
+  const cond = version === null ? eq(versionTensors.modelId, modelId) : and(eq(versionTensors.modelId, modelId), eq(versionTensors.version, version));
+  const rows = await tx.selectDistinct({ d: versionTensors.digest }).from(versionTensors).where(cond);
+  return rows.map((r) => r.d);
+}
+
+/** Of `digests`, those no remaining version references (after the delete, in the same transaction). */
+async function unreferencedTensors(tx: Db, digests: string[]): Promise<string[]> {
+  if (digests.length === 0) return [];
+  const still = new Set<string>();
+  for (let i = 0; i < digests.length; i += 1000) {
+    const rows = await tx.selectDistinct({ d: versionTensors.digest }).from(versionTensors).where(inArray(versionTensors.digest, digests.slice(i, i + 1000)));
+    for (const r of rows) still.add(r.d);
+  }
+  return digests.filter((d) => !still.has(d));
+}
 
 const active = inArray(jobs.status, [...ACTIVE_STATES]);
 
@@ -105,9 +132,11 @@ export async function deleteVersion(db: Db, m: Model, version: number, free: Fre
       .limit(1);
     if (child) return { ok: false, conflict: `version ${child.version} of "${child.model}" has this version as its parent: delete it first, or the whole model` };
     await lockStorePaths(t, [v.path, v.adapterPath]);
+    await lockTensorObjects(t, 'exclusive');
+    const digests = await digestsOf(t, m.id, version);
     await tx.delete(modelVersions).where(and(eq(modelVersions.modelId, m.id), eq(modelVersions.version, version)));
-    await free(await unreferenced(t, [v.path], v.adapterPath ? [v.adapterPath] : [], []));
-    return { ok: true, bytes: v.bytes + v.adapterBytes };
+    await free(await unreferenced(t, [v.path], v.adapterPath ? [v.adapterPath] : [], []), await unreferencedTensors(t, digests));
+    return { ok: true, bytes: chargedBytes(v) };
   });
 }
 
@@ -129,8 +158,10 @@ export async function deleteModel(db: Db, m: Model, free: FreeFiles): Promise<De
       .filter((x): x is string => typeof x === 'string' && x.startsWith('/'))
       .map((p) => p.slice(0, p.lastIndexOf('/')));
     await lockStorePaths(t, [...vs.flatMap((v) => [v.path, v.adapterPath]), ...tokDirs]);
-    await tx.delete(models).where(eq(models.id, m.id)); // versions go with it (on delete cascade)
-    await free(await unreferenced(t, vs.map((v) => v.path), vs.flatMap((v) => (v.adapterPath ? [v.adapterPath] : [])), tokDirs));
-    return { ok: true, bytes: vs.reduce((n, v) => n + v.bytes + v.adapterBytes, 0) };
+    await lockTensorObjects(t, 'exclusive');
+    const digests = await digestsOf(t, m.id, null);
+    await tx.delete(models).where(eq(models.id, m.id)); // versions (and their tensor rows) go with it (on delete cascade)
+    await free(await unreferenced(t, vs.map((v) => v.path), vs.flatMap((v) => (v.adapterPath ? [v.adapterPath] : [])), tokDirs), await unreferencedTensors(t, digests));
+    return { ok: true, bytes: vs.reduce((n, v) => n + chargedBytes(v), 0) };
   });
 }

@@ -1,6 +1,6 @@
 import { and, asc, desc, eq, isNull, or, sql } from 'drizzle-orm';
 import type { Db } from '../index.ts';
-import { models, modelVersions, type Model, type ModelVersion } from '../schema.ts';
+import { models, modelVersions, versionTensors, type Model, type ModelVersion } from '../schema.ts';
 import { newId } from '../ids.ts';
 
 export type ModelWithLatest = Model & { latestVersion: number | null };
@@ -93,7 +93,17 @@ export async function latestVersion(db: Db, modelId: string): Promise<ModelVersi
   return v ?? null;
 }
 
-export type NewVersion = Omit<ModelVersion, 'createdAt' | 'version' | 'adapterBytes'> & { version?: number; adapterBytes?: number };
+/** A tensor object a version references (model/snapshots.ts TensorRef). */
+export type TensorRefRow = { digest: string; bytes: number };
+
+export type NewVersion = Omit<ModelVersion, 'createdAt' | 'version' | 'adapterBytes' | 'addedBytes'> & {
+  version?: number;
+  adapterBytes?: number;
+  /** A manifest version: the bytes its tensor objects add to its parent's (null or absent: a whole file). */
+  addedBytes?: number | null;
+  /** A manifest version: the distinct tensor objects it references (rows of version_tensors). */
+  tensors?: readonly TensorRefRow[];
+};
 
 /**
  * Insert an immutable version; without `version`, takes the next number. Numbers come from
@@ -101,7 +111,7 @@ export type NewVersion = Omit<ModelVersion, 'createdAt' | 'version' | 'adapterBy
  * one model), so a deleted version's number is never handed out again. Versions are never updated.
  */
 /** Version 0 of a base model (the bundled one, or an import): its weights file, no lineage. */
-export function insertBaseVersion(db: Db, modelId: string, file: { sha256: string; bytes: number; path: string }): Promise<ModelVersion> {
+export function insertBaseVersion(db: Db, modelId: string, file: { sha256: string; bytes: number; path: string; addedBytes?: number | null; tensors?: readonly TensorRefRow[] }): Promise<ModelVersion> {
   return insertVersion(db, { modelId, version: 0, parentModelId: null, parentVersion: null, kind: 'base', jobId: null, link: null, rank: null, ...file, adapterPath: null, metrics: null });
 }
 
@@ -110,14 +120,25 @@ export async function insertVersion(db: Db, v: NewVersion): Promise<ModelVersion
   const [m] = await db.update(models).set({ maxVersion: next }).where(eq(models.id, v.modelId)).returning({ max: models.maxVersion });
   if (!m) throw new Error(`no model ${v.modelId}`);
   const version = v.version ?? m.max;
-  const [row] = await db.insert(modelVersions).values({ ...v, version }).returning();
-  return row!;
+  const { tensors, ...row } = v;
+  const [r] = await db.insert(modelVersions).values({ ...row, version }).returning();
+  if (tensors && tensors.length > 0) {
+    const distinct = new Map(tensors.map((t) => [t.digest, t.bytes]));
+    await db.insert(versionTensors).values([...distinct].map(([digest, bytes]) => ({ modelId: v.modelId, version, digest, bytes })));
+  }
+  return r!;
 }
 
-/** Total bytes of the versions a tenant owns, their weights and adapter files (for the stored-bytes quota). */
+/**
+ * Bytes a version counts in its tenant's stored bytes: a manifest version the tensor objects it adds
+ * to its parent (`added_bytes`), a whole-file version its file; plus the adapter file kept with it.
+ */
+export const chargedBytes = (v: Pick<ModelVersion, 'bytes' | 'addedBytes' | 'adapterBytes'>) => (v.addedBytes ?? v.bytes) + v.adapterBytes;
+
+/** Total bytes of the versions a tenant owns (chargedBytes of each), for the stored-bytes quota. */
 export async function tenantVersionBytes(db: Db, tenantId: string): Promise<number> {
   const [r] = await db
-    .select({ n: sql<number>`coalesce(sum(${modelVersions.bytes} + ${modelVersions.adapterBytes}), 0)` })
+    .select({ n: sql<number>`coalesce(sum(coalesce(${modelVersions.addedBytes}, ${modelVersions.bytes}) + ${modelVersions.adapterBytes}), 0)` })
     .from(modelVersions)
     .innerJoin(models, eq(models.id, modelVersions.modelId))
     .where(eq(models.tenantId, tenantId));
@@ -142,6 +163,27 @@ export class StoreObjectGoneError extends Error {
     super(`a stored file was removed while it was being recorded (${path}); the work that wrote it must write it again`);
     this.name = 'StoreObjectGoneError';
   }
+}
+
+/**
+ * The one lock between recording versions that reference tensor objects (shared: many at once) and
+ * collecting tensor objects no version references (exclusive, db/repos/deletes.ts). Taken after
+ * the path locks, in both. Its own key space (two int4 keys), apart from lockStorePaths' locks.
+ */
+export async function lockTensorObjects(tx: Db, mode: 'shared' | 'exclusive'): Promise<void> {
+  if (mode === 'shared') await tx.execute(sql`select pg_advisory_xact_lock_shared(7301, 1)`);
+  else await tx.execute(sql`select pg_advisory_xact_lock(7301, 1)`);
+}
+
+/**
+ * Inside a transaction that records a manifest version: with the tensor-object lock held (shared),
+ * check that its tensor objects (`paths`) exist; a collection that removed one meanwhile makes this
+ * a StoreObjectGoneError (the writer writes them again), never a row naming a missing object.
+ */
+export async function guardTensorObjects(tx: Db, paths: readonly string[], exists: (p: string) => boolean): Promise<void> {
+  if (paths.length === 0) return;
+  await lockTensorObjects(tx, 'shared');
+  for (const p of paths) if (!exists(p)) throw new StoreObjectGoneError(p);
 }
 
 /** Inside a transaction: lock `paths` and check they exist (with `exists`, e.g. fs.existsSync). */

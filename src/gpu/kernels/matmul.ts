@@ -10,7 +10,7 @@
 //            llvmpipe one scalar load + splat instead of a per-lane gather loop).
 //  - 'tiled' workgroup-shared-memory tiles for real GPUs: BM×BN tile of C per workgroup, BK-deep
 //            tiles of A and B staged in workgroup memory, TM×TN outputs per invocation.
-// Why the register tiles for lavapipe (../shared/docs/ENVIRONMENT.md): on Mesa 25 a load whose
+// Why the register tiles for lavapipe (Mesa 25's llvmpipe compiler): on Mesa 25 a load whose
 // offset varies per lane is a scalar loop and fma is mul+add, so the cost is set by loaded
 // elements per multiply-add; shared memory does not help there.
 //
