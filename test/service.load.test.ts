@@ -16,6 +16,7 @@ interface AutocannonResult {
   statusCodeStats?: Record<string, { count: number }>;
 }
 import { cleanupDir, startServer, type ServerProc } from './service.fixtures.ts';
+import { GPU_MEMORY_MARGIN_BYTES } from '../src/config.ts';
 
 let s: ServerProc;
 let key: string;
@@ -61,8 +62,9 @@ test('32 concurrent clients on /generate: only 200 and 429, bounded memory, p50/
   expect(rss1 - rss0).toBeLessThan(512 * 2 ** 20);
   const m = await (await fetch(`${s.url}/metrics`)).text();
   expect(m).toMatch(/cola_generate_rejected_total [1-9]/);
-  // Training memory: half the default 2 GiB budget, nothing reserved (no job runs here).
-  expect(m).toContain(`cola_train_memory_bytes{kind="capacity"} ${2 ** 30}`);
+  // Training memory: what the default 2 GiB budget leaves after the model cache (1 GiB), the KV
+  // pool (64 MiB) and the margin; nothing reserved (no job runs here).
+  expect(m).toContain(`cola_train_memory_bytes{kind="capacity"} ${2 ** 31 - 2 ** 30 - 64 * 2 ** 20 - GPU_MEMORY_MARGIN_BYTES}`);
   expect(m).toContain('cola_train_memory_bytes{kind="reserved"} 0');
   expect(m).toContain('cola_train_memory_waiting 0');
   expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
