@@ -154,10 +154,8 @@ export function forwardRows(e: Engine, model: TransformerModel, pool: KvPool, ro
       selT.free();
       x.free();
     }
-    const h = model.applyNorm(last, model.finalNormWeights);
+    const logits = model.headLogits(last);
     last.free();
-    const logits = model.logits(h);
-    h.free();
     return logits;
   } finally {
     for (const t of temps) t.free();

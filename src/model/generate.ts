@@ -212,10 +212,8 @@ export class Generator {
       residGemv(e, act, lin('down').w, x); // x += act·W_downᵀ
       act.free();
     }
-    const h = model.applyNorm(x, model.finalNormWeights);
+    const logits = model.headLogits(x);
     x.free();
-    const logits = model.logits(h);
-    h.free();
     return logits;
   }
 
@@ -420,10 +418,8 @@ export class Generator {
       e.copyBytes(x, (Treal - 1) * c.dim * 4, last, 0, c.dim * 4);
       x.free();
     }
-    const h = model.applyNorm(last, model.finalNormWeights);
+    const logits = model.headLogits(last);
     last.free();
-    const logits = model.logits(h);
-    h.free();
     return logits;
   }
 

@@ -441,6 +441,14 @@ export class TransformerModel {
     return Math.max(alignRows, Math.floor(maxBind / rowBytes / alignRows) * alignRows);
   }
 
+  /** Logits (N,V) of the last hidden states x (N,D): final norm, then the classifier. `x` is not freed. */
+  headLogits(x: Tensor): Tensor {
+    const h = this.applyNorm(x, this.finalNormWeights);
+    const logits = this.logits(h);
+    h.free();
+    return logits;
+  }
+
   /** Logits (N,V) = hidden·Clsᵀ, computed in row chunks that fit a storage binding. */
   logits(hidden: Tensor): Tensor {
     const N = hidden.shape[0]!;
