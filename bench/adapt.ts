@@ -36,12 +36,12 @@ import type { ChainConfig } from '../src/cola/schedule.ts';
 import type { ModelWeights } from '../src/model/weights.ts';
 import { mdTable, mean, std } from './lib/stats.ts';
 import { lineChart, PALETTE, type Series } from './lib/svg.ts';
+import { defaultTasksDir } from '../src/eval/tasks.ts';
 
 const METHODS = ['lora8', 'lora16', 'lora24', 'cola2', 'cola3', 'cola5', 'stepdown', 'auto', 'reset'] as const;
 type Method = (typeof METHODS)[number];
 const DOMAINS = ['boolq', 'sst2'] as const;
 type Domain = (typeof DOMAINS)[number];
-const DATA = join(import.meta.dir, '../../shared/data/tasks');
 const MAX_LEN = 64;
 const BATCH = 8;
 
@@ -94,7 +94,7 @@ function domainData(d: Domain, tok: Tokenizer): { train: Example[]; val: Example
     const seen = new Set<string>();
     const parts: Record<'train' | 'val' | 'test', string[]> = { train: [], val: [], test: [] };
     for (const f of ['val.jsonl', 'test.jsonl']) {
-      for (const line of readFileSync(join(DATA, 'boolq', f), 'utf8').split('\n')) {
+      for (const line of readFileSync(join(defaultTasksDir(), 'boolq', f), 'utf8').split('\n')) {
         if (!line.trim()) continue;
         const p = (JSON.parse(line) as { passage: string }).passage;
         if (seen.has(p)) continue;
@@ -116,7 +116,7 @@ function domainData(d: Domain, tok: Tokenizer): { train: Example[]; val: Example
   const read = (f: string, cap: number) => {
     const seen = new Set<string>();
     const out: string[] = [];
-    for (const line of readFileSync(join(DATA, 'sst2', f), 'utf8').split('\n')) {
+    for (const line of readFileSync(join(defaultTasksDir(), 'sst2', f), 'utf8').split('\n')) {
       const s = line.slice(2).trim();
       if (s.split(' ').length < 4 || seen.has(s)) continue;
       seen.add(s);

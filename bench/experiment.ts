@@ -30,10 +30,8 @@ import { encodeAll, trainCola, planFor, type TrainConfig } from '../src/cola/tra
 import { resolveLoraSpec } from '../src/cola/lora.ts';
 import { batchAt, type Example, type Tokenizer } from '../src/cola/data.ts';
 import type { ChainConfig } from '../src/cola/schedule.ts';
-import { loadTask, toTrainingExample, type TaskName } from '../src/eval/tasks.ts';
+import { defaultTasksDir, loadTask, toTrainingExample, type TaskName } from '../src/eval/tasks.ts';
 
-/** The full task files: $COLA_TASKS_DIR, else ../shared/data/tasks (this benchmark reads data outside the repository). */
-const TASKS_DIR = process.env.COLA_TASKS_DIR || join(import.meta.dir, '../../shared/data/tasks');
 import type { ModelWeights } from '../src/model/weights.ts';
 import { parseArgs, type Method, type Options } from './lib/args.ts';
 import { scoreExamples } from './lib/score.ts';
@@ -51,7 +49,7 @@ function codeVersion(): string {
 }
 const CODE = codeVersion();
 
-/** PyTorch CPU reference (docs: ../shared/docs/ENVIRONMENT.md): stories260K, LoRA r=8 on q,v, AdamW, batch 8 × 128. */
+/** PyTorch CPU reference (measured outside this repository; no PyTorch here): stories260K, LoRA r=8 on q,v, AdamW, batch 8 × 128. */
 const PYTORCH_TOKENS_PER_S = 4100;
 
 const METHOD_LABEL: Record<Method, string> = {
@@ -216,7 +214,7 @@ function selectLr(runs: RunRecord[], task: TaskName, method: Method, o: Options)
 
 /** Test accuracy of always answering the training set's most frequent label (a floor for "learned the prior only"). */
 function majorityAcc(o: Options, task: TaskName, seed: number): number {
-  const sp = loadTask(task, { dir: TASKS_DIR, seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
+  const sp = loadTask(task, { dir: defaultTasksDir(), seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
   const counts = new Map<number, number>();
   for (const x of sp.train) counts.set(x.label, (counts.get(x.label) ?? 0) + 1);
   const maj = [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0])[0]![0];
@@ -350,7 +348,7 @@ interface Throughput {
 
 /** COLA (M = 3) training of stories260K at batch 8 × 128 (every row full), r = 8 on q, v, AdamW. */
 async function throughputBench(e: Engine, base: { weights: ModelWeights; tokenizer: Tokenizer }, steps: number): Promise<Throughput> {
-  const words = readFileSync(join(import.meta.dir, '../../shared/data/tasks/tinystories-demo/tinystories_val_head.txt'), 'utf8').split(/\s+/).filter(Boolean);
+  const words = readFileSync(join(defaultTasksDir(), 'tinystories-demo/tinystories_val_head.txt'), 'utf8').split(/\s+/).filter(Boolean);
   const train: Example[] = [];
   for (let i = 0; i < 8 * steps; i++) train.push({ text: words.slice(i * 120, i * 120 + 120).join(' ') });
   const cfg = { ...baseConfig({ epochs: 1, batchSize: 8, maxSeqLen: 128 } as Options, base.weights, 0, 3e-3), chain: { links: 3 } };
@@ -441,7 +439,7 @@ async function main(): Promise<void> {
     const scoreOpts = { maxSeqLen: o.maxSeqLen, rowsPerBatch: o.evalRows };
     for (const seed of o.seeds) {
       for (const task of o.tasks) {
-        const sp = loadTask(task, { dir: TASKS_DIR, seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
+        const sp = loadTask(task, { dir: defaultTasksDir(), seed, nTrain: o.nTrain, nVal: o.nVal, nTest: o.nTest });
         const train = sp.train.map(toTrainingExample);
         if (!cached.has(zsKey(o, task, seed))) {
           const te = await scoreExamples(e, baseModel, base.tokenizer, sp.test, scoreOpts);

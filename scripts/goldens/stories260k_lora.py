@@ -2,7 +2,7 @@
 """Golden for the LoRA training forward/backward on stories260K -> test/golden/stories260k_lora.gld
 
 Run: /usr/bin/python3 scripts/goldens/stories260k_lora.py [path/to/stories260K.bin]
-(default model path: ../shared/data/models/stories260K/stories260K.bin relative to the repo root,
+(default model path: models/stories260K/stories260K.bin in the repository (bundled),
  or $STORIES260K_BIN; the file's sha256 must equal the pinned upstream value.)
 
 Everything is computed in float64 from the f32 model weights and f32-rounded LoRA factors (the
@@ -194,7 +194,7 @@ def make_loras(cfg):
 def main() -> None:
     setup_determinism()
     model_path = (sys.argv[1] if len(sys.argv) > 1 else
-                  os.environ.get("STORIES260K_BIN", os.path.join(REPO_ROOT, "..", "shared", "data", "models", "stories260K", "stories260K.bin")))
+                  os.environ.get("STORIES260K_BIN", os.path.join(REPO_ROOT, "models", "stories260K", "stories260K.bin")))
     if sha256_file(model_path) != MODEL_SHA256:
         raise SystemExit(f"{model_path}: sha256 is not the pinned upstream stories260K.bin")
     golden_json = os.path.join(os.path.dirname(os.path.abspath(model_path)), "golden.json")
