@@ -10,16 +10,14 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, spyOn, test } from 'bun:test';
 import { sql } from 'drizzle-orm';
 import { makePglite, type TestDb } from './db.fixtures.ts';
-import { stories260kAdapter } from './service.fixtures.ts';
+import { stories260kAdapter, serveWithWorker } from './service.fixtures.ts';
 import { loadConfig } from '../src/config.ts';
-import { createApp } from '../src/app.ts';
 import { createTenant } from '../src/db/repos/tenants.ts';
 import { registerBaseModel } from '../src/main.ts';
 import { createModelServices } from '../src/cola/services.ts';
 import { createJobRunner } from '../src/cola/runner.ts';
 import { archConfigOf } from '../src/cola/lora.ts';
 import { encodePeftWeights, unpackAdapter, type AdapterWeights } from '../src/cola/peft.ts';
-import { JobWorker } from '../src/jobs/worker.ts';
 import { StaleLeaseError } from '../src/jobs/transitions.ts';
 import { jobEvents, jobs } from '../src/db/schema.ts';
 import { OPTIMIZER_STATE_FILE, unpackExtra } from '../src/cola/peft.ts';
@@ -36,10 +34,9 @@ import { Store } from '../src/store/store.ts';
 const STORIES = [{ text: 'Lily liked to play in the park.' }, { text: 'Tom had a big red ball.' }, { prompt: 'The sun', completion: ' was warm and bright.' }];
 
 let T: TestDb;
-let server: ReturnType<typeof Bun.serve>;
+let srv: ReturnType<typeof serveWithWorker>;
 let url: string;
 let key: string;
-let worker: JobWorker;
 let real: JobRunner;
 /** The real runner with a training-memory budget that a test can hold full (jobs then wait in it). */
 let reserving: JobRunner;
@@ -126,14 +123,11 @@ beforeAll(async () => {
     reserving = createJobRunner(eng, config.repoRoot, sched, trainMemory);
   }
   const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
-  worker = new JobWorker({ db: T.database.db, config, store: new Store(path.join(T.dataDir, 'store')), runner, log: () => {} });
-  const app = createApp({ config, db: T.database, services, queue: { enqueue: async (id) => void worker.process(id) } });
-  server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
-  url = `http://127.0.0.1:${server.port}`;
+  srv = serveWithWorker({ config, db: T.database, services, store: new Store(path.join(T.dataDir, 'store')), runner });
+  url = srv.url;
 }, 60_000);
 afterAll(async () => {
-  await worker?.stop(5000);
-  server?.stop(true);
+  await srv?.stop();
   await T?.cleanup();
 });
 
@@ -294,7 +288,7 @@ describe('resume after a requested knot', () => {
     // Its lease runs out; another worker takes the job over and resumes from the last knot.
     mode = {};
     await T.database.db.update(jobs).set({ leaseExpiresAt: sql`now() - interval '1 second'` }).where(sql`${jobs.id} = ${id}`);
-    expect(await worker.reclaimOnce()).toBe(1);
+    expect(await srv.worker.reclaimOnce()).toBe(1);
     const a = await waitJob(id, finished);
     expect(a.status).toBe('succeeded');
     expect(a.attempts).toBe(2);
@@ -342,7 +336,7 @@ describe('automatic knots and a partial optimizer reset', () => {
     await lastRun;
     mode = {};
     await T.database.db.update(jobs).set({ leaseExpiresAt: sql`now() - interval '1 second'` }).where(sql`${jobs.id} = ${id}`);
-    expect(await worker.reclaimOnce()).toBe(1);
+    expect(await srv.worker.reclaimOnce()).toBe(1);
     const a = await waitJob(id, finished);
     expect(a.status).toBe('succeeded');
     expect(a.attempts).toBe(2);

@@ -2,6 +2,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { tempDir } from './db.fixtures.ts';
+import { createApp } from '../src/app.ts';
+import { JobWorker } from '../src/jobs/worker.ts';
+import type { JobRunner } from '../src/services.ts';
+import type { Store } from '../src/store/store.ts';
+
+type AppOptions = Parameters<typeof createApp>[0];
 
 export interface ServerProc {
   url: string;
@@ -137,5 +143,25 @@ export function stories260kAdapter(): { config: string; weights: Uint8Array } {
   return {
     config: JSON.stringify({ peft_type: 'LORA', r: 1, lora_alpha: 2, target_modules: ['q_proj'], bias: 'none' }),
     weights: safetensorsOf(tensors),
+  };
+}
+
+/**
+ * The real app and a job worker in this process, over real HTTP on a free port: the queue runs a job
+ * as soon as it is enqueued. One Store serves both, as in main.ts.
+ */
+export function serveWithWorker(o: { config: AppOptions['config']; db: AppOptions['db']; services: AppOptions['services']; store: Store; runner: JobRunner }) {
+  const worker = new JobWorker({ db: o.db.db, config: o.config, store: o.store, runner: o.runner, log: () => {} });
+  const app = createApp({ config: o.config, db: o.db, services: o.services, store: o.store, queue: { enqueue: async (id) => void worker.process(id) } });
+  const server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
+  return {
+    app,
+    worker,
+    url: `http://127.0.0.1:${server.port}`,
+    /** Waits up to `ms` for the running job, then closes the server. */
+    stop: async (ms = 5000) => {
+      await worker.stop(ms);
+      server.stop(true);
+    },
   };
 }

@@ -7,13 +7,11 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { makePglite, type TestDb } from './db.fixtures.ts';
-import { readSSE, safetensorsOf, stories260kAdapter } from './service.fixtures.ts';
+import { readSSE, safetensorsOf, stories260kAdapter, serveWithWorker } from './service.fixtures.ts';
 import { loadConfig } from '../src/config.ts';
-import { createApp } from '../src/app.ts';
 import { createTenant } from '../src/db/repos/tenants.ts';
 import { registerBaseModel } from '../src/main.ts';
 import { createModelServices } from '../src/cola/services.ts';
-import { JobWorker } from '../src/jobs/worker.ts';
 import type { JobRunner, Services } from '../src/services.ts';
 import { Store } from '../src/store/store.ts';
 
@@ -21,10 +19,9 @@ const ROOT = path.resolve(import.meta.dir, '..');
 
 describe('models, adapters and merge over HTTP', () => {
   let T: TestDb;
-  let server: ReturnType<typeof Bun.serve>;
+  let srv: ReturnType<typeof serveWithWorker>;
   let url: string;
   let key: string;
-  let worker: JobWorker;
   const h = () => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
 
   beforeAll(async () => {
@@ -49,14 +46,11 @@ describe('models, adapters and merge over HTTP', () => {
       },
     };
     const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
-    worker = new JobWorker({ db: T.database.db, config, store: new Store(path.join(T.dataDir, 'store')), runner, log: () => {} });
-    const app = createApp({ config, db: T.database, services, queue: { enqueue: async (id) => void worker.process(id) } });
-    server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
-    url = `http://127.0.0.1:${server.port}`;
+    srv = serveWithWorker({ config, db: T.database, services, store: new Store(path.join(T.dataDir, 'store')), runner });
+    url = srv.url;
   }, 60_000);
   afterAll(async () => {
-    await worker?.stop(2000);
-    server?.stop(true);
+    await srv?.stop(2000);
     await T?.cleanup();
   });
 

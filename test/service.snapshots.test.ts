@@ -12,14 +12,13 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { tiers, type TestDb } from './db.fixtures.ts';
+import { serveWithWorker } from './service.fixtures.ts';
 import { loadConfig } from '../src/config.ts';
-import { createApp } from '../src/app.ts';
 import { createTenant } from '../src/db/repos/tenants.ts';
 import { tenantStoredBytes } from '../src/db/repos/files.ts';
 import { registerBaseModel } from '../src/main.ts';
 import { createModelServices } from '../src/cola/services.ts';
 import { createJobRunner } from '../src/cola/runner.ts';
-import { JobWorker } from '../src/jobs/worker.ts';
 import { Engine } from '../src/gpu/engine.ts';
 import { GpuScheduler } from '../src/gpu/scheduler.ts';
 import { parseSafetensors } from '../src/model/safetensors.ts';
@@ -44,12 +43,10 @@ beforeAll(async () => {
 for (const tier of tiers) {
   describe(`per-tensor snapshots (${tier.name})`, () => {
     let T: TestDb;
-    let server: ReturnType<typeof Bun.serve>;
-    let worker: JobWorker;
+    let srv: ReturnType<typeof serveWithWorker>;
     let url: string;
     let A: string, B: string, aId: string, bId: string;
     let objects: SnapshotStore;
-    let app: ReturnType<typeof createApp>;
     const h = (k: string) => ({ authorization: `Bearer ${k}`, 'content-type': 'application/json' });
     const call = (k: string, method: string, p: string, body?: unknown) => fetch(`${url}${p}`, { method, headers: h(k), body: body === undefined ? undefined : JSON.stringify(body) });
     const info = async (k: string, m: string) => (await (await call(k, 'GET', `/models/${m}`)).json()) as any;
@@ -67,14 +64,11 @@ for (const tier of tiers) {
       const store = new Store(path.join(T.dataDir, 'store'));
       objects = store.objects();
       const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
-      worker = new JobWorker({ db: T.database.db, config, store, runner, log: () => {} });
-      app = createApp({ config, db: T.database, services, store, queue: { enqueue: async (id) => void worker.process(id) } });
-      server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
-      url = `http://127.0.0.1:${server.port}`;
+      srv = serveWithWorker({ config, db: T.database, services, store, runner });
+      url = srv.url;
     }, 60_000);
     afterAll(async () => {
-      await worker?.stop(5000);
-      server?.stop(true);
+      await srv?.stop();
       await T?.cleanup();
     });
 
@@ -96,7 +90,7 @@ for (const tier of tiers) {
       expect(r.status).toBe(200);
       // The handler's Content-Length, read in process: Bun.serve 1.4.5 drops it from a streamed body
       // on the wire and sends it chunked (oven-sh/bun#10507).
-      const inProcess = await app.fetch(new Request(`${url}/models/${m}/versions/${v}/weights`, { headers: h(k) }));
+      const inProcess = await srv.app.fetch(new Request(`${url}/models/${m}/versions/${v}/weights`, { headers: h(k) }));
       await inProcess.body?.cancel();
       const length = Number(inProcess.headers.get('content-length'));
       return { bytes: new Uint8Array(await r.arrayBuffer()), length };

@@ -7,9 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { makePglite, type TestDb } from './db.fixtures.ts';
-import { stories260kAdapter } from './service.fixtures.ts';
+import { stories260kAdapter, serveWithWorker } from './service.fixtures.ts';
 import { loadConfig } from '../src/config.ts';
-import { createApp } from '../src/app.ts';
 import { createTenant } from '../src/db/repos/tenants.ts';
 import { tenantStoredBytes } from '../src/db/repos/files.ts';
 import { registerBaseModel } from '../src/main.ts';
@@ -17,7 +16,6 @@ import { createModelServices } from '../src/cola/services.ts';
 import { Store } from '../src/store/store.ts';
 import { SnapshotStore } from '../src/store/snapshot-store.ts';
 import { readManifest } from '../src/model/snapshots.ts';
-import { JobWorker } from '../src/jobs/worker.ts';
 import { UserInputError, type FinetuneJobSpec, type JobContext, type JobRunner, type Services } from '../src/services.ts';
 
 const ROOT = path.resolve(import.meta.dir, '..');
@@ -27,12 +25,11 @@ type Script = (spec: FinetuneJobSpec, ctx: JobContext) => Promise<void | { cance
 
 describe('storage: uploads, quota per knot, deletes, error details', () => {
   let T: TestDb;
-  let server: ReturnType<typeof Bun.serve>;
+  let srv: ReturnType<typeof serveWithWorker>;
   let url: string;
   let A: string; // keys
   let B: string;
   let aId: string;
-  let worker: JobWorker;
   const scripts = new Map<string, Script>();
   const store = () => path.join(T.dataDir, 'store');
   const uploadsLeft = () => (fs.existsSync(path.join(store(), 'uploads')) ? fs.readdirSync(path.join(store(), 'uploads')) : []);
@@ -53,14 +50,11 @@ describe('storage: uploads, quota per knot, deletes, error details', () => {
       },
     };
     const services: Services = { ...createModelServices({ repoRoot: config.repoRoot, exportDir: path.join(T.dataDir, 'exports') }), runner };
-    worker = new JobWorker({ db: T.database.db, config, store: new Store(store()), runner, log: () => {} });
-    const app = createApp({ config, db: T.database, services, store: new Store(store()), queue: { enqueue: async (id) => void worker.process(id) } });
-    server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: app.fetch });
-    url = `http://127.0.0.1:${server.port}`;
+    srv = serveWithWorker({ config, db: T.database, services, store: new Store(store()), runner });
+    url = srv.url;
   }, 60_000);
   afterAll(async () => {
-    await worker?.stop(2000);
-    server?.stop(true);
+    await srv?.stop(2000);
     await T?.cleanup();
   });
 
