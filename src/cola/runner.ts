@@ -266,14 +266,14 @@ export function createJobRunner(e: Engine, repoRoot: string, sched: GpuScheduler
         },
         onKnot: async (k) => {
           // No job id in the file: the same request must give the same bytes (same sha256) on any run.
-          const plan = planSnapshot(k.weights, { parent });
+          const snapPlan = planSnapshot(k.weights, { parent });
           // With a partial reset the knot's ZIP also carries the state kept for the next link (for a resume).
           const extra = k.optimizerState ? { [OPTIMIZER_STATE_FILE]: encodeCarriedState(k.optimizerState) } : undefined;
           const adapterZip = exportPeftAdapter(arch, { rank: k.adapter.rank, alpha: k.adapter.alpha, rslora: k.adapter.rslora, modules: k.adapter.modules }, { baseModel: job.base.model, extra });
           // The stored-bytes quota is checked before anything of this knot is written.
-          await ctx.reserveBytes(plan.addedBytes + adapterZip.length);
-          const written = await writeSnapshot(store, plan);
-          parent = plan.manifest;
+          await ctx.reserveBytes(snapPlan.addedBytes + adapterZip.length);
+          const written = await writeSnapshot(store, snapPlan);
+          parent = snapPlan.manifest;
           const precision = { weights_dtype: weightsDtypeOf(k.weights), weight_bytes: weightBytes(k.weights) }; // of the tensors written
           const snap = { path: written.path, sha256: written.sha256, bytes: written.bytes, addedBytes: written.addedBytes, tensors: written.tensors, precision };
           const adapterObj = await store.put(adapterZip, { ext: 'zip' });
